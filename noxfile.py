@@ -1,0 +1,50 @@
+"""Developer tasks; `nox` alone runs what a contributor needs before a commit."""
+
+from __future__ import annotations
+
+import os
+
+import nox
+
+PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
+TEST_DEPS = ["pytest>=8", "pytest-cov>=5", "coverage[toml]>=7.4", "hypothesis>=6.100"]
+
+nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
+nox.options.reuse_existing_virtualenvs = True
+# Outside CI a missing interpreter is skipped; in CI it is an error.
+nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite under coverage (branch); `coverage` combines the results."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run(
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        *session.posargs,
+        env={"COVERAGE_FILE": f".coverage.{session.python}"},
+    )
+
+
+@nox.session(python="3.11")
+def coverage(session: nox.Session) -> None:
+    """Combine the test sessions' data; fail below 95% branch coverage of src/."""
+    session.install("coverage[toml]>=7.4")
+    session.run("coverage", "combine", success_codes=[0, 1])
+    session.run("coverage", "report", "--fail-under=95")
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", "src", "tests", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "noxfile.py")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    session.install("-e", ".", "mypy>=1.10")
+    session.run("mypy", "--strict", "src")

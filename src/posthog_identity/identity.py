@@ -1,0 +1,201 @@
+"""The identity core: (verified cookie, what the request reports) -> Resolution.
+
+Pure code: no I/O, no framework, no clock and no randomness of its own (the
+caller passes `now` and a `new_id` source). DESIGN.md's transition table, row
+by row, lives in `resolve`.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import TypeAlias
+
+from .signing import CookieState, Verified
+
+__all__ = [
+    "NOBODY",
+    "NOTHING",
+    "REISSUE_AFTER",
+    "Absent",
+    "Identity",
+    "InvalidUserId",
+    "Link",
+    "Report",
+    "Resolution",
+    "Transition",
+    "coerce_user_id",
+    "resolve",
+]
+
+#: A returning visitor's cookie is re-issued once it is older than this, so
+#: its expiry rolls forward for active visitors without a Set-Cookie per request.
+REISSUE_AFTER = 86_400
+
+
+class Absent(enum.Enum):
+    """The two ways a request can report no user id."""
+
+    NOTHING = "nothing"  #: nobody said anything: the cookie's state stands
+    NOBODY = "nobody"  #: auth ran and nobody is logged in
+
+
+NOTHING = Absent.NOTHING
+NOBODY = Absent.NOBODY
+#: What a request reports: a user id, NOBODY or NOTHING.
+Report: TypeAlias = str | Absent
+
+UserHasher: TypeAlias = Callable[[str, int], bytes]
+"""(user id, index of the secret) -> short keyed hash, as `CookieCodec.user_hash`."""
+
+
+class Transition(enum.Enum):
+    NONE = "none"
+    NEW_VISITOR = "new_visitor"
+    LOGIN = "login"
+    LOGOUT = "logout"
+    SWITCH = "switch"
+
+
+class InvalidUserId(TypeError):
+    """A user id that is not a non-empty str, int or UUID; `kind` says what it was."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        super().__init__(f"user id must be a non-empty str, int or UUID, got {kind}")
+
+
+def coerce_user_id(value: object) -> Report:
+    """Normalize what a `user_id` callback returned: None is NOBODY, ids become str."""
+    if value is None:
+        return NOBODY
+    if isinstance(value, str):
+        if not value:
+            raise InvalidUserId("an empty string")
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    raise InvalidUserId(type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who the current request is, for PostHog.
+
+    `user_id` is ``None`` when the request is anonymous, and also when the
+    request reported nothing while the cookie remembers a signed-in user (the
+    cookie holds only a hash of that id): `signed_in` tells the two apart.
+    """
+
+    anonymous_id: str
+    user_id: str | None = None
+    signed_in: bool = False
+
+    @property
+    def distinct_id(self) -> str:
+        """The id PostHog events of this request carry."""
+        return self.user_id if self.user_id is not None else self.anonymous_id
+
+    @property
+    def is_identified(self) -> bool:
+        return self.user_id is not None
+
+
+@dataclass(frozen=True)
+class Link:
+    """Merge `anonymous_id` into `user_id` (PostHog keeps the user's person)."""
+
+    user_id: str
+    anonymous_id: str
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """The outcome for one request: who it is, the cookie to set, the link to send."""
+
+    identity: Identity
+    transition: Transition
+    cookie: CookieState | None = None  #: write this cookie; None means no Set-Cookie
+    link: Link | None = None
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def resolve(
+    verified: Verified | None,
+    report: Report,
+    *,
+    now: int,
+    user_hash: UserHasher,
+    max_age: int,
+    reset_on_logout: bool = True,
+    new_id: Callable[[], str] = _new_id,
+) -> Resolution:
+    """Apply DESIGN.md's transition table to one request."""
+    if verified is None or verified.state.issued_at + max_age <= now:
+        anonymous_id = new_id()
+        if isinstance(report, str):
+            # A user with no cookie: nothing to link, the new id only carries them.
+            state = CookieState(anonymous_id, user_hash(report, 0), False, now)
+            return Resolution(
+                Identity(anonymous_id, report, True), Transition.NEW_VISITOR, state
+            )
+        state = CookieState(anonymous_id, None, False, now)
+        return Resolution(Identity(anonymous_id), Transition.NEW_VISITOR, state)
+
+    state, key_index = verified.state, verified.key_index
+    anonymous_id = state.anonymous_id
+    due = now - state.issued_at >= REISSUE_AFTER or verified.stale_key
+
+    if state.user_hash is None:
+        if isinstance(report, str):
+            after = CookieState(anonymous_id, user_hash(report, 0), True, now)
+            # An anonymous id is linked at most once, ever.
+            link = None if state.linked else Link(report, anonymous_id)
+            return Resolution(
+                Identity(anonymous_id, report, True), Transition.LOGIN, after, link
+            )
+        refreshed = replace(state, issued_at=now) if due else None
+        return Resolution(Identity(anonymous_id), Transition.NONE, refreshed)
+
+    if report is NOTHING:
+        # The hash cannot be re-keyed without the user id, so a cookie signed by
+        # an older secret waits for a request that reports its user.
+        refreshed = (
+            replace(state, issued_at=now) if due and not verified.stale_key else None
+        )
+        return Resolution(
+            Identity(anonymous_id, None, True), Transition.NONE, refreshed
+        )
+
+    if report is NOBODY:
+        if reset_on_logout:
+            fresh = new_id()
+            return Resolution(
+                Identity(fresh), Transition.LOGOUT, CookieState(fresh, None, False, now)
+            )
+        kept = CookieState(anonymous_id, None, True, now)
+        return Resolution(Identity(anonymous_id), Transition.LOGOUT, kept)
+
+    assert isinstance(report, str)
+    if hmac.compare_digest(user_hash(report, key_index), state.user_hash):
+        refreshed = (
+            replace(state, user_hash=user_hash(report, 0), issued_at=now)
+            if due
+            else None
+        )
+        return Resolution(
+            Identity(anonymous_id, report, True), Transition.NONE, refreshed
+        )
+
+    # Another user on the same browser: a new anonymous id, and never merge users.
+    fresh = new_id()
+    after = CookieState(fresh, user_hash(report, 0), False, now)
+    return Resolution(Identity(fresh, report, True), Transition.SWITCH, after)

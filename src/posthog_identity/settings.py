@@ -1,0 +1,304 @@
+"""Configuration: one frozen `Settings`, read once from environment variables."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+__all__ = ["ENV_VARS", "ConfigurationError", "Settings"]
+
+SameSite = Literal["Lax", "Strict", "None"]
+PersonProfiles = Literal["identified_only", "always"]
+
+DEFAULT_HOST = "https://us.i.posthog.com"
+
+#: Settings field -> the environment variable it is read from (the first, for
+#: the API key, which has an alias).
+ENV_VARS: dict[str, str] = {
+    "api_key": "POSTHOG_API_KEY",
+    "host": "POSTHOG_HOST",
+    "secrets": "POSTHOG_IDENTITY_SECRET",
+    "cookie_name": "POSTHOG_IDENTITY_COOKIE_NAME",
+    "cookie_domain": "POSTHOG_IDENTITY_COOKIE_DOMAIN",
+    "cookie_max_age": "POSTHOG_IDENTITY_COOKIE_MAX_AGE",
+    "cookie_secure": "POSTHOG_IDENTITY_COOKIE_SECURE",
+    "cookie_samesite": "POSTHOG_IDENTITY_COOKIE_SAMESITE",
+    "inject": "POSTHOG_IDENTITY_INJECT",
+    "script_url": "POSTHOG_IDENTITY_SCRIPT_URL",
+    "reset_on_logout": "POSTHOG_IDENTITY_RESET_ON_LOGOUT",
+    "exclude_paths": "POSTHOG_IDENTITY_EXCLUDE_PATHS",
+    "person_profiles": "POSTHOG_IDENTITY_PERSON_PROFILES",
+    "disabled": "POSTHOG_IDENTITY_DISABLED",
+}
+API_KEY_ALIAS = "POSTHOG_PROJECT_API_KEY"
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+# RFC 6265 cookie-name: an RFC 7230 token.
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_DOMAIN = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
+_SAMESITE: dict[str, SameSite] = {"lax": "Lax", "strict": "Strict", "none": "None"}
+_PERSON_PROFILES: tuple[PersonProfiles, ...] = ("identified_only", "always")
+
+
+class ConfigurationError(ValueError):
+    """A setting has an invalid value; `variable` names the environment variable."""
+
+    def __init__(self, variable: str, message: str) -> None:
+        self.variable = variable
+        self.message = message
+        super().__init__(f"{variable}: {message}")
+
+
+def _fail(name: str, message: str) -> ConfigurationError:
+    return ConfigurationError(ENV_VARS.get(name, name), message)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the middleware needs to know, validated at construction.
+
+    Build it with :meth:`from_env`; constructing it directly takes Python values
+    (a tuple of secrets, ints, bools) and applies the same rules.
+
+    :param secrets: cookie signing secrets, newest first; every one verifies.
+    :param api_key: PostHog project API key; ``None`` sends nothing and injects
+        no snippet, while identity is still resolved.
+    :param cookie_secure: ``None`` means "auto": Secure when the request is https.
+    """
+
+    secrets: tuple[str, ...] = field(repr=False)
+    api_key: str | None = None
+    host: str = DEFAULT_HOST
+    cookie_name: str = "ph_identity"
+    cookie_domain: str | None = None
+    cookie_max_age: int = 31_536_000
+    cookie_secure: bool | None = None
+    cookie_samesite: SameSite = "Lax"
+    inject: bool = True
+    script_url: str | None = None
+    reset_on_logout: bool = True
+    exclude_paths: tuple[str, ...] = ()
+    person_profiles: PersonProfiles = "identified_only"
+    disabled: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.secrets, str):
+            raise _fail("secrets", "expected a tuple of secrets, got a single string")
+        secrets = tuple(self.secrets)
+        if not secrets:
+            raise _fail("secrets", "is required (a random string of 32+ characters)")
+        if not all(isinstance(s, str) and s for s in secrets):
+            raise _fail("secrets", "every secret must be a non-empty string")
+        object.__setattr__(self, "secrets", secrets)
+
+        if self.api_key is not None and (
+            not self.api_key or self.api_key.strip() != self.api_key
+        ):
+            raise _fail("api_key", "must be a non-empty key without surrounding spaces")
+
+        object.__setattr__(self, "host", _check_url("host", self.host))
+        if self.script_url is not None:
+            object.__setattr__(
+                self,
+                "script_url",
+                _check_url("script_url", self.script_url, allow_path=True),
+            )
+
+        if not _TOKEN.match(self.cookie_name):
+            raise _fail(
+                "cookie_name", f"{self.cookie_name!r} is not a valid cookie name"
+            )
+        if self.cookie_domain is not None and not _DOMAIN.match(self.cookie_domain):
+            raise _fail(
+                "cookie_domain", f"{self.cookie_domain!r} is not a valid domain"
+            )
+        if isinstance(self.cookie_max_age, bool) or not isinstance(
+            self.cookie_max_age, int
+        ):
+            raise _fail("cookie_max_age", "must be a whole number of seconds")
+        if self.cookie_max_age <= 0:
+            raise _fail(
+                "cookie_max_age", f"must be positive, got {self.cookie_max_age}"
+            )
+
+        if self.cookie_samesite not in _SAMESITE.values():
+            raise _fail(
+                "cookie_samesite",
+                f"must be Lax, Strict or None, got {self.cookie_samesite!r}",
+            )
+        if self.cookie_samesite == "None" and self.cookie_secure is False:
+            raise ConfigurationError(
+                ENV_VARS["cookie_samesite"],
+                "SameSite=None requires a Secure cookie, but "
+                f"{ENV_VARS['cookie_secure']} is false",
+            )
+        if self.person_profiles not in _PERSON_PROFILES:
+            raise _fail(
+                "person_profiles",
+                f"must be identified_only or always, got {self.person_profiles!r}",
+            )
+
+        paths = tuple(_check_prefix(p) for p in self.exclude_paths)
+        object.__setattr__(self, "exclude_paths", paths)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if f.repr
+        )
+        return f"Settings(secrets=<{len(self.secrets)} masked>, {shown})"
+
+    @property
+    def secure_cookie(self) -> bool | None:
+        """The Secure flag: forced by SameSite=None, else the setting (None: auto)."""
+        return True if self.cookie_samesite == "None" else self.cookie_secure
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Read the settings from `environ` (default `os.environ`); overrides win.
+
+        Overrides take `Settings` field names and Python values.
+        """
+        env = os.environ if environ is None else environ
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise TypeError(f"unknown Settings field(s): {', '.join(sorted(unknown))}")
+
+        values: dict[str, Any] = {}
+        for name, variable in ENV_VARS.items():
+            raw = env.get(variable, "").strip()
+            if name == "api_key":
+                raw = _api_key(env)
+            if raw:
+                values[name] = _PARSERS.get(name, _text)(variable, raw)
+        values.update(overrides)
+        if "secrets" not in values:
+            raise ConfigurationError(
+                ENV_VARS["secrets"], "is required (a random string of 32+ characters)"
+            )
+        return cls(**values)
+
+
+def _api_key(env: Mapping[str, str]) -> str:
+    primary = env.get(ENV_VARS["api_key"], "").strip()
+    alias = env.get(API_KEY_ALIAS, "").strip()
+    if primary and alias and primary != alias:
+        raise ConfigurationError(
+            ENV_VARS["api_key"], f"differs from {API_KEY_ALIAS}; set only one of them"
+        )
+    return primary or alias
+
+
+def _check_url(name: str, value: str, *, allow_path: bool = False) -> str:
+    if allow_path and value.startswith("/") and not value.startswith("//"):
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
+        expected = (
+            "an http(s) URL or a path starting with /"
+            if allow_path
+            else "an http(s) URL"
+        )
+        raise _fail(name, f"must be {expected}, got {value!r}")
+    return value.rstrip("/") if name == "host" else value
+
+
+def _check_prefix(value: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise _fail("exclude_paths", f"each path must start with '/', got {value!r}")
+    return value.rstrip("/") or "/"
+
+
+def _text(variable: str, raw: str) -> str:
+    return raw
+
+
+def parse_bool(variable: str, raw: str) -> bool:
+    """Strict boolean: 1/0, true/false, yes/no, on/off, any case."""
+    value = raw.strip().lower()
+    if value in _TRUE:
+        return True
+    if value in _FALSE:
+        return False
+    raise ConfigurationError(
+        variable, f"expected a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}"
+    )
+
+
+def parse_list(raw: str) -> tuple[str, ...]:
+    """Comma-separated items, stripped, empties dropped."""
+    return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
+
+
+def _secrets(variable: str, raw: str) -> tuple[str, ...]:
+    secrets = parse_list(raw)
+    if not secrets:
+        raise ConfigurationError(
+            variable, "is required (a random string of 32+ characters)"
+        )
+    return secrets
+
+
+def _int(variable: str, raw: str) -> int:
+    try:
+        return int(raw, 10)
+    except ValueError:
+        raise ConfigurationError(
+            variable, f"expected a whole number of seconds, got {raw!r}"
+        ) from None
+
+
+def _secure(variable: str, raw: str) -> bool | None:
+    if raw.lower() == "auto":
+        return None
+    try:
+        return parse_bool(variable, raw)
+    except ConfigurationError:
+        raise ConfigurationError(
+            variable, f"expected auto, true or false, got {raw!r}"
+        ) from None
+
+
+def _samesite(variable: str, raw: str) -> SameSite:
+    try:
+        return _SAMESITE[raw.lower()]
+    except KeyError:
+        raise ConfigurationError(
+            variable, f"expected Lax, Strict or None, got {raw!r}"
+        ) from None
+
+
+def _person_profiles(variable: str, raw: str) -> PersonProfiles:
+    value = raw.lower()
+    for option in _PERSON_PROFILES:
+        if value == option:
+            return option
+    raise ConfigurationError(
+        variable, f"expected identified_only or always, got {raw!r}"
+    )
+
+
+def _paths(variable: str, raw: str) -> tuple[str, ...]:
+    return parse_list(raw)
+
+
+_PARSERS: dict[str, Callable[[str, str], Any]] = {
+    "secrets": _secrets,
+    "cookie_max_age": _int,
+    "cookie_secure": _secure,
+    "cookie_samesite": _samesite,
+    "inject": parse_bool,
+    "reset_on_logout": parse_bool,
+    "disabled": parse_bool,
+    "exclude_paths": _paths,
+    "person_profiles": _person_profiles,
+}

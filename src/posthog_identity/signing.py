@@ -1,0 +1,132 @@
+"""The identity cookie: a compact binary payload, signed with itsdangerous.
+
+Payload (before base64): version, 16-byte anonymous UUID, flags, issue time as
+uint32 seconds, and, when a user was seen, an 8-byte keyed hash of the user id.
+No user id or e-mail is stored, and the size never depends on the id.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import struct
+import uuid
+from dataclasses import dataclass
+
+from itsdangerous import BadSignature, Signer
+
+__all__ = ["MAX_COOKIE_SIZE", "CookieCodec", "CookieState", "Verified"]
+
+MAX_COOKIE_SIZE = 4096
+_VERSION = 1
+_HEADER = struct.Struct(">B16sBI")  # version, anonymous id, flags, issued_at
+_HASH_SIZE = 8
+_LINKED = 0x01
+_HAS_USER = 0x02
+_SALT = b"posthog-identity.cookie"
+_USER_HASH_SALT = b"posthog-identity.user-hash"
+
+
+@dataclass(frozen=True)
+class CookieState:
+    """What the identity cookie remembers between requests."""
+
+    anonymous_id: str
+    user_hash: bytes | None = None
+    linked: bool = False
+    issued_at: int = 0
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A cookie that passed verification, and which secret verified it (0 = newest)."""
+
+    state: CookieState
+    key_index: int
+
+    @property
+    def stale_key(self) -> bool:
+        return self.key_index != 0
+
+
+class CookieCodec:
+    """Turns `CookieState` into a signed cookie value and back, with key rotation.
+
+    :param secrets: newest first; the first signs, all verify.
+    """
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        if not secrets:
+            raise ValueError("at least one secret is required")
+        self._signers = tuple(
+            Signer(
+                secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256
+            )
+            for secret in secrets
+        )
+        self._user_keys = tuple(
+            hmac.new(secret.encode(), _USER_HASH_SALT, hashlib.sha256).digest()
+            for secret in secrets
+        )
+
+    def user_hash(self, user_id: str, key_index: int = 0) -> bytes:
+        """Short keyed hash of a user id: detects a change without storing the id."""
+        digest = hmac.new(
+            self._user_keys[key_index],
+            user_id.encode("utf-8", "surrogatepass"),
+            hashlib.sha256,
+        )
+        return digest.digest()[:_HASH_SIZE]
+
+    def dumps(self, state: CookieState) -> str:
+        """Serialize and sign with the newest secret."""
+        flags = (_LINKED if state.linked else 0) | (_HAS_USER if state.user_hash else 0)
+        raw = _HEADER.pack(
+            _VERSION, uuid.UUID(state.anonymous_id).bytes, flags, state.issued_at
+        )
+        if state.user_hash:
+            raw += state.user_hash
+        payload = base64.urlsafe_b64encode(raw).rstrip(b"=")
+        return self._signers[0].sign(payload).decode("ascii")
+
+    def loads(self, value: str | None) -> Verified | None:
+        """Verify and parse; anything tampered, truncated or malformed is `None`."""
+        if not value or len(value) > MAX_COOKIE_SIZE:
+            return None
+        try:
+            signed = value.encode("ascii")
+        except UnicodeEncodeError:
+            return None
+        for index, signer in enumerate(self._signers):
+            try:
+                payload = signer.unsign(signed)
+            except BadSignature:
+                continue
+            state = _parse(payload)
+            return None if state is None else Verified(state, index)
+        return None
+
+
+def _parse(payload: bytes) -> CookieState | None:
+    try:
+        raw = base64.urlsafe_b64decode(payload + b"=" * (-len(payload) % 4))
+    except ValueError:
+        return None
+    if len(raw) < _HEADER.size:
+        return None
+    version, anon, flags, issued_at = _HEADER.unpack_from(raw)
+    rest = raw[_HEADER.size :]
+    has_user = bool(flags & _HAS_USER)
+    if (
+        version != _VERSION
+        or flags & ~(_LINKED | _HAS_USER)
+        or len(rest) != (_HASH_SIZE if has_user else 0)
+    ):
+        return None
+    return CookieState(
+        anonymous_id=str(uuid.UUID(bytes=anon)),
+        user_hash=rest if has_user else None,
+        linked=bool(flags & _LINKED),
+        issued_at=issued_at,
+    )

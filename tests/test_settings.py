@@ -1,0 +1,370 @@
+"""Settings: every variable of DESIGN.md, parsed strictly and validated once."""
+
+from __future__ import annotations
+
+import pytest
+
+from posthog_identity import ConfigurationError, Settings
+
+SECRET = "s" * 32
+BASE = {"POSTHOG_IDENTITY_SECRET": SECRET}
+
+
+def from_env(**env: str) -> Settings:
+    return Settings.from_env({**BASE, **env})
+
+
+def test_defaults_match_the_design() -> None:
+    settings = from_env()
+    assert settings.secrets == (SECRET,)
+    assert settings.api_key is None
+    assert settings.host == "https://us.i.posthog.com"
+    assert settings.cookie_name == "ph_identity"
+    assert settings.cookie_domain is None
+    assert settings.cookie_max_age == 31_536_000
+    assert settings.cookie_secure is None
+    assert settings.cookie_samesite == "Lax"
+    assert settings.inject is True
+    assert settings.script_url is None
+    assert settings.reset_on_logout is True
+    assert settings.exclude_paths == ()
+    assert settings.person_profiles == "identified_only"
+    assert settings.disabled is False
+
+
+def test_missing_secret_names_the_variable() -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SECRET") as info:
+        Settings.from_env({})
+    assert info.value.variable == "POSTHOG_IDENTITY_SECRET"
+
+
+@pytest.mark.parametrize(
+    "raw", ["", "   ", ",", " , ,"], ids=["empty", "blank", "comma", "commas"]
+)
+def test_empty_secret_counts_as_missing(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SECRET"):
+        Settings.from_env({"POSTHOG_IDENTITY_SECRET": raw})
+
+
+def test_secrets_are_comma_separated_newest_first_and_stripped() -> None:
+    settings = from_env(POSTHOG_IDENTITY_SECRET=" new-secret , old-secret ,")
+    assert settings.secrets == ("new-secret", "old-secret")
+
+
+def test_short_secret_is_accepted() -> None:
+    assert from_env(POSTHOG_IDENTITY_SECRET="x").secrets == ("x",)
+
+
+def test_repr_masks_the_secrets() -> None:
+    settings = from_env(
+        POSTHOG_IDENTITY_SECRET="hunter2-very-secret,older-secret-value"
+    )
+    text = repr(settings)
+    assert "hunter2" not in text
+    assert "older-secret" not in text
+    assert "<2 masked>" in text
+    assert "cookie_name='ph_identity'" in text
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"POSTHOG_API_KEY": "phc_a"}, "phc_a"),
+        ({"POSTHOG_PROJECT_API_KEY": "phc_b"}, "phc_b"),
+        ({"POSTHOG_API_KEY": "phc_a", "POSTHOG_PROJECT_API_KEY": "phc_a"}, "phc_a"),
+        ({"POSTHOG_API_KEY": "", "POSTHOG_PROJECT_API_KEY": "phc_b"}, "phc_b"),
+        ({"POSTHOG_API_KEY": "  "}, None),
+    ],
+    ids=["primary", "alias", "both-equal", "empty-primary", "blank"],
+)
+def test_api_key_variables(env: dict[str, str], expected: str | None) -> None:
+    assert from_env(**env).api_key == expected
+
+
+def test_two_different_api_keys_are_an_error() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"POSTHOG_API_KEY.*POSTHOG_PROJECT_API_KEY"
+    ):
+        from_env(POSTHOG_API_KEY="phc_a", POSTHOG_PROJECT_API_KEY="phc_b")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("TRUE", True),
+        ("Yes", True),
+        ("on", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("False", False),
+        ("no", False),
+        ("OFF", False),
+    ],
+)
+@pytest.mark.parametrize(
+    ("variable", "field"),
+    [
+        ("POSTHOG_IDENTITY_INJECT", "inject"),
+        ("POSTHOG_IDENTITY_RESET_ON_LOGOUT", "reset_on_logout"),
+        ("POSTHOG_IDENTITY_DISABLED", "disabled"),
+    ],
+)
+def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
+    assert getattr(from_env(**{variable: raw}), field) is expected
+
+
+@pytest.mark.parametrize(
+    "variable",
+    [
+        "POSTHOG_IDENTITY_INJECT",
+        "POSTHOG_IDENTITY_RESET_ON_LOGOUT",
+        "POSTHOG_IDENTITY_DISABLED",
+    ],
+)
+@pytest.mark.parametrize("raw", ["maybe", "2", "tru", "y"])
+def test_invalid_boolean_names_the_variable(variable: str, raw: str) -> None:
+    with pytest.raises(ConfigurationError, match=variable) as info:
+        from_env(**{variable: raw})
+    assert repr(raw) in str(info.value)
+
+
+def test_empty_variable_counts_as_unset() -> None:
+    settings = from_env(
+        POSTHOG_IDENTITY_INJECT="", POSTHOG_IDENTITY_COOKIE_MAX_AGE="", POSTHOG_HOST=""
+    )
+    assert settings.inject is True
+    assert settings.cookie_max_age == 31_536_000
+    assert settings.host == "https://us.i.posthog.com"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("auto", None),
+        ("AUTO", None),
+        ("true", True),
+        ("1", True),
+        ("false", False),
+        ("off", False),
+    ],
+)
+def test_cookie_secure(raw: str, expected: bool | None) -> None:
+    assert from_env(POSTHOG_IDENTITY_COOKIE_SECURE=raw).cookie_secure is expected
+
+
+def test_cookie_secure_rejects_other_values() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"POSTHOG_IDENTITY_COOKIE_SECURE.*auto"
+    ):
+        from_env(POSTHOG_IDENTITY_COOKIE_SECURE="sometimes")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [("lax", "Lax"), ("Strict", "Strict"), ("NONE", "None"), ("Lax", "Lax")],
+)
+def test_cookie_samesite(raw: str, expected: str) -> None:
+    assert from_env(POSTHOG_IDENTITY_COOKIE_SAMESITE=raw).cookie_samesite == expected
+
+
+def test_cookie_samesite_rejects_other_values() -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_COOKIE_SAMESITE"):
+        from_env(POSTHOG_IDENTITY_COOKIE_SAMESITE="loose")
+
+
+def test_samesite_none_forces_secure() -> None:
+    settings = from_env(POSTHOG_IDENTITY_COOKIE_SAMESITE="None")
+    assert settings.cookie_secure is None
+    assert settings.secure_cookie is True
+    assert from_env().secure_cookie is None
+
+
+def test_samesite_none_with_secure_false_is_an_error() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"POSTHOG_IDENTITY_COOKIE_SAMESITE.*SECURE"
+    ):
+        from_env(
+            POSTHOG_IDENTITY_COOKIE_SAMESITE="None",
+            POSTHOG_IDENTITY_COOKIE_SECURE="false",
+        )
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("60", 60), (" 86400 ", 86400)])
+def test_cookie_max_age(raw: str, expected: int) -> None:
+    assert from_env(POSTHOG_IDENTITY_COOKIE_MAX_AGE=raw).cookie_max_age == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "-5", "1.5", "a year", "1e6"])
+def test_cookie_max_age_rejects_non_positive_or_non_integers(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_COOKIE_MAX_AGE"):
+        from_env(POSTHOG_IDENTITY_COOKIE_MAX_AGE=raw)
+
+
+@pytest.mark.parametrize("name", ["my_id", "ph-identity", "__Host-ph"])
+def test_cookie_name(name: str) -> None:
+    assert from_env(POSTHOG_IDENTITY_COOKIE_NAME=name).cookie_name == name
+
+
+@pytest.mark.parametrize("name", ["a b", "a;b", "a=b", "é", 'a"b'])
+def test_cookie_name_must_be_a_token(name: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_COOKIE_NAME"):
+        from_env(POSTHOG_IDENTITY_COOKIE_NAME=name)
+
+
+@pytest.mark.parametrize(
+    "domain", ["example.com", ".example.com", "a.b-c.example.org", "localhost"]
+)
+def test_cookie_domain(domain: str) -> None:
+    assert from_env(POSTHOG_IDENTITY_COOKIE_DOMAIN=domain).cookie_domain == domain
+
+
+@pytest.mark.parametrize(
+    "domain", ["exa mple.com", "example.com;x=1", "https://example.com", "-x.com"]
+)
+def test_cookie_domain_rejects_garbage(domain: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_COOKIE_DOMAIN"):
+        from_env(POSTHOG_IDENTITY_COOKIE_DOMAIN=domain)
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("https://eu.i.posthog.com", "https://eu.i.posthog.com"),
+        ("https://ph.example.com/", "https://ph.example.com"),
+        ("http://127.0.0.1:8123", "http://127.0.0.1:8123"),
+    ],
+)
+def test_host(raw: str, expected: str) -> None:
+    assert from_env(POSTHOG_HOST=raw).host == expected
+
+
+@pytest.mark.parametrize(
+    "raw", ["eu.i.posthog.com", "ftp://x", "https://", "/relative"]
+)
+def test_host_must_be_an_http_url(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_HOST"):
+        from_env(POSTHOG_HOST=raw)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        "https://cdn.example.com/array.js",
+        "/static/posthog/array.js",
+        "http://127.0.0.1:9/a.js",
+    ],
+)
+def test_script_url(raw: str) -> None:
+    assert from_env(POSTHOG_IDENTITY_SCRIPT_URL=raw).script_url == raw
+
+
+@pytest.mark.parametrize(
+    "raw", ["array.js", "//cdn.example.com/a.js", "javascript:alert(1)"]
+)
+def test_script_url_rejects_others(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SCRIPT_URL"):
+        from_env(POSTHOG_IDENTITY_SCRIPT_URL=raw)
+
+
+def test_exclude_paths_are_a_stripped_list_without_trailing_slashes() -> None:
+    settings = from_env(POSTHOG_IDENTITY_EXCLUDE_PATHS=" /static/ , /health,, /")
+    assert settings.exclude_paths == ("/static", "/health", "/")
+
+
+def test_exclude_paths_must_be_absolute() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"POSTHOG_IDENTITY_EXCLUDE_PATHS.*'static'"
+    ):
+        from_env(POSTHOG_IDENTITY_EXCLUDE_PATHS="/ok,static")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("identified_only", "identified_only"),
+        ("always", "always"),
+        ("ALWAYS", "always"),
+    ],
+)
+def test_person_profiles(raw: str, expected: str) -> None:
+    assert from_env(POSTHOG_IDENTITY_PERSON_PROFILES=raw).person_profiles == expected
+
+
+def test_person_profiles_rejects_others() -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_PERSON_PROFILES"):
+        from_env(POSTHOG_IDENTITY_PERSON_PROFILES="never")
+
+
+def test_overrides_take_field_names_and_win_over_the_environment() -> None:
+    settings = Settings.from_env(
+        {**BASE, "POSTHOG_IDENTITY_COOKIE_NAME": "from_env"},
+        cookie_name="override",
+        inject=False,
+    )
+    assert settings.cookie_name == "override"
+    assert settings.inject is False
+
+
+def test_overrides_can_supply_the_secret() -> None:
+    assert Settings.from_env({}, secrets=("abc",)).secrets == ("abc",)
+
+
+def test_unknown_override_is_a_type_error() -> None:
+    with pytest.raises(TypeError, match="cookie_nmae"):
+        Settings.from_env(BASE, cookie_nmae="x")
+
+
+def test_overrides_are_validated_too() -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_COOKIE_MAX_AGE"):
+        Settings.from_env(BASE, cookie_max_age=-1)
+
+
+def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTHOG_IDENTITY_SECRET", "from-os-environ")
+    monkeypatch.setenv("POSTHOG_IDENTITY_COOKIE_NAME", "os_cookie")
+    settings = Settings.from_env()
+    assert settings.secrets == ("from-os-environ",)
+    assert settings.cookie_name == "os_cookie"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "variable"),
+    [
+        ({"secrets": "one-string"}, "POSTHOG_IDENTITY_SECRET"),
+        ({"secrets": ()}, "POSTHOG_IDENTITY_SECRET"),
+        ({"secrets": ("ok", "")}, "POSTHOG_IDENTITY_SECRET"),
+        ({"secrets": ("ok",), "api_key": ""}, "POSTHOG_API_KEY"),
+        ({"secrets": ("ok",), "api_key": " phc "}, "POSTHOG_API_KEY"),
+        (
+            {"secrets": ("ok",), "cookie_max_age": True},
+            "POSTHOG_IDENTITY_COOKIE_MAX_AGE",
+        ),
+        (
+            {"secrets": ("ok",), "cookie_samesite": "lax"},
+            "POSTHOG_IDENTITY_COOKIE_SAMESITE",
+        ),
+        (
+            {"secrets": ("ok",), "person_profiles": "never"},
+            "POSTHOG_IDENTITY_PERSON_PROFILES",
+        ),
+        (
+            {"secrets": ("ok",), "exclude_paths": ("x",)},
+            "POSTHOG_IDENTITY_EXCLUDE_PATHS",
+        ),
+    ],
+    ids=lambda v: str(v) if isinstance(v, str) else None,
+)
+def test_direct_construction_is_validated(
+    kwargs: dict[str, object], variable: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=variable):
+        Settings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_settings_are_frozen() -> None:
+    settings = from_env()
+    with pytest.raises(AttributeError):
+        settings.inject = False  # type: ignore[misc]
