@@ -7,7 +7,16 @@ import os
 import nox
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
-TEST_DEPS = ["pytest>=8", "pytest-cov>=5", "coverage[toml]>=7.4", "hypothesis>=6.100"]
+TEST_DEPS = [
+    "pytest>=8",
+    "coverage[toml]>=7.10",
+    "hypothesis>=6.100",
+    # real servers and frameworks the integration tests run under
+    "uvicorn>=0.30",
+    "gunicorn>=22",
+    "httpx>=0.27",
+    "starlette>=0.37",
+]
 
 nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
 nox.options.reuse_existing_virtualenvs = True

@@ -57,9 +57,7 @@ def anon(linked: bool = False, issued_at: int = NOW - 60) -> CookieState:
     return CookieState(A, None, linked, issued_at)
 
 
-def known(
-    user: str, linked: bool = True, issued_at: int = NOW - 60, key: int = 0
-) -> CookieState:
+def known(user: str, linked: bool = True, issued_at: int = NOW - 60, key: int = 0) -> CookieState:
     return CookieState(A, CODEC.user_hash(user, key), linked, issued_at)
 
 
@@ -86,9 +84,7 @@ def test_no_cookie_with_a_user_mints_an_id_for_them_without_a_link() -> None:
     assert result.link is None
 
 
-@pytest.mark.parametrize(
-    "report", [NOBODY, NOTHING, "u1"], ids=["nobody", "nothing", "user"]
-)
+@pytest.mark.parametrize("report", [NOBODY, NOTHING, "u1"], ids=["nobody", "nothing", "user"])
 def test_an_expired_cookie_counts_as_no_cookie(report: Report) -> None:
     result = run(known("u1", issued_at=NOW - MAX_AGE), report)
     assert result.transition is Transition.NEW_VISITOR
@@ -101,9 +97,7 @@ def test_an_expired_cookie_counts_as_no_cookie(report: Report) -> None:
 
 @pytest.mark.parametrize("report", [NOBODY, NOTHING], ids=["nobody", "nothing"])
 @pytest.mark.parametrize("linked", [False, True], ids=["fresh", "linked"])
-def test_anonymous_cookie_without_a_user_changes_nothing(
-    report: Report, linked: bool
-) -> None:
+def test_anonymous_cookie_without_a_user_changes_nothing(report: Report, linked: bool) -> None:
     result = run(anon(linked), report)
     assert result == Resolution(Identity(A), Transition.NONE, None, None)
 
@@ -210,21 +204,15 @@ def test_an_anonymous_cookie_signed_by_an_older_secret_is_reissued() -> None:
     assert result.cookie == replace(anon(), issued_at=NOW)
 
 
-def test_a_user_cookie_signed_by_an_older_secret_is_rekeyed_when_the_user_is_seen() -> (
-    None
-):
+def test_a_user_cookie_signed_by_an_older_secret_is_rekeyed_when_the_user_is_seen() -> None:
     result = run(known("u1", key=1), "u1", key_index=1)
     assert result.transition is Transition.NONE
     assert result.identity == Identity(A, "u1", True)
     assert result.cookie == CookieState(A, CODEC.user_hash("u1", 0), True, NOW)
 
 
-def test_a_user_cookie_signed_by_an_older_secret_waits_when_nothing_is_reported() -> (
-    None
-):
-    result = run(
-        known("u1", key=1, issued_at=NOW - 2 * REISSUE_AFTER), NOTHING, key_index=1
-    )
+def test_a_user_cookie_signed_by_an_older_secret_waits_when_nothing_is_reported() -> None:
+    result = run(known("u1", key=1, issued_at=NOW - 2 * REISSUE_AFTER), NOTHING, key_index=1)
     assert result.cookie is None
     assert result.identity == Identity(A, None, True)
 
@@ -349,9 +337,7 @@ def test_links_only_join_a_fresh_anonymous_id_to_the_first_user_seen_after_it(
             assert not before.state.linked
             assert result.link.anonymous_id == before.state.anonymous_id
     anonymous_ids = [link.anonymous_id for link in browser.links]
-    assert len(anonymous_ids) == len(set(anonymous_ids)), (
-        "an anonymous id was linked twice"
-    )
+    assert len(anonymous_ids) == len(set(anonymous_ids)), "an anonymous id was linked twice"
     for link in browser.links:
         assert link.anonymous_id in minted
         assert link.user_id in USERS

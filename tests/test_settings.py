@@ -38,9 +38,7 @@ def test_missing_secret_names_the_variable() -> None:
     assert info.value.variable == "POSTHOG_IDENTITY_SECRET"
 
 
-@pytest.mark.parametrize(
-    "raw", ["", "   ", ",", " , ,"], ids=["empty", "blank", "comma", "commas"]
-)
+@pytest.mark.parametrize("raw", ["", "   ", ",", " , ,"], ids=["empty", "blank", "comma", "commas"])
 def test_empty_secret_counts_as_missing(raw: str) -> None:
     with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SECRET"):
         Settings.from_env({"POSTHOG_IDENTITY_SECRET": raw})
@@ -56,9 +54,7 @@ def test_short_secret_is_accepted() -> None:
 
 
 def test_repr_masks_the_secrets() -> None:
-    settings = from_env(
-        POSTHOG_IDENTITY_SECRET="hunter2-very-secret,older-secret-value"
-    )
+    settings = from_env(POSTHOG_IDENTITY_SECRET="hunter2-very-secret,older-secret-value")
     text = repr(settings)
     assert "hunter2" not in text
     assert "older-secret" not in text
@@ -82,9 +78,7 @@ def test_api_key_variables(env: dict[str, str], expected: str | None) -> None:
 
 
 def test_two_different_api_keys_are_an_error() -> None:
-    with pytest.raises(
-        ConfigurationError, match=r"POSTHOG_API_KEY.*POSTHOG_PROJECT_API_KEY"
-    ):
+    with pytest.raises(ConfigurationError, match=r"POSTHOG_API_KEY.*POSTHOG_PROJECT_API_KEY"):
         from_env(POSTHOG_API_KEY="phc_a", POSTHOG_PROJECT_API_KEY="phc_b")
 
 
@@ -156,9 +150,7 @@ def test_cookie_secure(raw: str, expected: bool | None) -> None:
 
 
 def test_cookie_secure_rejects_other_values() -> None:
-    with pytest.raises(
-        ConfigurationError, match=r"POSTHOG_IDENTITY_COOKIE_SECURE.*auto"
-    ):
+    with pytest.raises(ConfigurationError, match=r"POSTHOG_IDENTITY_COOKIE_SECURE.*auto"):
         from_env(POSTHOG_IDENTITY_COOKIE_SECURE="sometimes")
 
 
@@ -183,9 +175,7 @@ def test_samesite_none_forces_secure() -> None:
 
 
 def test_samesite_none_with_secure_false_is_an_error() -> None:
-    with pytest.raises(
-        ConfigurationError, match=r"POSTHOG_IDENTITY_COOKIE_SAMESITE.*SECURE"
-    ):
+    with pytest.raises(ConfigurationError, match=r"POSTHOG_IDENTITY_COOKIE_SAMESITE.*SECURE"):
         from_env(
             POSTHOG_IDENTITY_COOKIE_SAMESITE="None",
             POSTHOG_IDENTITY_COOKIE_SECURE="false",
@@ -241,9 +231,7 @@ def test_host(raw: str, expected: str) -> None:
     assert from_env(POSTHOG_HOST=raw).host == expected
 
 
-@pytest.mark.parametrize(
-    "raw", ["eu.i.posthog.com", "ftp://x", "https://", "/relative"]
-)
+@pytest.mark.parametrize("raw", ["eu.i.posthog.com", "ftp://x", "https://", "/relative"])
 def test_host_must_be_an_http_url(raw: str) -> None:
     with pytest.raises(ConfigurationError, match="POSTHOG_HOST"):
         from_env(POSTHOG_HOST=raw)
@@ -261,9 +249,7 @@ def test_script_url(raw: str) -> None:
     assert from_env(POSTHOG_IDENTITY_SCRIPT_URL=raw).script_url == raw
 
 
-@pytest.mark.parametrize(
-    "raw", ["array.js", "//cdn.example.com/a.js", "javascript:alert(1)"]
-)
+@pytest.mark.parametrize("raw", ["array.js", "//cdn.example.com/a.js", "javascript:alert(1)"])
 def test_script_url_rejects_others(raw: str) -> None:
     with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SCRIPT_URL"):
         from_env(POSTHOG_IDENTITY_SCRIPT_URL=raw)
@@ -275,9 +261,7 @@ def test_exclude_paths_are_a_stripped_list_without_trailing_slashes() -> None:
 
 
 def test_exclude_paths_must_be_absolute() -> None:
-    with pytest.raises(
-        ConfigurationError, match=r"POSTHOG_IDENTITY_EXCLUDE_PATHS.*'static'"
-    ):
+    with pytest.raises(ConfigurationError, match=r"POSTHOG_IDENTITY_EXCLUDE_PATHS.*'static'"):
         from_env(POSTHOG_IDENTITY_EXCLUDE_PATHS="/ok,static")
 
 
@@ -357,9 +341,7 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,
 )
-def test_direct_construction_is_validated(
-    kwargs: dict[str, object], variable: str
-) -> None:
+def test_direct_construction_is_validated(kwargs: dict[str, object], variable: str) -> None:
     with pytest.raises(ConfigurationError, match=variable):
         Settings(**kwargs)  # type: ignore[arg-type]
 

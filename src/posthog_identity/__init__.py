@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+from .context import current_identity as current_identity
+from .context import forget_user as forget_user
+from .context import identify_user as identify_user
 from .identity import Identity as Identity
 from .settings import ConfigurationError as ConfigurationError
 from .settings import Settings as Settings
 
-__all__ = ["ConfigurationError", "Identity", "Settings"]
+__all__ = [
+    "ConfigurationError",
+    "Identity",
+    "Settings",
+    "current_identity",
+    "forget_user",
+    "identify_user",
+]
 __version__ = "0.1.0"

@@ -144,9 +144,7 @@ def resolve(
         if isinstance(report, str):
             # A user with no cookie: nothing to link, the new id only carries them.
             state = CookieState(anonymous_id, user_hash(report, 0), False, now)
-            return Resolution(
-                Identity(anonymous_id, report, True), Transition.NEW_VISITOR, state
-            )
+            return Resolution(Identity(anonymous_id, report, True), Transition.NEW_VISITOR, state)
         state = CookieState(anonymous_id, None, False, now)
         return Resolution(Identity(anonymous_id), Transition.NEW_VISITOR, state)
 
@@ -159,21 +157,15 @@ def resolve(
             after = CookieState(anonymous_id, user_hash(report, 0), True, now)
             # An anonymous id is linked at most once, ever.
             link = None if state.linked else Link(report, anonymous_id)
-            return Resolution(
-                Identity(anonymous_id, report, True), Transition.LOGIN, after, link
-            )
+            return Resolution(Identity(anonymous_id, report, True), Transition.LOGIN, after, link)
         refreshed = replace(state, issued_at=now) if due else None
         return Resolution(Identity(anonymous_id), Transition.NONE, refreshed)
 
     if report is NOTHING:
         # The hash cannot be re-keyed without the user id, so a cookie signed by
         # an older secret waits for a request that reports its user.
-        refreshed = (
-            replace(state, issued_at=now) if due and not verified.stale_key else None
-        )
-        return Resolution(
-            Identity(anonymous_id, None, True), Transition.NONE, refreshed
-        )
+        refreshed = replace(state, issued_at=now) if due and not verified.stale_key else None
+        return Resolution(Identity(anonymous_id, None, True), Transition.NONE, refreshed)
 
     if report is NOBODY:
         if reset_on_logout:
@@ -186,14 +178,8 @@ def resolve(
 
     assert isinstance(report, str)
     if hmac.compare_digest(user_hash(report, key_index), state.user_hash):
-        refreshed = (
-            replace(state, user_hash=user_hash(report, 0), issued_at=now)
-            if due
-            else None
-        )
-        return Resolution(
-            Identity(anonymous_id, report, True), Transition.NONE, refreshed
-        )
+        refreshed = replace(state, user_hash=user_hash(report, 0), issued_at=now) if due else None
+        return Resolution(Identity(anonymous_id, report, True), Transition.NONE, refreshed)
 
     # Another user on the same browser: a new anonymous id, and never merge users.
     fresh = new_id()

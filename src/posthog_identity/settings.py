@@ -97,9 +97,7 @@ class Settings:
             raise _fail("secrets", "every secret must be a non-empty string")
         object.__setattr__(self, "secrets", secrets)
 
-        if self.api_key is not None and (
-            not self.api_key or self.api_key.strip() != self.api_key
-        ):
+        if self.api_key is not None and (not self.api_key or self.api_key.strip() != self.api_key):
             raise _fail("api_key", "must be a non-empty key without surrounding spaces")
 
         object.__setattr__(self, "host", _check_url("host", self.host))
@@ -111,21 +109,13 @@ class Settings:
             )
 
         if not _TOKEN.match(self.cookie_name):
-            raise _fail(
-                "cookie_name", f"{self.cookie_name!r} is not a valid cookie name"
-            )
+            raise _fail("cookie_name", f"{self.cookie_name!r} is not a valid cookie name")
         if self.cookie_domain is not None and not _DOMAIN.match(self.cookie_domain):
-            raise _fail(
-                "cookie_domain", f"{self.cookie_domain!r} is not a valid domain"
-            )
-        if isinstance(self.cookie_max_age, bool) or not isinstance(
-            self.cookie_max_age, int
-        ):
+            raise _fail("cookie_domain", f"{self.cookie_domain!r} is not a valid domain")
+        if isinstance(self.cookie_max_age, bool) or not isinstance(self.cookie_max_age, int):
             raise _fail("cookie_max_age", "must be a whole number of seconds")
         if self.cookie_max_age <= 0:
-            raise _fail(
-                "cookie_max_age", f"must be positive, got {self.cookie_max_age}"
-            )
+            raise _fail("cookie_max_age", f"must be positive, got {self.cookie_max_age}")
 
         if self.cookie_samesite not in _SAMESITE.values():
             raise _fail(
@@ -135,8 +125,7 @@ class Settings:
         if self.cookie_samesite == "None" and self.cookie_secure is False:
             raise ConfigurationError(
                 ENV_VARS["cookie_samesite"],
-                "SameSite=None requires a Secure cookie, but "
-                f"{ENV_VARS['cookie_secure']} is false",
+                f"SameSite=None requires a Secure cookie, but {ENV_VARS['cookie_secure']} is false",
             )
         if self.person_profiles not in _PERSON_PROFILES:
             raise _fail(
@@ -149,9 +138,7 @@ class Settings:
 
     def __repr__(self) -> str:
         shown = ", ".join(
-            f"{f.name}={getattr(self, f.name)!r}"
-            for f in dataclasses.fields(self)
-            if f.repr
+            f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr
         )
         return f"Settings(secrets=<{len(self.secrets)} masked>, {shown})"
 
@@ -161,9 +148,7 @@ class Settings:
         return True if self.cookie_samesite == "None" else self.cookie_secure
 
     @classmethod
-    def from_env(
-        cls, environ: Mapping[str, str] | None = None, **overrides: Any
-    ) -> Settings:
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read the settings from `environ` (default `os.environ`); overrides win.
 
         Overrides take `Settings` field names and Python values.
@@ -203,11 +188,7 @@ def _check_url(name: str, value: str, *, allow_path: bool = False) -> str:
         return value
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.netloc or " " in value:
-        expected = (
-            "an http(s) URL or a path starting with /"
-            if allow_path
-            else "an http(s) URL"
-        )
+        expected = "an http(s) URL or a path starting with /" if allow_path else "an http(s) URL"
         raise _fail(name, f"must be {expected}, got {value!r}")
     return value.rstrip("/") if name == "host" else value
 
@@ -242,9 +223,7 @@ def parse_list(raw: str) -> tuple[str, ...]:
 def _secrets(variable: str, raw: str) -> tuple[str, ...]:
     secrets = parse_list(raw)
     if not secrets:
-        raise ConfigurationError(
-            variable, "is required (a random string of 32+ characters)"
-        )
+        raise ConfigurationError(variable, "is required (a random string of 32+ characters)")
     return secrets
 
 
@@ -263,18 +242,14 @@ def _secure(variable: str, raw: str) -> bool | None:
     try:
         return parse_bool(variable, raw)
     except ConfigurationError:
-        raise ConfigurationError(
-            variable, f"expected auto, true or false, got {raw!r}"
-        ) from None
+        raise ConfigurationError(variable, f"expected auto, true or false, got {raw!r}") from None
 
 
 def _samesite(variable: str, raw: str) -> SameSite:
     try:
         return _SAMESITE[raw.lower()]
     except KeyError:
-        raise ConfigurationError(
-            variable, f"expected Lax, Strict or None, got {raw!r}"
-        ) from None
+        raise ConfigurationError(variable, f"expected Lax, Strict or None, got {raw!r}") from None
 
 
 def _person_profiles(variable: str, raw: str) -> PersonProfiles:
@@ -282,9 +257,7 @@ def _person_profiles(variable: str, raw: str) -> PersonProfiles:
     for option in _PERSON_PROFILES:
         if value == option:
             return option
-    raise ConfigurationError(
-        variable, f"expected identified_only or always, got {raw!r}"
-    )
+    raise ConfigurationError(variable, f"expected identified_only or always, got {raw!r}")
 
 
 def _paths(variable: str, raw: str) -> tuple[str, ...]:

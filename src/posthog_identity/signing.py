@@ -60,9 +60,7 @@ class CookieCodec:
         if not secrets:
             raise ValueError("at least one secret is required")
         self._signers = tuple(
-            Signer(
-                secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256
-            )
+            Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
             for secret in secrets
         )
         self._user_keys = tuple(
@@ -82,9 +80,7 @@ class CookieCodec:
     def dumps(self, state: CookieState) -> str:
         """Serialize and sign with the newest secret."""
         flags = (_LINKED if state.linked else 0) | (_HAS_USER if state.user_hash else 0)
-        raw = _HEADER.pack(
-            _VERSION, uuid.UUID(state.anonymous_id).bytes, flags, state.issued_at
-        )
+        raw = _HEADER.pack(_VERSION, uuid.UUID(state.anonymous_id).bytes, flags, state.issued_at)
         if state.user_hash:
             raw += state.user_hash
         payload = base64.urlsafe_b64encode(raw).rstrip(b"=")

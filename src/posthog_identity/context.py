@@ -1,0 +1,81 @@
+"""The current request's identity, and the posthog context every capture inherits."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import posthog
+
+from .engine import logger
+from .identity import NOBODY
+
+if TYPE_CHECKING:
+    from .engine import Exchange
+    from .identity import Identity
+
+__all__ = ["bind", "current_identity", "forget_user", "identify_user", "rebind"]
+
+_PERSONLESS = "$process_person_profile"
+_exchange: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar(
+    "posthog_identity_exchange", default=None
+)
+
+
+def current_identity() -> Identity | None:
+    """The current request's `Identity`, or None outside a request."""
+    exchange = _exchange.get()
+    return None if exchange is None else exchange.identity
+
+
+def identify_user(user_id: object) -> None:
+    """Tell the middleware who the user is now (call it from a login view).
+
+    The link, the cookie and the snippet follow when the response starts;
+    server captures made after this call already carry the user id.
+    """
+    exchange = _exchange.get()
+    if exchange is None:
+        logger.warning("posthog_identity: identify_user() called outside a request; ignored")
+        return
+    report = exchange.engine.coerce(user_id)
+    if isinstance(report, str):
+        rebind(exchange, lambda: exchange.set_explicit(report))
+
+
+def forget_user() -> None:
+    """Tell the middleware nobody is logged in now (call it from a logout view)."""
+    exchange = _exchange.get()
+    if exchange is None:
+        logger.warning("posthog_identity: forget_user() called outside a request; ignored")
+        return
+    rebind(exchange, lambda: exchange.set_explicit(NOBODY))
+
+
+@contextmanager
+def bind(exchange: Exchange) -> Iterator[None]:
+    """Make `exchange` current, in a fresh posthog context bound to its distinct id."""
+    token = _exchange.set(exchange)
+    try:
+        with posthog.new_context(fresh=True, capture_exceptions=False):
+            posthog.identify_context(exchange.identity.distinct_id)
+            if exchange.personless():
+                posthog.tag(_PERSONLESS, False)
+            yield
+    finally:
+        _exchange.reset(token)
+
+
+def rebind(exchange: Exchange, change: Callable[[], None]) -> None:
+    """Apply `change` to the exchange and move the current posthog context along."""
+    was_personless = exchange.personless()
+    change()
+    posthog.identify_context(exchange.identity.distinct_id)
+    if exchange.personless():
+        posthog.tag(_PERSONLESS, False)
+    elif was_personless:
+        # posthog's contexts cannot remove a tag; an explicit True overrides the
+        # False that `bind` set, and means what its absence means.
+        posthog.tag(_PERSONLESS, True)
