@@ -160,11 +160,7 @@ class Exchange:
         self.engine = engine
         self.request = request
         self._now = int(time.time())
-        try:
-            self._verified = engine.read_cookie(request.cookie_header)
-        except Exception:
-            logger.exception("posthog_identity: reading the identity cookie failed")
-            self._verified = None
+        self._verified = engine.read_cookie(request.cookie_header)
         self._reported = report
         self._explicit: Report | None = None
         self._minted: str | None = None

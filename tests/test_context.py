@@ -1,0 +1,106 @@
+"""current_identity / identify_user / forget_user and the posthog context binding."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+import posthog
+import pytest
+from posthog.contexts import get_context_distinct_id
+
+from posthog_identity import current_identity, forget_user, identify_user
+from posthog_identity.context import bind
+from posthog_identity.engine import Engine, RequestInfo
+
+if TYPE_CHECKING:
+    from posthog_identity.settings import Settings
+
+REQUEST = RequestInfo(method="GET", scheme="http", path="/")
+
+
+@pytest.mark.parametrize(
+    "call", [lambda: identify_user("u"), forget_user], ids=["identify", "forget"]
+)
+def test_outside_a_request_the_calls_warn_and_do_nothing(
+    caplog: pytest.LogCaptureFixture, call: object
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    assert callable(call)
+    call()
+    assert current_identity() is None
+    assert "outside a request" in caplog.text
+
+
+def test_identify_user_moves_the_identity_and_the_posthog_context(settings: Settings) -> None:
+    exchange = Engine(settings).begin(REQUEST)
+    with bind(exchange):
+        anonymous = current_identity()
+        assert anonymous is not None
+        assert get_context_distinct_id() == anonymous.distinct_id
+        assert posthog.get_tags()["$process_person_profile"] is False
+        identify_user(7)
+        identity = current_identity()
+        assert identity is not None
+        assert identity.user_id == "7"
+        assert identity.anonymous_id == anonymous.anonymous_id
+        assert get_context_distinct_id() == "7"
+        assert posthog.get_tags()["$process_person_profile"] is True
+        forget_user()
+        assert posthog.get_tags()["$process_person_profile"] is False
+    assert current_identity() is None
+
+
+def test_an_invalid_id_is_ignored(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    exchange = Engine(settings).begin(REQUEST)
+    with bind(exchange):
+        identify_user(["not", "an", "id"])
+        identity = current_identity()
+        assert identity is not None
+        assert not identity.is_identified
+    assert "ignoring a user id" in caplog.text
+
+
+def test_identify_user_works_from_a_thread_that_copied_the_context(settings: Settings) -> None:
+    exchange = Engine(settings).begin(REQUEST)
+    with bind(exchange), ThreadPoolExecutor(1) as pool:
+        context = contextvars.copy_context()
+        pool.submit(context.run, identify_user, "threaded").result()
+        identity = current_identity()
+        assert identity is not None
+        assert identity.user_id == "threaded"
+        assert get_context_distinct_id() == "threaded"
+
+
+def test_asyncio_to_thread_sees_and_changes_the_request(settings: Settings) -> None:
+    exchange = Engine(settings).begin(REQUEST)
+
+    async def view() -> str | None:
+        await asyncio.to_thread(identify_user, "from-thread")
+        identity = current_identity()
+        return None if identity is None else identity.user_id
+
+    with bind(exchange):
+        assert asyncio.run(view()) == "from-thread"
+
+
+def test_concurrent_requests_never_see_each_others_identity(settings: Settings) -> None:
+    engine = Engine(settings)
+
+    async def request(n: int) -> tuple[str, str | None]:
+        exchange = engine.begin(REQUEST)
+        with bind(exchange):
+            identify_user(f"user-{n}")
+            await asyncio.sleep(0)
+            identity = current_identity()
+            return f"user-{n}", None if identity is None else identity.user_id
+
+    async def main() -> list[tuple[str, str | None]]:
+        return await asyncio.gather(*(request(n) for n in range(200)))
+
+    results = asyncio.run(main())
+    assert all(expected == seen for expected, seen in results)
