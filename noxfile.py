@@ -13,7 +13,7 @@ TEST_DEPS = [
     "hypothesis>=6.100",
     # real servers and frameworks the integration tests run under
     "uvicorn>=0.30",
-    "gunicorn>=22",
+    "gunicorn>=27",  # --no-control-socket
     "httpx>=0.27",
     "starlette>=0.37",
 ]
