@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
 from .engine import Engine, Exchange, RequestInfo, logger
+from .html import grown_length
 from .identity import NOTHING, Report
 
 if TYPE_CHECKING:
     from posthog.client import Client
 
+    from .html import HtmlInjector
     from .settings import Settings
 
 __all__ = ["IdentityMiddleware"]
@@ -44,10 +46,11 @@ class IdentityMiddleware:
         *,
         user_id: UserIdCallback | None = None,
         client: Client | None = None,
+        init_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.user_id = user_id
-        self.engine = Engine(settings, client)
+        self.engine = Engine(settings, client, init_options)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -58,7 +61,7 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            exchange = self.engine.begin(_request_info(scope), await self._read_user(scope))
+            exchange = self.engine.begin(_request_info(scope), await self.read_user(scope))
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             await self.app(scope, receive, send)
@@ -68,28 +71,9 @@ class IdentityMiddleware:
                 # Identity for the context only: a websocket sets no cookie.
                 await self.app(scope, receive, send)
             else:
-                await self.app(scope, receive, self._responder(scope, exchange, send))
+                await self.app(scope, receive, _Responder(self, scope, exchange, send))
 
-    def _responder(self, scope: Scope, exchange: Exchange, send: Send) -> Send:
-        async def send_with_identity(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                if not exchange.explicit:
-                    # Read again: an auth middleware inside this one has run by now.
-                    report = await self._read_user(scope)
-                    rebind(exchange, lambda: exchange.report(report))
-                headers = list(message.get("headers", ()))
-                decoded = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
-                extra = exchange.finish(decoded)
-                if extra:
-                    message = dict(message)
-                    message["headers"] = headers + [
-                        (k.encode("latin-1"), v.encode("latin-1")) for k, v in extra
-                    ]
-            await send(message)
-
-        return send_with_identity
-
-    async def _read_user(self, scope: Scope) -> Report:
+    async def read_user(self, scope: Scope) -> Report:
         if self.user_id is not None:
             try:
                 value = self.user_id(scope)
@@ -122,6 +106,83 @@ class IdentityMiddleware:
             await send(message)
 
         await self.app(scope, receive, send_after_flush)
+
+
+class _Responder:
+    """Wraps `send` for one response: identity headers, then the HTML injection.
+
+    An HTML page's ``http.response.start`` is held only until the injector has
+    decided, so its Content-Length can be corrected; other messages pass through.
+    """
+
+    def __init__(
+        self, middleware: IdentityMiddleware, scope: Scope, exchange: Exchange, send: Send
+    ) -> None:
+        self.middleware = middleware
+        self.scope = scope
+        self.exchange = exchange
+        self.send = send
+        self.injector: HtmlInjector | None = None
+        self.held: Message | None = None
+
+    async def __call__(self, message: Message) -> None:
+        if self.held is not None:
+            await self._while_holding(message)
+        elif message["type"] == "http.response.start":
+            await self._start(message)
+        else:
+            await self.send(message)
+
+    async def _start(self, message: Message) -> None:
+        exchange = self.exchange
+        if not exchange.explicit:
+            # Read again: an auth middleware inside this one has run by now.
+            report = await self.middleware.read_user(self.scope)
+            rebind(exchange, lambda: exchange.report(report))
+        raw = list(message.get("headers", ()))
+        headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
+        extra = exchange.finish(headers)
+        message = {
+            **message,
+            "headers": raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra],
+        }
+        self.injector = exchange.injector(message.get("status", 200), headers + extra)
+        if self.injector is None:
+            await self.send(message)
+        else:
+            self.held = message
+
+    async def _while_holding(self, message: Message) -> None:
+        injector = self.injector
+        assert injector is not None
+        if message["type"] != "http.response.body":
+            # Anything else (a file sent by path, trailers): give up, send as is.
+            held = injector.finish()
+            await self._release()
+            if held:
+                await self.send({"type": "http.response.body", "body": held, "more_body": True})
+            await self.send(message)
+            return
+        more = message.get("more_body", False)
+        out = injector.feed(message.get("body", b""))
+        if not more:
+            out += injector.finish()
+        if injector.decided:
+            await self._release()
+            await self.send({**message, "body": out})
+
+    async def _release(self) -> None:
+        assert self.held is not None
+        assert self.injector is not None
+        held, self.held = self.held, None
+        injector = self.injector
+        headers = [
+            (k, grown_length(v.decode("latin-1"), injector).encode("latin-1"))
+            if k.lower() == b"content-length"
+            else (k, v)
+            for k, v in held["headers"]
+        ]
+        await self.send({**held, "headers": headers})
 
 
 def _starlette_user(user: object) -> object:

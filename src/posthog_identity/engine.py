@@ -11,12 +11,14 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
 
 from posthog.client import Client
 from werkzeug.http import dump_cookie, parse_cookie, parse_dict_header
 
+from .html import HtmlInjector, may_inject
 from .identity import (
     NOTHING,
     Identity,
@@ -29,6 +31,7 @@ from .identity import (
 from .linking import RecentLinks, send_link
 from .settings import Settings
 from .signing import CookieCodec, Verified
+from .snippet import Snippet, csp_nonce
 
 __all__ = ["Engine", "Exchange", "RequestInfo", "logger"]
 
@@ -51,8 +54,17 @@ class RequestInfo:
 class Engine:
     """Per-middleware state, built once: settings, cookie codec, client, link memory."""
 
-    def __init__(self, settings: Settings | None = None, client: Client | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        client: Client | None = None,
+        init_options: Mapping[str, Any] | None = None,
+    ) -> None:
         self.settings = Settings.from_env() if settings is None else settings
+        if init_options:
+            # Validated like the environment variable, at start-up.
+            options = {**self.settings.init_options, **init_options}
+            self.settings = replace(self.settings, init_options=options)
         self.codec = CookieCodec(self.settings.secrets)
         self.links = RecentLinks()
         self._warned: set[str] = set()
@@ -61,6 +73,14 @@ class Engine:
         if client is None:
             client = self._build_client()
         self.client = client
+        self.snippet: Snippet | None = None
+        if self.settings.inject and self.api_key is not None:
+            self.snippet = Snippet(
+                self.api_key,
+                self.settings.host,
+                self.settings.script_url,
+                self.settings.init_options,
+            )
         if self.client is None and not self.settings.disabled:
             logger.warning(
                 "posthog_identity: no PostHog API key (POSTHOG_API_KEY): identity is "
@@ -207,6 +227,25 @@ class Exchange:
     @property
     def identity(self) -> Identity:
         return self.resolution.identity
+
+    def injector(self, status: int, headers: list[tuple[str, str]]) -> HtmlInjector | None:
+        """An injector for this response's HTML body, or None when it is left alone.
+
+        Call after `finish`: the snippet carries the request's final identity,
+        or none at all on a page a shared cache may serve to others.
+        """
+        snippet = self.engine.snippet
+        try:
+            if snippet is None or not may_inject(self.request.method, status, headers):
+                return None
+            identity = None if _shared_cacheable(headers) else self.identity
+            rendered = snippet.render(identity, csp_nonce(headers))
+            return HtmlInjector(rendered, self.engine.settings.inject_lookahead)
+        except Exception:
+            logger.exception(
+                "posthog_identity: preparing the snippet failed; the page is untouched"
+            )
+            return None
 
     def personless(self) -> bool:
         """Should this request's server captures skip person processing?"""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -34,7 +35,20 @@ ENV_VARS: dict[str, str] = {
     "exclude_paths": "POSTHOG_IDENTITY_EXCLUDE_PATHS",
     "person_profiles": "POSTHOG_IDENTITY_PERSON_PROFILES",
     "disabled": "POSTHOG_IDENTITY_DISABLED",
+    "inject_lookahead": "POSTHOG_IDENTITY_INJECT_LOOKAHEAD",
+    "init_options": "POSTHOG_IDENTITY_INIT_OPTIONS",
 }
+#: posthog-js init options the snippet sets itself to put the browser on the
+#: request's identity; users cannot override them.
+RESERVED_INIT_OPTIONS = frozenset(
+    {
+        "bootstrap",
+        "get_device_id",
+        "loaded",
+        "prepare_external_dependency_script",
+        "prepare_external_dependency_stylesheet",
+    }
+)
 API_KEY_ALIAS = "POSTHOG_PROJECT_API_KEY"
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
@@ -86,6 +100,8 @@ class Settings:
     exclude_paths: tuple[str, ...] = ()
     person_profiles: PersonProfiles = "identified_only"
     disabled: bool = False
+    inject_lookahead: int = 64 * 1024
+    init_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.secrets, str):
@@ -132,6 +148,13 @@ class Settings:
                 "person_profiles",
                 f"must be identified_only or always, got {self.person_profiles!r}",
             )
+
+        lookahead = self.inject_lookahead
+        if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1024:
+            raise _fail(
+                "inject_lookahead", f"must be a whole number of bytes >= 1024, got {lookahead!r}"
+            )
+        object.__setattr__(self, "init_options", _check_init_options(self.init_options))
 
         paths = tuple(_check_prefix(p) for p in self.exclude_paths)
         object.__setattr__(self, "exclude_paths", paths)
@@ -191,6 +214,38 @@ def _check_url(name: str, value: str, *, allow_path: bool = False) -> str:
         expected = "an http(s) URL or a path starting with /" if allow_path else "an http(s) URL"
         raise _fail(name, f"must be {expected}, got {value!r}")
     return value.rstrip("/") if name == "host" else value
+
+
+def _check_init_options(options: object) -> Mapping[str, Any]:
+    if not isinstance(options, Mapping):
+        raise _fail("init_options", "must be a JSON object of posthog-js init options")
+    reserved = sorted(RESERVED_INIT_OPTIONS.intersection(options))
+    if reserved:
+        raise _fail("init_options", f"{', '.join(reserved)} cannot be set: the snippet manages it")
+    try:
+        json.dumps(options)
+    except (TypeError, ValueError) as error:
+        raise _fail("init_options", f"must be JSON-serializable: {error}") from None
+    return dict(options)
+
+
+def _json_object(variable: str, raw: str) -> Any:
+    try:
+        value = json.loads(raw)
+    except ValueError as error:
+        raise ConfigurationError(variable, f"is not valid JSON: {error}") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError(variable, f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _bytes(variable: str, raw: str) -> int:
+    try:
+        return int(raw, 10)
+    except ValueError:
+        raise ConfigurationError(
+            variable, f"expected a whole number of bytes, got {raw!r}"
+        ) from None
 
 
 def _check_prefix(value: str) -> str:
@@ -274,4 +329,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "disabled": parse_bool,
     "exclude_paths": _paths,
     "person_profiles": _person_profiles,
+    "inject_lookahead": _bytes,
+    "init_options": _json_object,
 }

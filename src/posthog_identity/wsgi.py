@@ -3,23 +3,26 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
-from .engine import Engine, RequestInfo, logger
+from .engine import Engine, Exchange, RequestInfo, logger
+from .html import grown_length
 from .identity import NOTHING, Report
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from posthog.client import Client
 
+    from .html import HtmlInjector
     from .settings import Settings
 
 __all__ = ["IdentityMiddleware"]
 
 UserIdCallback = Callable[["WSGIEnvironment"], object]
+Write = Callable[[bytes], object]
 
 
 class IdentityMiddleware:
@@ -28,7 +31,8 @@ class IdentityMiddleware:
     :param settings: default ``Settings.from_env()``.
     :param user_id: ``callable(environ)`` returning the user's id, or None when
         nobody is logged in; default: ``environ["REMOTE_USER"]`` when present.
-    :param client: a ``Client``; default: one built from the settings.
+    :param client: a ``posthog.Client``; default: one built from the settings.
+    :param init_options: extra posthog-js ``init`` options for the snippet.
     """
 
     def __init__(
@@ -38,10 +42,11 @@ class IdentityMiddleware:
         *,
         user_id: UserIdCallback | None = None,
         client: Client | None = None,
+        init_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.app = app
         self.user_id = user_id
-        self.engine = Engine(settings, client)
+        self.engine = Engine(settings, client, init_options)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.engine.bypasses(environ.get("PATH_INFO", "")):
@@ -53,35 +58,25 @@ class IdentityMiddleware:
                 path=environ.get("PATH_INFO", ""),
                 cookie_header=environ.get("HTTP_COOKIE", ""),
             )
-            exchange = self.engine.begin(request, self._read_user(environ))
+            exchange = self.engine.begin(request, self.read_user(environ))
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             return self.app(environ, start_response)
 
-        def identity_start_response(
-            status: str, headers: list[tuple[str, str]], exc_info: Any = None
-        ) -> Callable[[bytes], object]:
-            if not exchange.explicit:
-                # Read again: the app may have authenticated the user by now.
-                try:
-                    rebind(exchange, lambda: exchange.report(self._read_user(environ)))
-                except Exception:
-                    logger.exception("posthog_identity: re-reading the user failed")
-            return start_response(status, headers + exchange.finish(headers), exc_info)
-
+        response = _Response(self, environ, exchange, start_response)
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
         context = contextvars.copy_context()
         scope = ExitStack()
         context.run(scope.enter_context, bind(exchange))
         try:
-            result = context.run(self.app, environ, identity_start_response)
+            result = context.run(self.app, environ, response.start_response)
         except BaseException:
             context.run(scope.close)
             raise
-        return _BoundResponse(result, context, scope)
+        return _BoundBody(result, response, context, scope)
 
-    def _read_user(self, environ: WSGIEnvironment) -> Report:
+    def read_user(self, environ: WSGIEnvironment) -> Report:
         if self.user_id is not None:
             callback = self.user_id
             return self.engine.read_user(lambda: callback(environ))
@@ -90,24 +85,133 @@ class IdentityMiddleware:
         return NOTHING
 
 
-class _BoundResponse:
+class _Response:
+    """One response's head: identity headers, and holding it while the HTML is scanned.
+
+    The server's ``start_response`` must see the final Content-Length, so for an
+    HTML page it is called only once the injector has decided; no body byte is
+    passed on before that.
+    """
+
+    def __init__(
+        self,
+        middleware: IdentityMiddleware,
+        environ: WSGIEnvironment,
+        exchange: Exchange,
+        start_response: StartResponse,
+    ) -> None:
+        self.middleware = middleware
+        self.environ = environ
+        self.exchange = exchange
+        self.server_start_response = start_response
+        self.injector: HtmlInjector | None = None
+        self.held: tuple[str, list[tuple[str, str]], Any] | None = None
+        self.server_write: Write | None = None
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Write:
+        exchange = self.exchange
+        if not exchange.explicit:
+            # Read again: the app may have authenticated the user by now.
+            try:
+                rebind(exchange, lambda: exchange.report(self.middleware.read_user(self.environ)))
+            except Exception:
+                logger.exception("posthog_identity: re-reading the user failed")
+        headers = headers + exchange.finish(headers)
+        if self.server_write is not None:
+            # Headers already sent: the server re-raises exc_info, as PEP 3333 says.
+            return self.server_start_response(status, headers, exc_info)
+        self.injector = exchange.injector(_status_code(status), headers)
+        if self.injector is None:
+            self.held = None
+            self.server_write = self.server_start_response(status, headers, exc_info)
+        else:
+            self.held = (status, headers, exc_info)
+        return self.write
+
+    @property
+    def holding(self) -> bool:
+        return self.held is not None
+
+    def release(self) -> None:
+        """Send the held head, with Content-Length corrected for the snippet."""
+        assert self.held is not None
+        assert self.injector is not None
+        status, headers, exc_info = self.held
+        self.held = None
+        injector = self.injector
+        headers = [
+            (name, grown_length(value, injector) if name.lower() == "content-length" else value)
+            for name, value in headers
+        ]
+        self.server_write = self.server_start_response(status, headers, exc_info)
+
+    def transform(self, chunk: bytes) -> bytes:
+        """Pass a body chunk through the injector; release the head once it decided."""
+        if not self.holding:
+            return chunk
+        assert self.injector is not None
+        out = self.injector.feed(chunk)
+        if self.injector.decided:
+            self.release()
+        return out
+
+    def finish(self) -> bytes:
+        if not self.holding:
+            return b""
+        assert self.injector is not None
+        out = self.injector.finish()
+        self.release()
+        return out
+
+    def write(self, data: bytes) -> object:
+        """The app's legacy write(): goes through the injector like any chunk."""
+        out = self.transform(data)
+        if out and self.server_write is not None:
+            return self.server_write(out)
+        return None
+
+
+class _BoundBody:
     """The app's iterable, iterated and closed inside the request's context."""
 
     def __init__(
-        self, iterable: Iterable[bytes], context: contextvars.Context, scope: ExitStack
+        self,
+        iterable: Iterable[bytes],
+        response: _Response,
+        context: contextvars.Context,
+        scope: ExitStack,
     ) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
+        self._response = response
         self._context = context
         self._scope = scope
+        self._exhausted = False
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
+        if self._exhausted:
+            raise StopIteration
         if self._iterator is None:
             self._iterator = self._context.run(iter, self._iterable)
-        return self._context.run(next, self._iterator)
+        response = self._response
+        while True:
+            try:
+                chunk = self._context.run(next, self._iterator)
+            except StopIteration:
+                self._exhausted = True
+                tail = response.finish()
+                if tail:
+                    return tail
+                raise
+            out = response.transform(chunk)
+            # While the head is held nothing may be yielded, not even b"".
+            if not response.holding:
+                return out
 
     def close(self) -> None:
         try:
@@ -116,3 +220,10 @@ class _BoundResponse:
                 self._context.run(close)
         finally:
             self._context.run(self._scope.close)
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return 0
