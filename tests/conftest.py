@@ -14,6 +14,7 @@ from wsgiref.validate import validator
 import posthog
 import pytest
 
+from posthog_identity import engine
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
@@ -21,6 +22,13 @@ from tests import apps
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 API_KEY = "phc_test_project_key"
+
+
+@pytest.fixture(autouse=True)
+def _forget_built_clients() -> Iterator[None]:
+    """Clients built by a test's middleware post to that test's sink, gone at exit."""
+    yield
+    engine._owned_clients.clear()
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -39,6 +40,26 @@ logger = logging.getLogger("posthog_identity")
 
 #: How long a shutdown waits for queued events to reach PostHog.
 FLUSH_TIMEOUT = 5.0
+
+
+# Clients this library built, flushed together at process exit (WSGI has no
+# shutdown event); posthog's own exit hook waits one second in all.
+_owned_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _flush_at_exit() -> None:
+    deadline = time.monotonic() + FLUSH_TIMEOUT
+    for client in list(_owned_clients):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            client.flush(timeout_seconds=remaining)
+        except Exception:
+            logger.exception("posthog_identity: flushing events at exit failed")
+
+
+atexit.register(_flush_at_exit)
 
 
 @dataclass(frozen=True)
@@ -91,8 +112,7 @@ class Engine:
         if self.settings.api_key is None or self.settings.disabled:
             return None
         client = Client(self.settings.api_key, host=self.settings.host)
-        # posthog's own exit hook waits one second; give queued links a fairer chance.
-        atexit.register(self.flush)
+        _owned_clients.add(client)
         return client
 
     @property

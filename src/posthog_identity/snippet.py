@@ -23,7 +23,7 @@ ph.__SV=1;ph._i=[];ph.people=ph.people||[];\
 var stub=function(t,m){var p=m.split(".");if(p.length==2){t=t[p[0]];m=p[1];}\
 t[m]=function(){t.push([m].concat(Array.prototype.slice.call(arguments,0)));};};\
 var ms=o.methods.split(" ");for(var i=0;i<ms.length;i++){stub(ph,ms[i]);}\
-ph.init=function(k,c,n){ph._i.push([k,c,n]);};\
+ph.init=function(k,c,n){ph._i.push([k,c,n||"posthog"]);};\
 var s=d.createElement("script");s.async=true;s.crossOrigin="anonymous";s.src=o.src;\
 if(o.nonce){s.nonce=o.nonce;}\
 (d.head||d.documentElement).appendChild(s);\
@@ -42,20 +42,28 @@ p.identify(id.user);};\
 ph.init(o.token,c);\
 })(window,document,%s);"""
 
-# The methods the official posthog-js snippet queues before the library loads.
+# The methods posthog-js 1.449's own loader queues (dist/loader.js) before the
+# library arrives; array.js replays them in order.
 _METHODS = (
-    "init capture register register_once register_for_session unregister "
-    "unregister_for_session getFeatureFlag getFeatureFlagPayload isFeatureEnabled "
-    "reloadFeatureFlags updateEarlyAccessFeatureEnrollment getEarlyAccessFeatures on "
-    "onFeatureFlags onSurveysLoaded onSessionId getSurveys getActiveMatchingSurveys "
-    "renderSurvey canRenderSurvey canRenderSurveyAsync identify setPersonProperties group "
-    "resetGroups setPersonPropertiesForFlags resetPersonPropertiesForFlags "
-    "setGroupPropertiesForFlags resetGroupPropertiesForFlags reset get_distinct_id "
-    "getGroups get_session_id get_session_replay_url alias set_config startSessionRecording "
-    "stopSessionRecording sessionRecordingStarted captureException loadToolbar "
-    "get_property getSessionProperty createPersonProfile opt_in_capturing "
-    "opt_out_capturing has_opted_in_capturing has_opted_out_capturing "
-    "clear_opt_in_out_capturing debug people.set people.set_once"
+    "addExceptionStep alias calculateEventProperties canRenderSurvey "
+    "canRenderSurveyAsync cancelPendingSurvey capture captureException captureLog "
+    "captureTraceFeedback captureTraceMetric clearIdentity "
+    "clear_opt_in_out_capturing createPersonProfile debug displaySurvey "
+    "getActiveMatchingSurveys getAllFeatureFlags getEarlyAccessFeatures getExtension "
+    "getFeatureFlag getFeatureFlagPayload getFeatureFlagResult getGroups "
+    "getPageViewId getSessionProperty getSurveys get_distinct_id "
+    "get_explicit_consent_status get_property get_session_id get_session_replay_url "
+    "group has_opted_in_capturing has_opted_out_capturing identify isFeatureEnabled "
+    "is_capturing loadToolbar on onActiveMatchingSurveysChanged onFeatureFlags "
+    "onSessionId onSurveysLoaded opt_in_capturing opt_out_capturing people.set "
+    "people.set_once register register_for_session register_once reloadFeatureFlags "
+    "renderSurvey reset resetGroupPropertiesForFlags resetGroups "
+    "resetPersonPropertiesForFlags sessionRecordingStarted "
+    "setGroupPropertiesForFlags setIdentity setInternalOrTestUser "
+    "setPersonProperties setPersonPropertiesForFlags set_config shutdown "
+    "startExceptionAutocapture startSessionRecording stopExceptionAutocapture "
+    "stopSessionRecording unregister unregister_for_session unsetPersonProperties "
+    "updateEarlyAccessFeatureEnrollment updateFlags"
 )
 
 _NONCE = re.compile(r"'nonce-([A-Za-z0-9+/_=-]+)'")
