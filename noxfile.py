@@ -16,6 +16,7 @@ TEST_DEPS = [
     "gunicorn>=27",  # --no-control-socket
     "httpx>=0.27",
     "starlette>=0.37",
+    "html5lib>=1.1",  # a real HTML5 parser checks where the snippet lands
 ]
 
 nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
