@@ -104,3 +104,30 @@ def test_concurrent_requests_never_see_each_others_identity(settings: Settings) 
 
     results = asyncio.run(main())
     assert all(expected == seen for expected, seen in results)
+
+
+def test_report_user_is_reread_at_response_start_unlike_identify_user(settings: Settings) -> None:
+    from posthog_identity.context import has_request, report_user
+
+    assert not has_request()
+    report_user("ignored outside a request")
+    exchange = Engine(settings).begin(REQUEST)
+    with bind(exchange):
+        assert has_request()
+        report_user(5)
+        assert not exchange.explicit
+        identity = current_identity()
+        assert identity is not None
+        assert identity.user_id == "5"
+        identify_user("chosen")
+        report_user(None)
+        identity = current_identity()
+        assert identity is not None
+        assert identity.user_id == "chosen", "the app's own call wins"
+
+
+def test_a_callback_may_say_it_cannot_tell(settings: Settings) -> None:
+    from posthog_identity import NOTHING
+
+    engine = Engine(settings)
+    assert engine.coerce(NOTHING) is NOTHING

@@ -5,11 +5,15 @@ from __future__ import annotations
 from .context import current_identity as current_identity
 from .context import forget_user as forget_user
 from .context import identify_user as identify_user
+from .identity import NOBODY as NOBODY
+from .identity import NOTHING as NOTHING
 from .identity import Identity as Identity
 from .settings import ConfigurationError as ConfigurationError
 from .settings import Settings as Settings
 
 __all__ = [
+    "NOBODY",
+    "NOTHING",
     "ConfigurationError",
     "Identity",
     "Settings",

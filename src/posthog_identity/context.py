@@ -16,7 +16,15 @@ if TYPE_CHECKING:
     from .engine import Exchange
     from .identity import Identity
 
-__all__ = ["bind", "current_identity", "forget_user", "identify_user", "rebind"]
+__all__ = [
+    "bind",
+    "current_identity",
+    "forget_user",
+    "has_request",
+    "identify_user",
+    "rebind",
+    "report_user",
+]
 
 _PERSONLESS = "$process_person_profile"
 _exchange: contextvars.ContextVar[Exchange | None] = contextvars.ContextVar(
@@ -52,6 +60,25 @@ def forget_user() -> None:
         logger.warning("posthog_identity: forget_user() called outside a request; ignored")
         return
     rebind(exchange, lambda: exchange.set_explicit(NOBODY))
+
+
+def report_user(user_id: object) -> None:
+    """For framework integrations: what the framework's auth says right now.
+
+    Unlike `identify_user`, this is not a decision of the app: the middleware
+    still reads the user again when the response starts. None means nobody.
+    """
+    exchange = _exchange.get()
+    if exchange is None:
+        return
+    report = exchange.engine.coerce(user_id)
+    if not exchange.explicit:
+        rebind(exchange, lambda: exchange.report(report))
+
+
+def has_request() -> bool:
+    """True inside a request the middleware handles (integrations check their wrapping)."""
+    return _exchange.get() is not None
 
 
 @contextmanager

@@ -69,9 +69,15 @@ class InvalidUserId(TypeError):
 
 
 def coerce_user_id(value: object) -> Report:
-    """Normalize what a `user_id` callback returned: None is NOBODY, ids become str."""
+    """Normalize what a `user_id` callback returned: None is NOBODY, ids become str.
+
+    A callback may also return NOTHING (it cannot tell, e.g. outside a
+    framework's request context) or NOBODY itself.
+    """
     if value is None:
         return NOBODY
+    if isinstance(value, Absent):
+        return value
     if isinstance(value, str):
         if not value:
             raise InvalidUserId("an empty string")

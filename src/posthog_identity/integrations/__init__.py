@@ -1,0 +1,1 @@
+"""Framework glue: each module tells the core who the user is, nothing else."""
