@@ -14,11 +14,12 @@ from .identity import NOBODY
 
 if TYPE_CHECKING:
     from .engine import Exchange
-    from .identity import Identity
+    from .identity import Identity, Resolution
 
 __all__ = [
     "bind",
     "current_identity",
+    "current_resolution",
     "forget_user",
     "has_request",
     "identify_user",
@@ -74,6 +75,12 @@ def report_user(user_id: object) -> None:
     report = exchange.engine.coerce(user_id)
     if not exchange.explicit:
         rebind(exchange, lambda: exchange.report(report))
+
+
+def current_resolution() -> Resolution | None:
+    """The current request's full resolution (transition, cookie, link); for tools like the demo."""
+    exchange = _exchange.get()
+    return None if exchange is None else exchange.resolution
 
 
 def has_request() -> bool:

@@ -1,0 +1,179 @@
+"""`posthog-identity`: demo, sink and check."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TextIO
+from urllib.parse import urlsplit
+
+from .settings import ENV_VARS, ConfigurationError, Settings
+
+__all__ = ["check", "main"]
+
+#: Exit codes of `check`.
+OK, PROBLEMS, INVALID = 0, 1, 2
+MIN_SECRET_LENGTH = 32
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+_PREFIX = "POSTHOG_IDENTITY_"
+
+
+@dataclass
+class Report:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check(
+    environ: Mapping[str, str] | None = None,
+    *,
+    ping: bool = False,
+    timeout: float = 5.0,
+    out: TextIO | None = None,
+) -> int:
+    """Read the environment as the middleware does; print it and what is wrong."""
+    out = sys.stdout if out is None else out
+    env = os.environ if environ is None else environ
+    report = Report()
+    known = set(ENV_VARS.values())
+    for name in sorted(env):
+        if name.startswith(_PREFIX) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            report.errors.append(f"{name} is not a posthog-identity setting{hint}")
+    try:
+        settings = Settings.from_env(env)
+    except ConfigurationError as error:
+        print(f"error: {error}", file=out)
+        _print_problems(report, out)
+        print("The middleware would refuse to start with this configuration.", file=out)
+        return INVALID
+
+    _print_settings(settings, out)
+    _audit(settings, report)
+    if ping:
+        _ping(settings.host, timeout, report)
+    _print_problems(report, out)
+    if report.errors:
+        return PROBLEMS
+    print("ok: the configuration looks right.", file=out)
+    return OK
+
+
+def _audit(settings: Settings, report: Report) -> None:
+    newest = settings.secrets[0]
+    if len(newest) < MIN_SECRET_LENGTH:
+        report.errors.append(
+            f"{ENV_VARS['secrets']}: the newest secret has {len(newest)} characters; use at least "
+            f"{MIN_SECRET_LENGTH} random ones (python3 -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))')"
+        )
+    key = settings.api_key
+    if key is None:
+        report.warnings.append(
+            f"{ENV_VARS['api_key']} is not set: identity works, but no events are sent and no "
+            "snippet is injected"
+        )
+    elif key.startswith("phx_"):
+        report.errors.append(
+            f"{ENV_VARS['api_key']} is a personal API key (phx_…): it grants access to your "
+            "PostHog account and would be published in every page; use the project key (phc_…)"
+        )
+    elif not key.startswith("phc_"):
+        report.warnings.append(f"{ENV_VARS['api_key']} does not look like a project key (phc_…)")
+    parts = urlsplit(settings.host)
+    if parts.scheme != "https" and (parts.hostname or "") not in _LOCAL_HOSTS:
+        report.errors.append(
+            f"{ENV_VARS['host']}: {settings.host} is not https; events and the API key would "
+            "travel in clear text"
+        )
+    if settings.cookie_samesite == "None" and settings.cookie_secure is None:
+        report.warnings.append(
+            f"{ENV_VARS['cookie_samesite']}=None: the cookie is always Secure, so it is not set "
+            "over plain http"
+        )
+    if settings.disabled:
+        report.warnings.append(
+            f"{ENV_VARS['disabled']} is on: the middleware passes everything through"
+        )
+
+
+def _ping(host: str, timeout: float, report: Report) -> None:
+    request = urllib.request.Request(f"{host}/flags/?v=2", method="GET")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            pass
+    except urllib.error.HTTPError:
+        pass  # any HTTP answer means the host is there
+    except (OSError, ValueError) as error:
+        reason = getattr(error, "reason", error)
+        report.errors.append(
+            f"{ENV_VARS['host']}: {host} did not answer within {timeout:g}s ({reason})"
+        )
+
+
+def _print_settings(settings: Settings, out: TextIO) -> None:
+    secrets = settings.secrets
+    masked = f"{len(secrets)} secret(s), newest {len(secrets[0])} characters (masked)"
+    rows = [
+        ("secrets", masked),
+        ("api_key", settings.api_key or "(none)"),
+        ("host", settings.host),
+        ("cookie_name", settings.cookie_name),
+        ("cookie_domain", settings.cookie_domain or "(host-only)"),
+        ("cookie_max_age", str(settings.cookie_max_age)),
+        (
+            "cookie_secure",
+            "auto" if settings.cookie_secure is None else str(settings.cookie_secure).lower(),
+        ),
+        ("cookie_samesite", settings.cookie_samesite),
+        ("inject", str(settings.inject).lower()),
+        ("script_url", settings.script_url or "(default for the host)"),
+        ("reset_on_logout", str(settings.reset_on_logout).lower()),
+        ("exclude_paths", ", ".join(settings.exclude_paths) or "(none)"),
+        ("person_profiles", settings.person_profiles),
+        ("disabled", str(settings.disabled).lower()),
+        ("inject_lookahead", str(settings.inject_lookahead)),
+        ("init_options", str(dict(settings.init_options)) if settings.init_options else "(none)"),
+    ]
+    width = max(len(ENV_VARS[name]) for name, _ in rows)
+    print("Effective configuration:", file=out)
+    for name, value in rows:
+        print(f"  {ENV_VARS[name]:<{width}}  {value}", file=out)
+
+
+def _print_problems(report: Report, out: TextIO) -> None:
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=out)
+    for error in report.errors:
+        print(f"error: {error}", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="posthog-identity", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="run the demo site with a local event sink")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=int, default=8000)
+    commands.add_parser("sink", help="run a local PostHog ingestion sink", add_help=False)
+    doctor = commands.add_parser("check", help="check the configuration in the environment")
+    doctor.add_argument("--ping", action="store_true", help="check that POSTHOG_HOST answers")
+    doctor.add_argument("--timeout", type=float, default=5.0)
+
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["sink"]:
+        from .sink import main as sink_main
+
+        return sink_main(arguments[1:])
+    options = parser.parse_args(arguments)
+    if options.command == "demo":
+        from .demo import serve
+
+        return serve(options.host, options.port)
+    return check(ping=options.ping, timeout=options.timeout)
