@@ -85,7 +85,7 @@ class IdentityMiddleware:
             return self.engine.coerce(value)
         if "user" not in scope:
             return NOTHING
-        return self.engine.read_user(lambda: _starlette_user(scope["user"]))
+        return self.engine.read_user(lambda: starlette_user(scope["user"]))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass lifespan through; deliver queued events before shutdown completes."""
@@ -185,7 +185,7 @@ class _Responder:
         await self.send({**held, "headers": headers})
 
 
-def _starlette_user(user: object) -> object:
+def starlette_user(user: object) -> object:
     """Starlette's user: authenticated -> identity (else display_name); else nobody."""
     if not getattr(user, "is_authenticated", False):
         return None
