@@ -326,3 +326,24 @@ def test_identity_cookie_is_readable_by_the_test_helper(settings: Settings) -> N
     driver = drive(hello, settings)
     driver.get("/")
     assert read_cookie(driver.cookie or "").anonymous_id == driver.state.anonymous_id
+
+
+def test_a_body_dropped_without_close_leaves_its_context_cleanly(settings: Settings) -> None:
+    import gc
+    import sys
+
+    raised: list[BaseException | None] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: raised.append(unraisable.exc_value)
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+        wrapped = IdentityMiddleware(hello, settings)
+        for _ in range(3):
+            result = wrapped(dict(environ), lambda status, headers, exc_info=None: None)
+            next(iter(result))
+            del result
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert raised == []
+    assert current_identity() is None
