@@ -6,13 +6,21 @@ import base64
 import gzip
 import json
 import logging
+import os
+import queue
+import re
+import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from email.message import Message
 from pathlib import Path
@@ -21,7 +29,7 @@ from typing import Any, NamedTuple
 import pytest
 from posthog.client import Client
 
-from posthog_identity.sink import DEFAULT_MAX_BODY_SIZE, Sink
+from posthog_identity.sink import DEFAULT_MAX_BODY_SIZE, Sink, format_event, main
 
 KEY = "phc_test"
 EVENT = {"event": "signup", "distinct_id": "user-1", "properties": {"plan": "pro"}}
@@ -401,7 +409,9 @@ def test_malformed_request_line_gets_json_400(sink: Sink) -> None:
     [
         ("GET", "/batch/", 405),
         ("GET", "/i/v1/analytics/events", 405),
-        ("GET", "/array/phc_test/config.js", 404),
+        ("GET", "/array/phc_test/array.js", 404),
+        ("GET", "/flags/", 405),
+        ("GET", "/s/", 405),
         ("PUT", "/batch/", 501),
     ],
 )
@@ -657,3 +667,817 @@ def test_start_with_an_unwritable_jsonl_path_raises(tmp_path: Path) -> None:
         sink.start()
     with pytest.raises(RuntimeError):
         _ = sink.url
+
+
+# -- feature flags ---------------------------------------------------------------
+
+# What posthog-js 1.449 posts to /flags/?v=2 (browser-common's _callFlagsEndpoint).
+FLAGS_REQUEST = {
+    "token": KEY,
+    "distinct_id": "anon-1",
+    "groups": {},
+    "person_properties": {"$lib": "web", "$lib_version": "1.449.2"},
+    "timezone": "Europe/Paris",
+    "$device_id": "anon-1",
+}
+FLAGS = {"new-checkout": "variant-b", "beta": True, "old-nav": False}
+PAYLOADS = {"new-checkout": {"button": "green"}, "beta": "hello", "old-nav": [1]}
+
+
+@pytest.fixture
+def flagged() -> Iterator[Sink]:
+    with Sink(flags=FLAGS, flag_payloads=PAYLOADS) as running:
+        yield running
+
+
+def ask_flags(sink: Sink, path: str = "/flags/?v=2", request: Any = FLAGS_REQUEST) -> Reply:
+    return post_json(sink.url + path, request)
+
+
+def test_flags_v2_answers_an_empty_flag_set(sink: Sink) -> None:
+    reply = ask_flags(sink)
+
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "application/json"
+    answer = reply.json()
+    assert set(answer) == {"flags", "errorsWhileComputingFlags", "requestId", "evaluatedAt"}
+    assert answer["flags"] == {}
+    assert answer["errorsWhileComputingFlags"] is False
+    assert uuid.UUID(answer["requestId"])
+    assert isinstance(answer["evaluatedAt"], int)
+
+
+def test_legacy_flags_answer_empty_feature_flag_maps(sink: Sink) -> None:
+    answer = ask_flags(sink, "/flags/").json()
+
+    assert answer["featureFlags"] == {}
+    assert answer["featureFlagPayloads"] == {}
+    assert answer["errorsWhileComputingFlags"] is False
+    assert "flags" not in answer
+
+
+@pytest.mark.parametrize(
+    ("path", "shape"),
+    [
+        ("/flags/?v=2", "flags"),
+        ("/flags?v=2", "flags"),
+        ("/flags/?v=4", "flags"),
+        ("/flags/", "featureFlags"),
+        ("/flags/?v=1", "featureFlags"),
+        ("/flags/?v=next", "featureFlags"),
+        ("/decide/?v=3", "featureFlags"),
+        ("/decide/?v=4", "flags"),
+    ],
+)
+def test_flags_answer_in_the_shape_their_version_asks_for(
+    flagged: Sink, path: str, shape: str
+) -> None:
+    answer = ask_flags(flagged, path).json()
+    assert {"flags", "featureFlags"} & set(answer) == {shape}
+
+
+def test_configured_flags_answer_v2_records(flagged: Sink) -> None:
+    # posthog-js's normalizeFlagsResponse: value = variant ?? enabled; payload =
+    # metadata.payload (a JSON string) of the enabled flags.
+    flags = ask_flags(flagged).json()["flags"]
+
+    assert flags == {
+        "new-checkout": {
+            "key": "new-checkout",
+            "enabled": True,
+            "variant": "variant-b",
+            "reason": {
+                "code": "condition_match",
+                "condition_index": 0,
+                "description": "Matched condition set 1",
+            },
+            "metadata": {"id": 1, "version": 1, "payload": '{"button": "green"}'},
+        },
+        "beta": {
+            "key": "beta",
+            "enabled": True,
+            "variant": None,
+            "reason": {
+                "code": "condition_match",
+                "condition_index": 0,
+                "description": "Matched condition set 1",
+            },
+            "metadata": {"id": 2, "version": 1, "payload": '"hello"'},
+        },
+        "old-nav": {
+            "key": "old-nav",
+            "enabled": False,
+            "variant": None,
+            "reason": {"code": "no_condition_match", "description": "No matching condition set"},
+            "metadata": {"id": 3, "version": 1},
+        },
+    }
+
+
+def test_configured_flags_answer_legacy_maps(flagged: Sink) -> None:
+    answer = ask_flags(flagged, "/flags/").json()
+
+    assert answer["featureFlags"] == FLAGS
+    assert answer["featureFlagPayloads"] == {
+        "new-checkout": '{"button": "green"}',
+        "beta": '"hello"',
+    }
+
+
+def test_v4_flag_records_carry_typed_values(flagged: Sink) -> None:
+    flags = ask_flags(flagged, "/flags/?v=4").json()["flags"]
+    assert {key: record["value"] for key, record in flags.items()} == FLAGS
+
+
+def test_posthog_python_reads_the_configured_flags(flagged: Sink) -> None:
+    with client(flagged, sync_mode=True) as ph:
+        flags = ph.evaluate_flags("user-1")
+
+    assert [flags.get_flag(key) for key in FLAGS] == ["variant-b", True, False]
+    assert flags.get_flag("missing") is None
+    assert flags.get_flag_payload("new-checkout") == {"button": "green"}
+    [request] = flagged.flag_requests()
+    assert (request["distinct_id"], request["api_key"]) == ("user-1", KEY)
+
+
+def test_flag_keys_limit_the_answer(flagged: Sink) -> None:
+    answer = ask_flags(flagged, request={**FLAGS_REQUEST, "flag_keys": ["beta"]}).json()
+    assert list(answer["flags"]) == ["beta"]
+
+
+def test_disable_flags_answers_no_flags(flagged: Sink) -> None:
+    answer = ask_flags(flagged, request={**FLAGS_REQUEST, "disable_flags": True}).json()
+    assert answer["flags"] == {}
+
+
+@pytest.mark.parametrize("path", ["/decide/?v=3", "/flags/?v=2&config=true"])
+def test_decide_and_config_true_carry_the_remote_config(flagged: Sink, path: str) -> None:
+    answer = ask_flags(flagged, path).json()
+    assert answer["supportedCompression"] == ["gzip", "gzip-js"]
+    assert answer["sessionRecording"] is False
+    assert answer["hasFeatureFlags"] is True
+
+
+def gzip_js(payload: Any) -> bytes:
+    return gzip.compress(json.dumps(payload).encode(), mtime=0)
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "headers"),
+    [
+        pytest.param("/flags/?v=2", json.dumps(FLAGS_REQUEST).encode(), {}, id="json"),
+        pytest.param(
+            "/flags/?v=2",
+            gzip_js(FLAGS_REQUEST),
+            {"Content-Type": "text/plain"},
+            id="posthog-js-gzip",  # 1.449 drops ?compression=gzip-js from the URL
+        ),
+        pytest.param(
+            "/flags/?v=2&compression=gzip-js",
+            gzip_js(FLAGS_REQUEST),
+            {"Content-Type": "text/plain"},
+            id="gzip-js-parameter",
+        ),
+        pytest.param(
+            "/flags/?v=2&compression=base64",
+            base64_form(FLAGS_REQUEST),
+            {"Content-Type": "application/x-www-form-urlencoded"},
+            id="base64",
+        ),
+        pytest.param(
+            "/flags/?v=4",
+            gzip_js(FLAGS_REQUEST),
+            {"Content-Encoding": "gzip"},
+            id="content-encoding-gzip",
+        ),
+    ],
+)
+def test_flags_requests_are_decoded_and_recorded(
+    sink: Sink, path: str, body: bytes, headers: dict[str, str]
+) -> None:
+    assert send(sink.url + path, body, headers=headers).status == 200
+    assert sink.flag_requests() == [FLAGS_REQUEST]
+
+
+def test_flags_requests_are_not_events(sink: Sink) -> None:
+    ask_flags(sink)
+    assert sink.events() == []
+
+
+def test_flag_requests_returns_copies(sink: Sink) -> None:
+    ask_flags(sink)
+    sink.flag_requests()[0]["distinct_id"] = "changed"
+    assert sink.flag_requests() == [FLAGS_REQUEST]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "kind"),
+    [
+        pytest.param(b"{not json", 400, "invalid_request", id="malformed-json"),
+        pytest.param(b"[]", 400, "invalid_request", id="not-an-object"),
+        pytest.param(
+            json.dumps({"distinct_id": "anon-1"}).encode(),
+            401,
+            "authentication_error",
+            id="no-token",
+        ),
+        pytest.param(
+            json.dumps({"token": KEY, "distinct_id": ""}).encode(),
+            400,
+            "invalid_request",
+            id="empty-distinct-id",
+        ),
+        pytest.param(
+            json.dumps({"api_key": KEY}).encode(), 400, "invalid_request", id="no-distinct-id"
+        ),
+    ],
+)
+def test_rejected_flags_requests_get_a_json_error_and_keep_nothing(
+    sink: Sink, body: bytes, status: int, kind: str
+) -> None:
+    reply = send(sink.url + "/flags/?v=2", body)
+
+    assert reply.status == status
+    assert reply.json()["type"] == kind
+    assert sink.flag_requests() == []
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"flags": {"beta": 1}}, "True, False or a variant name"),
+        ({"flags": {"beta": ""}}, "True, False or a variant name"),
+        ({"flags": {"": True}}, "non-empty strings"),
+        ({"flags": {"beta": True}, "flag_payloads": {"other": 1}}, r"\['other'\]"),
+    ],
+    ids=["number", "empty-variant", "empty-key", "payload-without-flag"],
+)
+def test_invalid_flags_are_refused_at_construction(options: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Sink(**options)
+
+
+def test_on_flag_request_gets_each_request() -> None:
+    seen: list[dict[str, Any]] = []
+    with Sink(on_flag_request=seen.append) as sink:
+        ask_flags(sink)
+    assert seen == [FLAGS_REQUEST]
+
+
+def test_on_flag_request_errors_are_logged_and_the_answer_stands(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def explode(request: dict[str, Any]) -> None:
+        raise ValueError("callback bug")
+
+    with Sink(on_flag_request=explode) as sink:
+        reply = ask_flags(sink)
+        assert sink.flag_requests() == [FLAGS_REQUEST]
+
+    assert reply.json()["flags"] == {}
+    assert "callback bug" in caplog.text
+
+
+# -- remote config -----------------------------------------------------------------
+
+CONFIG_SCRIPT = re.compile(
+    r"\(function \(\) \{\n"
+    r"  window\._POSTHOG_REMOTE_CONFIG = window\._POSTHOG_REMOTE_CONFIG \|\| \{\};\n"
+    r"  window\._POSTHOG_REMOTE_CONFIG\[(?P<token>.*)\] = "
+    r"\{config: (?P<config>.*), siteApps: \[\]\};\n"
+    r"\}\)\(\);\n"
+)
+
+
+def run_node(script: str) -> Any:
+    """Run a script in Node and return what it printed, as JSON."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed")
+    done = subprocess.run(
+        [node, "-e", script], capture_output=True, text=True, timeout=30, check=True
+    )
+    return json.loads(done.stdout)
+
+
+def remote_config_in_a_window(script: str) -> Any:
+    # The config.js as a browser runs it: against a global `window`.
+    return run_node("const window = {};\n" + script + "\nconsole.log(JSON.stringify(window));")[
+        "_POSTHOG_REMOTE_CONFIG"
+    ]
+
+
+def test_config_js_sets_the_remote_config_for_its_token(sink: Sink) -> None:
+    reply = send(sink.url + "/array/phc_test/config.js", method="GET")
+
+    assert reply.status == 200
+    assert reply.headers["Content-Type"] == "application/javascript; charset=utf-8"
+    match = CONFIG_SCRIPT.fullmatch(reply.body.decode())
+    assert match is not None
+    assert json.loads(match["token"]) == KEY
+    assert json.loads(match["config"])["token"] == KEY
+
+
+def test_config_js_runs_in_a_javascript_engine(sink: Sink) -> None:
+    script = send(sink.url + "/array/phc_test/config.js", method="GET").body.decode()
+    configs = remote_config_in_a_window(script)
+    assert list(configs) == [KEY]
+    assert configs[KEY]["siteApps"] == []
+    assert configs[KEY]["config"]["token"] == KEY
+
+
+def test_config_js_escapes_a_hostile_token(sink: Sink) -> None:
+    token = "</script><script>alert(1)//\"'\u2028"
+    path = "/array/" + urllib.parse.quote(token, safe="") + "/config.js"
+    script = send(sink.url + path, method="GET").body.decode()
+
+    assert "</script>" not in script
+    assert "\u2028" not in script
+    assert list(remote_config_in_a_window(script)) == [token]
+
+
+def test_config_json_is_the_same_config(sink: Sink) -> None:
+    script = send(sink.url + "/array/phc_test/config.js", method="GET").body.decode()
+    reply = send(sink.url + "/array/phc_test/config", method="GET")
+
+    assert reply.headers["Content-Type"] == "application/json"
+    match = CONFIG_SCRIPT.fullmatch(script)
+    assert match is not None
+    assert reply.json() == json.loads(match["config"])
+
+
+def test_remote_config_turns_off_every_product_posthog_js_reads(sink: Sink) -> None:
+    # The keys each posthog-js 1.449 extension reads in its onRemoteConfig.
+    config = send(sink.url + "/array/phc_test/config", method="GET").json()
+    assert config == {
+        "token": KEY,
+        "supportedCompression": ["gzip", "gzip-js"],
+        "hasFeatureFlags": False,
+        "captureDeadClicks": False,
+        "capturePerformance": False,
+        "autocapture_opt_out": False,
+        "autocaptureExceptions": False,
+        "analytics": {"endpoint": "/e/"},
+        "elementsChainAsString": True,
+        "errorTracking": {"autocaptureExceptions": False, "suppressionRules": []},
+        "logs": {"captureConsoleLogs": False},
+        "sessionRecording": False,
+        "heatmaps": False,
+        "conversations": False,
+        "surveys": False,
+        "productTours": False,
+        "defaultIdentifiedOnly": True,
+        "siteApps": [],
+    }
+
+
+def test_remote_config_has_feature_flags_when_flags_are_configured(flagged: Sink) -> None:
+    # posthog-js skips its first /flags request when hasFeatureFlags is false.
+    config = send(flagged.url + "/array/phc_test/config", method="GET").json()
+    assert config["hasFeatureFlags"] is True
+
+
+def test_config_requests_record_their_tokens(sink: Sink) -> None:
+    send(sink.url + "/array/phc_one/config.js", method="GET")
+    send(sink.url + "/array/phc_two/config/", method="GET")
+    assert sink.config_tokens() == ["phc_one", "phc_two"]
+
+
+# -- static files ------------------------------------------------------------------
+
+
+@pytest.fixture
+def static_dir(tmp_path: Path) -> Path:
+    root = tmp_path / "dist"
+    (root / "sub").mkdir(parents=True)
+    (root / "1.449.2").mkdir()
+    files = {
+        "array.js": "/* array */",
+        "surveys.js": "/* surveys */",
+        "recorder.js": "/* recorder, unversioned */",
+        "1.449.2/recorder.js": "/* recorder 1.449.2 */",
+        "sub/inner.js": "/* inner */",
+        "data.json": "{}",
+        "style.css": "a {}",
+        "image.png": "png",
+        "blob.unknownext": "blob",
+    }
+    for name, text in files.items():
+        (root / name).write_text(text, encoding="utf-8")
+    (tmp_path / "secret.txt").write_text("classified", encoding="utf-8")
+    (root / "escape.txt").symlink_to(tmp_path / "secret.txt")
+    (root / "link-out").symlink_to(tmp_path, target_is_directory=True)
+    (root / "alias.js").symlink_to(root / "array.js")
+    (root / "loop").symlink_to(root / "loop")
+    return root
+
+
+@pytest.fixture
+def static_sink(static_dir: Path) -> Iterator[Sink]:
+    with Sink(static_dir=static_dir) as running:
+        yield running
+
+
+def get_raw(sink: Sink, target: str) -> Reply:
+    # By hand, so that no client normalises `..` or percent-escapes first.
+    return send_raw(sink, f"GET {target} HTTP/1.0\r\n\r\n".encode())
+
+
+@pytest.mark.parametrize(
+    ("target", "body"),
+    [
+        ("/static/array.js", "/* array */"),
+        ("/static/sub/inner.js", "/* inner */"),
+        ("/static/surveys.js?v=1.449.2", "/* surveys */"),
+        ("/static/1.449.2/surveys.js", "/* surveys */"),
+        ("/static/1.449.2/recorder.js", "/* recorder 1.449.2 */"),
+        ("/static/recorder.js", "/* recorder, unversioned */"),
+        ("/static/alias.js", "/* array */"),
+        ("/static/%61rray.js", "/* array */"),
+    ],
+    ids=[
+        "file",
+        "nested",
+        "query-ignored",
+        "version-stripped",
+        "versioned-file-first",
+        "unversioned",
+        "symlink-inside",
+        "percent-encoded",
+    ],
+)
+def test_static_serves_files_from_the_directory(static_sink: Sink, target: str, body: str) -> None:
+    reply = get_raw(static_sink, target)
+    assert reply.status == 200
+    assert reply.body.decode() == body
+
+
+@pytest.mark.parametrize(
+    ("name", "content_type"),
+    [
+        ("array.js", "application/javascript; charset=utf-8"),
+        ("data.json", "application/json"),
+        ("style.css", "text/css; charset=utf-8"),
+        ("image.png", "image/png"),
+        ("blob.unknownext", "application/octet-stream"),
+    ],
+)
+def test_static_files_get_their_content_type(
+    static_sink: Sink, name: str, content_type: str
+) -> None:
+    reply = send(static_sink.url + "/static/" + name, method="GET")
+    assert reply.headers["Content-Type"] == content_type
+    assert reply.headers["Content-Length"] == str(len(reply.body))
+    assert reply.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/static/../secret.txt",
+        "/static/../sink.py",
+        "/static/%2e%2e/secret.txt",
+        "/static/%2E%2E%2Fsecret.txt",
+        "/static/sub/../../secret.txt",
+        "/static/1.449.2/../../secret.txt",
+        "/static/./array.js",
+        "/static/..%5csecret.txt",
+        "/static/array.js%00.txt",
+        "ABSOLUTE",
+        "ENCODED-ABSOLUTE",
+        "/static/escape.txt",
+        "/static/link-out/secret.txt",
+        "/static/loop",
+        "/static/sub",
+        "/static/",
+        "/static/missing.js",
+        "/static/notaversion/surveys.js",
+    ],
+    ids=[
+        "dotdot",
+        "dotdot-sink-py",
+        "encoded-dotdot",
+        "encoded-dotdot-slash",
+        "nested-dotdot",
+        "version-dotdot",
+        "dot",
+        "backslash",
+        "nul",
+        "absolute",
+        "encoded-absolute",
+        "symlinked-file-outside",
+        "symlinked-dir-outside",
+        "symlink-loop",
+        "directory",
+        "empty",
+        "missing",
+        "not-a-version",
+    ],
+)
+def test_static_refuses_paths_outside_its_files(
+    static_sink: Sink, static_dir: Path, target: str
+) -> None:
+    secret = str(static_dir.parent / "secret.txt")
+    if target == "ABSOLUTE":
+        target = "/static/" + secret
+    elif target == "ENCODED-ABSOLUTE":
+        target = "/static/" + urllib.parse.quote(secret, safe="")
+    reply = get_raw(static_sink, target)
+
+    assert reply.status == 404
+    assert reply.json()["code"] == "not_found"
+    assert b"classified" not in reply.body
+
+
+def test_static_without_a_directory_is_404(sink: Sink) -> None:
+    assert send(sink.url + "/static/array.js", method="GET").status == 404
+
+
+def test_static_file_that_cannot_be_opened_is_404(
+    static_sink: Sink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def vanished(self: Path, *args: Any, **kwargs: Any) -> Any:
+        raise FileNotFoundError(self)
+
+    monkeypatch.setattr(Path, "open", vanished)
+    assert send(static_sink.url + "/static/array.js", method="GET").status == 404
+
+
+def test_static_dir_must_be_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        Sink(static_dir=tmp_path / "missing")
+
+
+# -- session recordings ------------------------------------------------------------
+
+
+def test_recordings_are_counted_not_kept(sink: Sink) -> None:
+    snapshot = {"event": "$snapshot", "properties": {"distinct_id": "anon-1"}}
+    body = gzip_js({"api_key": KEY, "batch": [snapshot]})
+    for _ in range(2):
+        reply = send(sink.url + "/s/?ver=1.449.2", body, headers={"Content-Type": "text/plain"})
+        assert (reply.status, reply.json()) == (200, {"status": 1})
+
+    assert sink.recording_count() == 2
+    assert sink.events() == []
+
+
+def test_clear_forgets_flags_configs_and_recordings(sink: Sink) -> None:
+    ask_flags(sink)
+    send(sink.url + "/array/phc_test/config", method="GET")
+    send(sink.url + "/s/", b"{}")
+    sink.clear()
+    assert (sink.flag_requests(), sink.config_tokens(), sink.recording_count()) == ([], [], 0)
+
+
+# -- CORS for the rest of posthog-js's requests --------------------------------------
+
+ORIGIN = "http://localhost:8000"
+
+
+def test_preflight_for_flags_allows_the_requesting_origin(sink: Sink) -> None:
+    reply = send(
+        sink.url + "/flags/?v=2",
+        method="OPTIONS",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert reply.status == 204
+    assert reply.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "POST" in reply.headers["Access-Control-Allow-Methods"]
+    assert reply.headers["Access-Control-Allow-Headers"] == "content-type"
+    assert reply.headers["Access-Control-Allow-Private-Network"] is None
+
+
+def test_preflight_from_a_public_page_allows_the_private_network(sink: Sink) -> None:
+    reply = send(
+        sink.url + "/e/",
+        method="OPTIONS",
+        headers={
+            "Origin": "https://example.com",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Private-Network": "true",
+        },
+    )
+    assert reply.headers["Access-Control-Allow-Private-Network"] == "true"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/flags/?v=2"),
+        ("POST", "/s/"),
+        ("GET", "/array/phc_test/config.js"),
+        ("GET", "/array/phc_test/config"),
+        ("GET", "/static/array.js"),
+    ],
+)
+def test_cross_origin_requests_are_readable(static_sink: Sink, method: str, path: str) -> None:
+    body = json.dumps(FLAGS_REQUEST).encode() if method == "POST" else None
+    reply = send(static_sink.url + path, body, method=method, headers={"Origin": ORIGIN})
+    assert reply.status == 200
+    assert reply.headers["Access-Control-Allow-Origin"] == ORIGIN
+
+
+# -- the command line ----------------------------------------------------------------
+
+LISTENING = re.compile(r"PostHog sink listening on (http://127\.0\.0\.1:\d+)")
+TIME = r"\d\d:\d\d:\d\d"
+
+
+class LineWriter:
+    """A stdout that hands each complete line to a queue."""
+
+    def __init__(self, lines: queue.Queue[str]) -> None:
+        self.lines = lines
+        self.partial = ""
+
+    def write(self, text: str) -> int:
+        *complete, self.partial = (self.partial + text).split("\n")
+        for line in complete:
+            self.lines.put(line)
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def run_main(
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    drive: Callable[[str, queue.Queue[str]], None],
+) -> int:
+    """Run `main` in this (the main) thread; `drive` talks to it, then it gets SIGINT."""
+    lines: queue.Queue[str] = queue.Queue()
+    monkeypatch.setattr(sys, "stdout", LineWriter(lines))
+    failures: list[BaseException] = []
+
+    def driver() -> None:
+        try:
+            match = LISTENING.fullmatch(lines.get(timeout=10))
+        except queue.Empty as exc:  # main never listened: nothing to stop
+            failures.append(exc)
+            return
+        try:
+            assert match is not None
+            drive(match[1], lines)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    try:
+        code = main(argv)
+    finally:
+        thread.join(timeout=30)
+    if failures:
+        raise failures[0]
+    return code
+
+
+def test_main_prints_one_line_per_event_and_flags_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    printed: list[str] = []
+
+    def drive(url: str, lines: queue.Queue[str]) -> None:
+        ph = Client(KEY, host=url, sync_mode=True)
+        try:
+            ph.capture("signup", distinct_id="user-1")
+            ph.alias(previous_id="user-1", distinct_id="anon-1")
+        finally:
+            ph.shutdown()
+        identify = {
+            "event": "$identify",
+            "properties": {"distinct_id": "user-1", "$anon_distinct_id": "anon-1", "token": KEY},
+        }
+        post_json(url + "/e/", {"api_key": KEY, "batch": [identify]})
+        post_json(url + "/flags/?v=2", FLAGS_REQUEST)
+        printed.extend(lines.get(timeout=10) for _ in range(4))
+
+    assert run_main(monkeypatch, ["--port", "0"], drive) == 0
+    patterns = [
+        rf"{TIME} signup distinct_id=user-1",
+        rf"{TIME} \$create_alias distinct_id=user-1 alias=anon-1",
+        rf"{TIME} \$identify distinct_id=user-1 \$anon_distinct_id=anon-1",
+        rf"{TIME} flags\? distinct_id=anon-1",
+    ]
+    assert [bool(re.fullmatch(p, line)) for p, line in zip(patterns, printed, strict=True)] == [
+        True
+    ] * 4, printed
+
+
+def test_main_writes_jsonl_and_serves_the_static_dir(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, static_dir: Path
+) -> None:
+    jsonl = tmp_path / "events.jsonl"
+    served: list[bytes] = []
+
+    def drive(url: str, lines: queue.Queue[str]) -> None:
+        post_json(url + "/e/", EVENT)
+        served.append(send(url + "/static/1.449.2/surveys.js", method="GET").body)
+
+    argv = ["--port", "0", "--jsonl", str(jsonl), "--static-dir", str(static_dir)]
+    assert run_main(monkeypatch, argv, drive) == 0
+    assert [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()] == [EVENT]
+    assert served == [b"/* surveys */"]
+
+
+def test_main_restores_the_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    run_main(monkeypatch, ["--port", "0"], lambda url, lines: None)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+@pytest.mark.parametrize("problem", ["port-taken", "static-dir-missing", "jsonl-is-a-directory"])
+def test_main_that_cannot_start_says_why_and_returns_1(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, problem: str
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        argv = {
+            "port-taken": ["--port", str(taken.getsockname()[1])],
+            "static-dir-missing": ["--port", "0", "--static-dir", str(tmp_path / "no")],
+            "jsonl-is-a-directory": ["--port", "0", "--jsonl", str(tmp_path)],
+        }[problem]
+        assert main(argv) == 1
+
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("posthog-identity sink: cannot start: ")
+
+
+def test_main_subprocess_prints_events_and_stops_on_sigterm() -> None:
+    code = "from posthog_identity.sink import main; raise SystemExit(main(['--port','0']))"
+    with subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        watchdog = threading.Timer(30, proc.kill)
+        watchdog.start()
+        try:
+            assert proc.stdout is not None
+            match = LISTENING.fullmatch(proc.stdout.readline().rstrip("\n"))
+            assert match is not None
+            post_json(match[1] + "/e/", [EVENT, OTHER])
+            printed = [proc.stdout.readline().rstrip("\n") for _ in range(2)]
+            proc.send_signal(signal.SIGTERM)
+            rest, err = proc.communicate(timeout=20)
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+    assert proc.returncode == 0
+    assert re.fullmatch(rf"{TIME} signup distinct_id=user-1", printed[0])
+    assert re.fullmatch(rf"{TIME} login distinct_id=user-2", printed[1])
+    assert (rest, err) == ("", "")
+
+
+@pytest.mark.parametrize(
+    ("event", "line"),
+    [
+        pytest.param(EVENT, "signup distinct_id=user-1", id="posthog-python"),
+        pytest.param(JS_EVENT, "$pageview distinct_id=anon-1", id="posthog-js"),
+        pytest.param(
+            {"event": "$create_alias", "distinct_id": "u", "properties": {"alias": "a"}},
+            "$create_alias distinct_id=u alias=a",
+            id="alias",
+        ),
+        pytest.param(
+            {"event": "$identify", "properties": {"distinct_id": "u", "$anon_distinct_id": "a"}},
+            "$identify distinct_id=u $anon_distinct_id=a",
+            id="identify",
+        ),
+        pytest.param(
+            {"event": "$identify", "properties": {"distinct_id": "u"}},
+            "$identify distinct_id=u",
+            id="identify-without-anonymous-id",
+        ),
+        pytest.param(
+            {"event": "odd name", "distinct_id": "line\nbreak", "properties": []},
+            'odd name" distinct_id="line\\nbreak"',
+            id="escaped",
+        ),
+        pytest.param(
+            {"event": "x", "distinct_id": "Jos\u00e9\u2028"},
+            'x distinct_id="Jos\\u00e9\\u2028"',
+            id="non-ascii",
+        ),
+        pytest.param({"event": "x", "distinct_id": 42}, "x distinct_id=42", id="number"),
+    ],
+)
+def test_format_event_is_one_line(event: dict[str, Any], line: str) -> None:
+    formatted = format_event(event)
+    assert re.fullmatch(TIME + " .*", formatted)
+    assert formatted.endswith(line)
+    assert len(formatted.splitlines()) == 1

@@ -1,31 +1,44 @@
-"""A local PostHog ingestion endpoint that keeps what it receives.
+"""A local stand-in for PostHog's ingestion that keeps what it receives.
 
 For the demo, for development and for tests: point a real posthog client (or
 posthog-js) at `Sink.url` and inspect the events it sent, instead of mocking
 the client. It speaks the endpoints and body encodings the real clients use
 (see `Sink`), on a small standard-library HTTP server in a background thread.
+`main` runs one from the command line and prints each event as it arrives.
 """
 
 from __future__ import annotations
 
+import argparse
 import base64
 import binascii
 import copy
 import json
 import logging
+import mimetypes
+import os
+import re
+import shutil
+import signal
+import sys
 import threading
+import time
+import uuid
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import IO, TYPE_CHECKING, Any
-from urllib.parse import parse_qs, urlsplit
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from .snippet import script_json
 
 if TYPE_CHECKING:
-    import os
-    from types import TracebackType
+    from types import FrameType, TracebackType
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "Sink"]
+__all__ = ["DEFAULT_MAX_BODY_SIZE", "Sink", "format_event", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +47,8 @@ DEFAULT_MAX_BODY_SIZE = 20 * 1024 * 1024
 
 Event = dict[str, Any]
 Predicate = Callable[[list[Event]], bool]
+#: A flag's value: on, off, or on with this variant.
+FlagValue = bool | str
 
 # Legacy (v0) capture endpoints, compared without their trailing slash:
 # posthog-python's `/batch/` and AI lane, posthog-js's `/e/` and older aliases.
@@ -41,6 +56,29 @@ _V0_PATHS = frozenset({"/batch", "/i/v0/ai/batch", "/e", "/capture", "/i/v0/e"})
 # posthog-python's opt-in capture v1 (`capture_mode="v1"`): Bearer auth and a
 # per-event `results` map in the response.
 _V1_PATH = "/i/v1/analytics/events"
+# posthog-js's `/flags/?v=2`, posthog-python's `/flags/?v=4`, older clients' `/decide/`.
+_FLAGS_PATHS = frozenset({"/flags", "/decide"})
+# posthog-js's session recordings.
+_RECORDING_PATH = "/s"
+_POST_ONLY = _V0_PATHS | _FLAGS_PATHS | {_V1_PATH, _RECORDING_PATH}
+# posthog-js's remote config: a script first, JSON when the script gave nothing.
+_CONFIG_PATH = re.compile(r"/array/([^/]+)/config(\.js)?/?")
+# posthog-js asks for `/static/<its version>/surveys.js` first.
+_VERSION_SEGMENT = re.compile(r"v?\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?")
+_STATIC_PREFIX = "/static/"
+
+_JAVASCRIPT = "application/javascript; charset=utf-8"
+_CONTENT_TYPES = {
+    ".js": _JAVASCRIPT,
+    ".mjs": _JAVASCRIPT,
+    ".cjs": _JAVASCRIPT,
+    ".json": "application/json",
+    ".map": "application/json",
+    ".css": "text/css; charset=utf-8",
+    ".html": "text/html; charset=utf-8",
+    ".txt": "text/plain; charset=utf-8",
+    ".wasm": "application/wasm",
+}
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # A body over the cap is still read (and dropped) up to this size so the client
@@ -60,8 +98,17 @@ class _Rejected(Exception):
 
 def _error_reply(status: int, code: str, detail: str) -> dict[str, Any]:
     # The shape of PostHog's capture errors; posthog-python reports `detail`.
-    kind = "server_error" if status >= 500 else "invalid_request"
+    if status >= 500:
+        kind = "server_error"
+    elif status == HTTPStatus.UNAUTHORIZED:
+        kind = "authentication_error"
+    else:
+        kind = "invalid_request"
     return {"type": kind, "code": code, "detail": detail}
+
+
+def _not_found(path: str) -> _Rejected:
+    return _Rejected(HTTPStatus.NOT_FOUND, "not_found", f"no endpoint at {path}")
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
@@ -104,7 +151,8 @@ def _decode_body(
     """Undo the request's compression, as PostHog's capture does.
 
     `Content-Encoding` wins; without one, posthog-js's `?compression=` query
-    parameter decides, and a gzip magic number is recognised on its own.
+    parameter decides, and a gzip magic number is recognised on its own
+    (posthog-js 1.449 sends gzip-js as text/plain without the parameter).
     """
     coding = content_encoding.strip().lower() or "identity"
     compression = query.get("compression", [""])[-1].lower()
@@ -124,6 +172,15 @@ def _decode_body(
         "unsupported_encoding",
         f"unsupported Content-Encoding {coding!r}",
     )
+
+
+def _load_json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
+        raise _Rejected(
+            HTTPStatus.BAD_REQUEST, "invalid_payload", f"malformed JSON: {exc}"
+        ) from None
 
 
 def _distinct_id(event: Mapping[str, Any]) -> Any:
@@ -155,12 +212,7 @@ def _parse_events(data: bytes, api_key: str | None = None) -> list[Event]:
     `api_key`) is recorded on each event that has none. Every event is checked
     before any is accepted.
     """
-    try:
-        payload = json.loads(data)
-    except (ValueError, RecursionError) as exc:
-        raise _Rejected(
-            HTTPStatus.BAD_REQUEST, "invalid_payload", f"malformed JSON: {exc}"
-        ) from None
+    payload = _load_json(data)
     items = payload
     if isinstance(payload, dict) and "batch" in payload:
         items = payload["batch"]
@@ -179,6 +231,205 @@ def _parse_events(data: bytes, api_key: str | None = None) -> list[Event]:
         for event in events:
             event.setdefault("api_key", api_key)
     return events
+
+
+def _parse_flags_request(data: bytes) -> dict[str, Any]:
+    """Read a flags request: a JSON object with a project token and a distinct id.
+
+    posthog-js sends the token as `token`, posthog-python as `api_key`.
+    """
+    body = _load_json(data)
+    if not isinstance(body, dict):
+        raise _Rejected(
+            HTTPStatus.BAD_REQUEST, "invalid_payload", "flags request is not a JSON object"
+        )
+    token = body.get("token", body.get("api_key"))
+    if not isinstance(token, str) or not token:
+        raise _Rejected(
+            HTTPStatus.UNAUTHORIZED, "invalid_api_key", "flags request has no project token"
+        )
+    distinct_id = body.get("distinct_id")
+    if not isinstance(distinct_id, str) or not distinct_id:
+        raise _Rejected(
+            HTTPStatus.BAD_REQUEST, "invalid_payload", "flags request has no distinct_id"
+        )
+    return body
+
+
+def _remote_config(token: str, *, has_feature_flags: bool) -> dict[str, Any]:
+    """The remote config of an empty project: every product off.
+
+    posthog-js 1.449 reads these keys (each extension's `onRemoteConfig`);
+    a missing key would leave the extension waiting or on its persisted state.
+    """
+    return {
+        "token": token,
+        "supportedCompression": ["gzip", "gzip-js"],
+        # Like PostHog: false when the project has no flags, and then
+        # posthog-js skips its first `/flags` request.
+        "hasFeatureFlags": has_feature_flags,
+        "captureDeadClicks": False,
+        "capturePerformance": False,
+        "autocapture_opt_out": False,
+        "autocaptureExceptions": False,
+        "analytics": {"endpoint": "/e/"},
+        "elementsChainAsString": True,
+        "errorTracking": {"autocaptureExceptions": False, "suppressionRules": []},
+        "logs": {"captureConsoleLogs": False},
+        "sessionRecording": False,
+        "heatmaps": False,
+        "conversations": False,
+        "surveys": False,
+        "productTours": False,
+        "defaultIdentifiedOnly": True,
+        "siteApps": [],
+    }
+
+
+def _remote_config_script(token: str, config: Mapping[str, Any]) -> str:
+    # The shape of PostHog's `/array/<token>/config.js`; remote-config.js reads
+    # `window._POSTHOG_REMOTE_CONFIG[token].config`.
+    return (
+        "(function () {\n"
+        "  window._POSTHOG_REMOTE_CONFIG = window._POSTHOG_REMOTE_CONFIG || {};\n"
+        f"  window._POSTHOG_REMOTE_CONFIG[{script_json(token)}] = "
+        f"{{config: {script_json(config)}, siteApps: []}};\n"
+        "})();\n"
+    )
+
+
+def _flag_record(
+    key: str, value: FlagValue, flag_id: int, payload: str | None, *, typed: bool
+) -> dict[str, Any]:
+    """One flag of a v2 flags response, as posthog-js's `normalizeFlagsResponse` reads it.
+
+    Its value is `variant ?? enabled`; its payload is `metadata.payload`, a JSON
+    string, read only when enabled. `typed` adds posthog-python's `/flags?v=4` value.
+    """
+    enabled = value is not False
+    record: dict[str, Any] = {
+        "key": key,
+        "enabled": enabled,
+        "variant": value if isinstance(value, str) else None,
+        "reason": (
+            {
+                "code": "condition_match",
+                "condition_index": 0,
+                "description": "Matched condition set 1",
+            }
+            if enabled
+            else {"code": "no_condition_match", "description": "No matching condition set"}
+        ),
+        "metadata": {"id": flag_id, "version": 1},
+    }
+    if payload is not None and enabled:
+        record["metadata"]["payload"] = payload
+    if typed:
+        record["value"] = value
+    return record
+
+
+def _flags_reply(
+    flags: Mapping[str, FlagValue],
+    payloads: Mapping[str, str],
+    request: Mapping[str, Any],
+    *,
+    path: str,
+    query: Mapping[str, list[str]],
+) -> dict[str, Any]:
+    """PostHog's answer to a flags request, in the shape its version asks for.
+
+    `/flags/?v=2` and up (and `/decide/?v=4`) get `flags` records; older
+    versions get the legacy `featureFlags` and `featureFlagPayloads` maps.
+    `/decide/` and `?config=true` also carry the remote config.
+    """
+    try:
+        version = int(query.get("v", ["1"])[-1])
+    except ValueError:
+        version = 1
+    keys = request.get("flag_keys")
+    selected = {
+        key: value
+        for key, value in flags.items()
+        if request.get("disable_flags") is not True and (not isinstance(keys, list) or key in keys)
+    }
+    reply: dict[str, Any] = {}
+    if path == "/decide" or query.get("config", [""])[-1] == "true":
+        token = str(request.get("token", request.get("api_key")))
+        reply.update(_remote_config(token, has_feature_flags=bool(flags)))
+        reply.update(config={"enable_collect_everything": True}, toolbarParams={})
+    if version >= (4 if path == "/decide" else 2):
+        ids = {key: index for index, key in enumerate(flags, start=1)}
+        reply["flags"] = {
+            key: _flag_record(
+                key, value, ids[key], payloads.get(key), typed=path == "/flags" and version >= 4
+            )
+            for key, value in selected.items()
+        }
+    else:
+        reply["featureFlags"] = selected
+        reply["featureFlagPayloads"] = {
+            key: payloads[key] for key, value in selected.items() if value and key in payloads
+        }
+    reply.update(
+        errorsWhileComputingFlags=False,
+        requestId=str(uuid.uuid4()),
+        evaluatedAt=int(time.time() * 1000),
+    )
+    return reply
+
+
+def _check_flags(flags: Mapping[str, FlagValue]) -> dict[str, FlagValue]:
+    for key, value in flags.items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"flag keys must be non-empty strings, not {key!r}")
+        if not isinstance(value, bool) and (not isinstance(value, str) or not value):
+            raise ValueError(f"flag {key!r} must be True, False or a variant name, not {value!r}")
+    return dict(flags)
+
+
+def _static_file(root: Path, relative: str) -> Path | None:
+    """The file under `root` that a `/static/` path names, if any.
+
+    The path is percent-decoded first; `..`, `.`, empty segments (so absolute
+    paths) and backslashes are refused, and so is any file that resolves, through
+    symlinks, outside `root`. A leading version segment (`1.449.2/surveys.js`) is
+    dropped when the versioned file does not exist.
+    """
+    parts = unquote(relative).split("/")
+    if any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts):
+        return None
+    candidates = [parts]
+    if len(parts) > 1 and _VERSION_SEGMENT.fullmatch(parts[0]):
+        candidates.append(parts[1:])
+    for candidate in candidates:
+        try:
+            path = root.joinpath(*candidate).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            continue
+        if path.is_relative_to(root) and path.is_file():
+            return path
+    return None
+
+
+def _content_type(path: Path) -> str:
+    known = _CONTENT_TYPES.get(path.suffix.lower())
+    if known is not None:
+        return known
+    guessed, _ = mimetypes.guess_type(path.name)
+    return guessed or "application/octet-stream"
+
+
+@dataclass
+class _Response:
+    status: int
+    content_type: str
+    body: bytes | BinaryIO
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _json_response(status: int, reply: Mapping[str, Any]) -> _Response:
+    return _Response(status, "application/json", json.dumps(reply).encode())
 
 
 class _Server(ThreadingHTTPServer):
@@ -204,30 +455,21 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = 10.0
 
     def do_POST(self) -> None:
-        try:
-            status, reply = self._ingest()
-        except _Rejected as exc:
-            status, reply = exc.status, exc.reply
-        except Exception:
-            logger.exception("sink failed on %s %s", self.command, self.path)
-            status = HTTPStatus.INTERNAL_SERVER_ERROR
-            reply = _error_reply(status, "sink_error", "the sink failed; see its log")
-        self._send_json(status, reply)
+        self._handle(self._post)
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path.rstrip("/")
-        if path in _V0_PATHS or path == _V1_PATH:
-            self.send_error(HTTPStatus.METHOD_NOT_ALLOWED, explain="use POST")
-        else:
-            self.send_error(HTTPStatus.NOT_FOUND, explain=f"no endpoint at {path}")
+        self._handle(self._get)
 
     def do_OPTIONS(self) -> None:
         # CORS preflight for posthog-js's JSON posts from another origin.
         self.send_response(HTTPStatus.NO_CONTENT)
         self._send_cors_headers()
-        self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
+        self.send_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS")
         requested = self.headers.get("Access-Control-Request-Headers", "Content-Type")
         self.send_header("Access-Control-Allow-Headers", requested)
+        if self.headers.get("Access-Control-Request-Private-Network") == "true":
+            # Chrome's Private Network Access: a public page posting to localhost.
+            self.send_header("Access-Control-Allow-Private-Network", "true")
         self.send_header("Access-Control-Max-Age", "600")
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -236,28 +478,61 @@ class _Handler(BaseHTTPRequestHandler):
         """Answer the base class's own errors (bad request line, 501...) in JSON."""
         self.log_error("code %d, message %s", code, message)
         detail = explain or message or HTTPStatus(code).phrase
-        self._send_json(code, _error_reply(code, HTTPStatus(code).name.lower(), detail))
+        self._send(_json_response(code, _error_reply(code, HTTPStatus(code).name.lower(), detail)))
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s - " + format, self.address_string(), *args)
 
-    def _ingest(self) -> tuple[int, dict[str, Any]]:
+    def _handle(self, route: Callable[[], _Response]) -> None:
+        try:
+            response = route()
+        except _Rejected as exc:
+            response = _json_response(exc.status, exc.reply)
+        except Exception:
+            logger.exception("sink failed on %s %s", self.command, self.path)
+            status = HTTPStatus.INTERNAL_SERVER_ERROR
+            response = _json_response(
+                status, _error_reply(status, "sink_error", "the sink failed; see its log")
+            )
+        self._send(response)
+
+    def _post(self) -> _Response:
         # The body is read before anything else: answering without reading it
         # would make the client see a reset instead of the answer.
         body = self._read_body()
         url = urlsplit(self.path)
         path = url.path.rstrip("/")
-        if path not in _V0_PATHS and path != _V1_PATH:
-            raise _Rejected(HTTPStatus.NOT_FOUND, "not_found", f"no capture endpoint at {url.path}")
-        limit = self.server.sink.max_body_size
+        if path not in _POST_ONLY:
+            raise _not_found(url.path)
+        sink = self.server.sink
+        if path == _RECORDING_PATH:
+            sink._record_recording()
+            return _json_response(HTTPStatus.OK, {"status": 1})
+        query = parse_qs(url.query)
         encoding = self.headers.get("Content-Encoding", "")
-        data = _decode_body(body, encoding, parse_qs(url.query), limit)
+        data = _decode_body(body, encoding, query, sink.max_body_size)
+        if path in _FLAGS_PATHS:
+            request = _parse_flags_request(data)
+            sink._record_flag_request(request)
+            return _json_response(HTTPStatus.OK, sink._flags_reply(request, path, query))
         events = _parse_events(data, api_key=self._bearer_token())
-        self.server.sink._record(events)
+        sink._record(events)
         if path == _V1_PATH:
             results = {e["uuid"]: {"result": "ok"} for e in events if "uuid" in e}
-            return HTTPStatus.OK, {"results": results}
-        return HTTPStatus.OK, {"status": 1}
+            return _json_response(HTTPStatus.OK, {"results": results})
+        return _json_response(HTTPStatus.OK, {"status": 1})
+
+    def _get(self) -> _Response:
+        path = urlsplit(self.path).path
+        sink = self.server.sink
+        if path.startswith(_STATIC_PREFIX):
+            return sink._static_response(path[len(_STATIC_PREFIX) :])
+        config = _CONFIG_PATH.fullmatch(path)
+        if config is not None:
+            return sink._remote_config_response(unquote(config[1]), script=bool(config[2]))
+        if path.rstrip("/") in _POST_ONLY:
+            raise _Rejected(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use POST")
+        raise _not_found(path)
 
     def _read_body(self) -> bytes:
         declared = self.headers.get("Content-Length")
@@ -299,7 +574,9 @@ class _Handler(BaseHTTPRequestHandler):
         return token.strip() or None
 
     def _send_cors_headers(self) -> None:
-        # No headers when the request line itself could not be parsed.
+        # posthog-js posts without credentials and loads its scripts with
+        # crossorigin="anonymous": echoing the Origin covers both. No headers
+        # when the request line itself could not be parsed.
         headers = getattr(self, "headers", None)
         origin = headers.get("Origin") if headers is not None else None
         if origin:
@@ -307,33 +584,66 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Access-Control-Allow-Credentials", "true")
             self.send_header("Vary", "Origin")
 
-    def _send_json(self, status: int, reply: dict[str, Any]) -> None:
-        body = json.dumps(reply).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self._send_cors_headers()
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+    def _send(self, response: _Response) -> None:
+        body = response.body
+        try:
+            length = len(body) if isinstance(body, bytes) else os.fstat(body.fileno()).st_size
+            self.send_response(response.status)
+            self.send_header("Content-Type", response.content_type)
+            self.send_header("Content-Length", str(length))
+            for name, value in response.headers.items():
+                self.send_header(name, value)
+            self._send_cors_headers()
+            self.end_headers()
+            if self.command == "HEAD":
+                return
+            if isinstance(body, bytes):
+                self.wfile.write(body)
+            else:
+                shutil.copyfileobj(body, self.wfile, _CHUNK)
+        finally:
+            if not isinstance(body, bytes):
+                body.close()
 
 
 class Sink:
-    """A local PostHog ingestion endpoint that keeps the events it receives.
+    """A local stand-in for PostHog's ingestion that keeps what it receives.
 
-    Accepts `POST` to posthog-python's `/batch/` (plain or gzip JSON, its
+    Capture: `POST` to posthog-python's `/batch/` (plain or gzip JSON, its
     default), `/i/v0/ai/batch/` and `/i/v1/analytics/events` (gzip or deflate),
-    and posthog-js's `/e/`, `/capture/` and `/i/v0/e/` (JSON, `?compression=
-    gzip-js` or `base64`), with a body that is one event, a list of events or a
-    `{"batch": [...]}` envelope. Each event is kept as sent, plus the envelope's
-    `api_key`. Bad bodies get a JSON 4xx; nothing stops the server but `stop()`.
-    A sink starts once.
+    and posthog-js's `/e/`, `/capture/` and `/i/v0/e/` (JSON, gzip as
+    text/plain, `?compression=gzip-js` or `base64`), with a body that is one
+    event, a list of events or a `{"batch": [...]}` envelope. Each event is kept
+    as sent, plus the envelope's `api_key`.
+
+    The rest of what posthog-js 1.449 talks to, each kept apart from the events:
+
+    - `POST /flags/?v=2` (and posthog-python's `?v=4`, older clients'
+      `/decide/`), in the same encodings: recorded (`flag_requests`) and
+      answered with `flags`, in the shape the version asks for;
+    - `GET /array/<token>/config.js` (a script) and `/array/<token>/config`
+      (JSON): the remote config of a project with every product off;
+      the token is recorded (`config_tokens`);
+    - `GET /static/<path>` from `static_dir`, such as posthog-js's `dist/`;
+      a version segment (`/static/1.449.2/surveys.js`) is optional;
+    - `POST /s/` (session recordings): counted (`recording_count`), not kept.
+
+    Cross-origin requests get CORS headers for their Origin. Bad requests get
+    a JSON 4xx; nothing stops the server but `stop()`. A sink starts once.
 
     :param host: interface to listen on.
     :param port: port to listen on; 0 picks a free one (see `url`).
     :param jsonl_path: append each event to this file as one JSON line.
     :param on_event: called with a copy of each event; its errors are logged.
     :param max_body_size: larger bodies, compressed or not, get a 413.
+    :param flags: the project's flags, every person getting the same value:
+        `True`/`False`, or a variant name (on, with that variant).
+    :param flag_payloads: a JSON value per flag of `flags`, sent when it is on.
+    :param static_dir: the directory served under `/static/`; none by default.
+    :param on_flag_request: called with a copy of each flags request's body;
+        its errors are logged.
+    :raises ValueError: for a flag value or payload key that is not one of these.
+    :raises NotADirectoryError: when `static_dir` is not a directory.
     """
 
     def __init__(
@@ -344,12 +654,31 @@ class Sink:
         jsonl_path: str | os.PathLike[str] | None = None,
         on_event: Callable[[Event], None] | None = None,
         max_body_size: int = DEFAULT_MAX_BODY_SIZE,
+        flags: Mapping[str, FlagValue] | None = None,
+        flag_payloads: Mapping[str, Any] | None = None,
+        static_dir: str | os.PathLike[str] | None = None,
+        on_flag_request: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.max_body_size = max_body_size
         self._address = (host, port)
         self._jsonl_path = jsonl_path
         self._on_event = on_event
+        self._on_flag_request = on_flag_request
+        self._flags = _check_flags(flags or {})
+        unknown = sorted(set(flag_payloads or {}) - set(self._flags))
+        if unknown:
+            raise ValueError(f"flag_payloads for flags that are not in flags: {unknown}")
+        # PostHog sends payloads JSON-encoded; posthog-js parses them back.
+        self._payloads = {key: json.dumps(value) for key, value in (flag_payloads or {}).items()}
+        self._static_dir: Path | None = None
+        if static_dir is not None:
+            self._static_dir = Path(static_dir).resolve()
+            if not self._static_dir.is_dir():
+                raise NotADirectoryError(f"static_dir is not a directory: {static_dir}")
         self._events: list[Event] = []
+        self._flag_requests: list[dict[str, Any]] = []
+        self._config_tokens: list[str] = []
+        self._recordings = 0
         self._changed = threading.Condition()
         self._lifecycle = threading.Lock()
         self._running: tuple[_Server, threading.Thread] | None = None
@@ -417,6 +746,21 @@ class Sink:
         with self._changed:
             return copy.deepcopy(self._matching(event, distinct_id))
 
+    def flag_requests(self) -> list[dict[str, Any]]:
+        """A copy of the flags requests' bodies received so far, decoded, in arrival order."""
+        with self._changed:
+            return copy.deepcopy(self._flag_requests)
+
+    def config_tokens(self) -> list[str]:
+        """The project token of each remote config request so far, in arrival order."""
+        with self._changed:
+            return list(self._config_tokens)
+
+    def recording_count(self) -> int:
+        """How many session recording requests (`POST /s/`) arrived so far."""
+        with self._changed:
+            return self._recordings
+
     def wait_for(
         self,
         predicate: Predicate | None = None,
@@ -456,9 +800,12 @@ class Sink:
             )
 
     def clear(self) -> None:
-        """Forget the events received so far."""
+        """Forget everything received so far: events, flags and config requests, recordings."""
         with self._changed:
             self._events.clear()
+            self._flag_requests.clear()
+            self._config_tokens.clear()
+            self._recordings = 0
 
     def _matching(self, event: str | None = None, distinct_id: str | None = None) -> list[Event]:
         return [
@@ -483,3 +830,135 @@ class Sink:
                 self._on_event(copy.deepcopy(event))
             except Exception:
                 logger.exception("on_event failed for %r", event["event"])
+
+    def _record_flag_request(self, request: dict[str, Any]) -> None:
+        with self._changed:
+            self._flag_requests.append(request)
+            self._changed.notify_all()
+        if self._on_flag_request is None:
+            return
+        try:
+            self._on_flag_request(copy.deepcopy(request))
+        except Exception:
+            logger.exception("on_flag_request failed for %r", request["distinct_id"])
+
+    def _record_recording(self) -> None:
+        with self._changed:
+            self._recordings += 1
+            self._changed.notify_all()
+
+    def _flags_reply(
+        self, request: Mapping[str, Any], path: str, query: Mapping[str, list[str]]
+    ) -> dict[str, Any]:
+        return _flags_reply(self._flags, self._payloads, request, path=path, query=query)
+
+    def _remote_config_response(self, token: str, *, script: bool) -> _Response:
+        with self._changed:
+            self._config_tokens.append(token)
+            self._changed.notify_all()
+        config = _remote_config(token, has_feature_flags=bool(self._flags))
+        if script:
+            return _Response(
+                HTTPStatus.OK, _JAVASCRIPT, _remote_config_script(token, config).encode()
+            )
+        return _json_response(HTTPStatus.OK, config)
+
+    def _static_response(self, relative: str) -> _Response:
+        found = None if self._static_dir is None else _static_file(self._static_dir, relative)
+        if found is None:
+            raise _not_found(_STATIC_PREFIX + relative)
+        try:
+            body = found.open("rb")
+        except OSError:  # gone since it was found
+            raise _not_found(_STATIC_PREFIX + relative) from None
+        headers = {"X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"}
+        return _Response(HTTPStatus.OK, _content_type(found), body, headers)
+
+
+# -- the command line ------------------------------------------------------------
+
+
+def _show(value: Any) -> str:
+    # One value on one line: plain when it is a plain word, else as JSON
+    # (which escapes line breaks, spaces show as quoted, non-ASCII as \u).
+    plain = isinstance(value, str) and value.isascii() and value.isprintable()
+    if plain and value and " " not in value:
+        return str(value)
+    return json.dumps(value)
+
+
+def format_event(event: Mapping[str, Any]) -> str:
+    """One line for an event: local time, name, distinct id, and the linked id.
+
+    `$create_alias` shows its `alias`, `$identify` its `$anon_distinct_id`: the
+    anonymous id merged into the person. Values with spaces or line breaks are
+    shown as JSON strings, so the line stays one line.
+    """
+    name = event.get("event")
+    line = f"{time.strftime('%H:%M:%S')} {_show(name)} distinct_id={_show(_distinct_id(event))}"
+    properties = event.get("properties")
+    properties = properties if isinstance(properties, dict) else {}
+    linked = {"$create_alias": "alias", "$identify": "$anon_distinct_id"}.get(str(name))
+    if linked is not None and linked in properties:
+        line += f" {linked}={_show(properties[linked])}"
+    return line
+
+
+def _format_flag_request(request: Mapping[str, Any]) -> str:
+    return f"{time.strftime('%H:%M:%S')} flags? distinct_id={_show(request.get('distinct_id'))}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`posthog-identity sink`: serve a `Sink` until SIGINT or SIGTERM.
+
+    Prints `PostHog sink listening on http://HOST:PORT`, then one line per
+    event and per flags request as they arrive. Returns 0 once stopped, 1 when
+    it cannot start (port taken, JSONL file or static directory unusable).
+    """
+    parser = argparse.ArgumentParser(
+        prog="posthog-identity sink",
+        description="A local stand-in for PostHog's ingestion: prints what it receives.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=8010, help="0 picks one (default: %(default)s)")
+    parser.add_argument("--jsonl", metavar="FILE", help="also append each event to FILE")
+    parser.add_argument("--static-dir", metavar="DIR", help="serve DIR at /static/")
+    args = parser.parse_args(argv)
+
+    printing = threading.Lock()
+
+    def say(line: str) -> None:
+        with printing:
+            sys.stdout.write(line + "\n")
+            sys.stdout.flush()
+
+    stopping: list[int] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        stopping.append(signum)
+
+    # A flag, polled: a signal handler must not take a lock the main thread may hold.
+    previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        try:
+            sink = Sink(
+                args.host,
+                args.port,
+                jsonl_path=args.jsonl,
+                static_dir=args.static_dir,
+                on_event=lambda event: say(format_event(event)),
+                on_flag_request=lambda request: say(_format_flag_request(request)),
+            ).start()
+        except OSError as exc:
+            print(f"posthog-identity sink: cannot start: {exc}", file=sys.stderr)
+            return 1
+        try:
+            say(f"PostHog sink listening on {sink.url}")
+            while not stopping:
+                time.sleep(0.1)
+        finally:
+            sink.stop()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 0
