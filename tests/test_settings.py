@@ -350,3 +350,21 @@ def test_settings_are_frozen() -> None:
     settings = from_env()
     with pytest.raises(AttributeError):
         settings.inject = False  # type: ignore[misc]
+
+
+def test_every_variable_is_documented_in_the_configuration_reference() -> None:
+    from pathlib import Path
+
+    from posthog_identity.settings import API_KEY_ALIAS, ENV_VARS
+
+    reference = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
+    missing = [v for v in [*ENV_VARS.values(), API_KEY_ALIAS] if f"`{v}`" not in reference]
+    assert missing == []
+
+
+def test_every_settings_field_has_a_variable() -> None:
+    import dataclasses
+
+    from posthog_identity.settings import ENV_VARS
+
+    assert {f.name for f in dataclasses.fields(Settings)} == set(ENV_VARS)
