@@ -282,3 +282,27 @@ def test_starlette_user_without_identity_falls_back_to_display_name(
     assert driver.state.user_hash is not None
     driver.get("/")
     assert driver.state.user_hash is None, "an unauthenticated user is nobody: logout"
+
+
+def test_reporting_nothing_at_response_start_keeps_a_user_reported_earlier(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    from posthog_identity.context import report_user
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        report_user("olga")  # an integration saw the user; scope["user"] never set
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    driver = drive(IdentityMiddleware(plain, settings, client=client))
+    driver.get("/")
+    anonymous = driver.state.anonymous_id
+    driver = Driver(
+        lambda method, url, headers: call_asgi(
+            IdentityMiddleware(app, settings, client=client), method, url, headers
+        ),
+        cookie=driver.cookie,
+    )
+    driver.get("/")
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("olga", anonymous)

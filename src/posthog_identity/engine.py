@@ -42,7 +42,7 @@ logger = logging.getLogger("posthog_identity")
 FLUSH_TIMEOUT = 5.0
 
 
-# Clients this library built, flushed together at process exit (WSGI has no
+# Clients the middlewares use, flushed together at process exit (WSGI has no
 # shutdown event); posthog's own exit hook waits one second in all.
 _owned_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 
@@ -93,6 +93,8 @@ class Engine:
         self.owns_client = client is None
         if client is None:
             client = self._build_client()
+        else:
+            _owned_clients.add(client)
         self.client = client
         self.snippet: Snippet | None = None
         if self.settings.inject and self.api_key is not None:
@@ -213,8 +215,12 @@ class Exchange:
         return self._explicit is not None
 
     def report(self, report: Report) -> None:
-        """What the user source says now; ignored after an explicit call."""
-        if report != self._reported:
+        """What the user source says now; ignored after an explicit call.
+
+        NOTHING never replaces an earlier report of the same request: reporting
+        nothing changes nothing.
+        """
+        if report is not NOTHING and report != self._reported:
             self._reported = report
             self._resolution = None
 
@@ -269,9 +275,11 @@ class Exchange:
 
     def personless(self) -> bool:
         """Should this request's server captures skip person processing?"""
-        return (
-            self.engine.settings.person_profiles == "identified_only"
-            and not self.identity.is_identified
+        # A remembered but unreported user's anonymous id was merged into them:
+        # its events belong to their person, so only true visitors are personless.
+        identity = self.identity
+        return self.engine.settings.person_profiles == "identified_only" and not (
+            identity.is_identified or identity.signed_in
         )
 
     def finish(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
