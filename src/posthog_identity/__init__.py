@@ -5,6 +5,7 @@ from __future__ import annotations
 from .context import current_identity as current_identity
 from .context import forget_user as forget_user
 from .context import identify_user as identify_user
+from .flags import FlagContext as FlagContext
 from .identity import NOBODY as NOBODY
 from .identity import NOTHING as NOTHING
 from .identity import Identity as Identity
@@ -15,6 +16,7 @@ __all__ = [
     "NOBODY",
     "NOTHING",
     "ConfigurationError",
+    "FlagContext",
     "Identity",
     "Settings",
     "current_identity",

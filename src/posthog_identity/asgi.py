@@ -15,6 +15,7 @@ from .identity import NOTHING, Report
 if TYPE_CHECKING:
     from posthog.client import Client
 
+    from .flags import FlagContextHook
     from .html import HtmlInjector
     from .settings import Settings
 
@@ -47,10 +48,11 @@ class IdentityMiddleware:
         user_id: UserIdCallback | None = None,
         client: Client | None = None,
         init_options: Mapping[str, Any] | None = None,
+        flag_context: FlagContextHook | None = None,
     ) -> None:
         self.app = app
         self.user_id = user_id
-        self.engine = Engine(settings, client, init_options)
+        self.engine = Engine(settings, client, init_options, flag_context)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -61,7 +63,7 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            exchange = self.engine.begin(_request_info(scope), await self.read_user(scope))
+            exchange = self.engine.begin(_request_info(scope), await self.read_user(scope), scope)
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             await self.app(scope, receive, send)
@@ -142,11 +144,15 @@ class _Responder:
         raw = list(message.get("headers", ()))
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         extra = exchange.finish(headers)
+        status = message.get("status", 200)
+        if exchange.flags_would_wait(status, headers + extra):
+            # A remote flag evaluation must never hold the event loop.
+            await asyncio.to_thread(exchange.flags)
         message = {
             **message,
             "headers": raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra],
         }
-        self.injector = exchange.injector(message.get("status", 200), headers + extra)
+        self.injector = exchange.injector(status, headers + extra)
         if self.injector is None:
             await self.send(message)
         else:

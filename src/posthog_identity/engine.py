@@ -19,6 +19,7 @@ from typing import Any
 from posthog.client import Client
 from werkzeug.http import dump_cookie, parse_cookie, parse_dict_header
 
+from .flags import FlagContext, FlagContextHook, Flags, FlagSource
 from .html import HtmlInjector, may_inject
 from .identity import (
     NOTHING,
@@ -80,8 +81,10 @@ class Engine:
         settings: Settings | None = None,
         client: Client | None = None,
         init_options: Mapping[str, Any] | None = None,
+        flag_context: FlagContextHook | None = None,
     ) -> None:
         self.settings = Settings.from_env() if settings is None else settings
+        self.flag_context = flag_context
         if init_options:
             # Validated like the environment variable, at start-up.
             options = {**self.settings.init_options, **init_options}
@@ -104,6 +107,16 @@ class Engine:
                 self.settings.script_url,
                 self.settings.init_options,
             )
+        self.flags: FlagSource | None = None
+        if self.settings.bootstrap_flags and self.client is not None:
+            wanted = self.settings.bootstrap_flags
+            personal = self.settings.personal_api_key or getattr(client, "personal_api_key", None)
+            self.flags = FlagSource(
+                self.client,
+                wanted if isinstance(wanted, tuple) else (),
+                local=bool(personal),
+                timeout=self.settings.flags_timeout,
+            )
         if self.client is None and not self.settings.disabled:
             logger.warning(
                 "posthog_identity: no PostHog API key (POSTHOG_API_KEY): identity is "
@@ -113,7 +126,12 @@ class Engine:
     def _build_client(self) -> Client | None:
         if self.settings.api_key is None or self.settings.disabled:
             return None
-        client = Client(self.settings.api_key, host=self.settings.host)
+        client = Client(
+            self.settings.api_key,
+            host=self.settings.host,
+            personal_api_key=self.settings.personal_api_key,
+            feature_flags_request_timeout_seconds=self.settings.flags_timeout,
+        )
         _owned_clients.add(client)
         return client
 
@@ -132,8 +150,11 @@ class Engine:
                 return True
         return False
 
-    def begin(self, request: RequestInfo, report: Report = NOTHING) -> Exchange:
-        return Exchange(self, request, report)
+    def begin(
+        self, request: RequestInfo, report: Report = NOTHING, native: object = None
+    ) -> Exchange:
+        """Start a request; `native` (environ or scope) is handed to user hooks."""
+        return Exchange(self, request, report, native)
 
     def coerce(self, value: object) -> Report:
         """A user id from a callback or `identify_user`; invalid ones report nothing."""
@@ -198,9 +219,14 @@ class Engine:
 class Exchange:
     """One request's identity: lazily resolved, re-resolved when the report changes."""
 
-    def __init__(self, engine: Engine, request: RequestInfo, report: Report) -> None:
+    def __init__(
+        self, engine: Engine, request: RequestInfo, report: Report, native: object = None
+    ) -> None:
         self.engine = engine
         self.request = request
+        self.native = native
+        self._flags: dict[str, Flags | None] = {}
+        self._exposed: set[str] = set()
         self._now = int(time.time())
         self._verified = engine.read_cookie(request.cookie_header)
         self._reported = report
@@ -252,7 +278,66 @@ class Exchange:
 
     @property
     def identity(self) -> Identity:
-        return self.resolution.identity
+        identity = self.resolution.identity
+        if self.engine.flags is None:
+            return identity
+        return replace(identity, flags=_RequestFlags(self))
+
+    def flags(self) -> Flags | None:
+        """This request's flags for its current distinct id: evaluated once, then kept."""
+        source = self.engine.flags
+        if source is None:
+            return None
+        distinct_id = self.resolution.identity.distinct_id
+        if distinct_id not in self._flags:
+            usable, context = self._flag_context()
+            self._flags[distinct_id] = source.evaluate(distinct_id, context) if usable else None
+        return self._flags[distinct_id]
+
+    def flags_would_wait(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        """Would `injector` wait on the network for flags (remote, not evaluated yet)?
+
+        The ASGI adapter evaluates them in a thread first, off the event loop.
+        """
+        source = self.engine.flags
+        return (
+            source is not None
+            and not source.local
+            and self.resolution.identity.distinct_id not in self._flags
+            and self.engine.snippet is not None
+            and may_inject(self.request.method, status, headers)
+            and not _shared_cacheable(headers)
+        )
+
+    def _flag_context(self) -> tuple[bool, FlagContext | None]:
+        """(usable, context) from the user's hook; a hook that raises means no flags."""
+        hook = self.engine.flag_context
+        if hook is None:
+            return True, None
+        try:
+            return True, hook(self.native)
+        except Exception as error:
+            self.engine.warn_once(
+                f"flag-context:{type(error).__name__}",
+                "the flag_context hook raised %s; no flag bootstrap for this request",
+                type(error).__name__,
+                exc=error,
+            )
+            return False, None
+
+    def expose(self, key: str, value: object) -> None:
+        """Report that the app read `key` on the server, once per request and key."""
+        client = self.engine.client
+        if key in self._exposed or client is None:
+            return
+        self._exposed.add(key)
+        try:
+            client.capture(
+                "$feature_flag_called",
+                properties={"$feature_flag": key, "$feature_flag_response": value},
+            )
+        except Exception:
+            logger.exception("posthog_identity: reporting a flag exposure failed")
 
     def injector(self, status: int, headers: list[tuple[str, str]]) -> HtmlInjector | None:
         """An injector for this response's HTML body, or None when it is left alone.
@@ -264,8 +349,10 @@ class Exchange:
         try:
             if snippet is None or not may_inject(self.request.method, status, headers):
                 return None
-            identity = None if _shared_cacheable(headers) else self.identity
-            rendered = snippet.render(identity, csp_nonce(headers))
+            shared = _shared_cacheable(headers)
+            identity = None if shared else self.resolution.identity
+            flags = None if shared else self.flags()
+            rendered = snippet.render(identity, csp_nonce(headers), flags)
             return HtmlInjector(rendered, self.engine.settings.inject_lookahead)
         except Exception:
             logger.exception(
@@ -327,6 +414,24 @@ class Exchange:
             httponly=True,
             samesite=settings.cookie_samesite,
         )
+
+
+class _RequestFlags:
+    """The request's flags as `Identity.flags` sees them (see `identity.FlagAccess`)."""
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def values(self) -> Mapping[str, bool | str]:
+        flags = self._exchange.flags()
+        return {} if flags is None else flags.values
+
+    def payloads(self) -> Mapping[str, Any]:
+        flags = self._exchange.flags()
+        return {} if flags is None else flags.payloads
+
+    def expose(self, key: str, value: object) -> None:
+        self._exchange.expose(key, value)
 
 
 def _shared_cacheable(headers: Iterable[tuple[str, str]]) -> bool:

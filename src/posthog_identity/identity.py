@@ -10,9 +10,9 @@ from __future__ import annotations
 import enum
 import hmac
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, replace
-from typing import TypeAlias
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol, TypeAlias
 
 from .signing import CookieState, Verified
 
@@ -89,6 +89,16 @@ def coerce_user_id(value: object) -> Report:
     raise InvalidUserId(type(value).__name__)
 
 
+class FlagAccess(Protocol):
+    """How an `Identity` reads its request's flags (implemented by the middleware)."""
+
+    def values(self) -> Mapping[str, bool | str]: ...
+
+    def payloads(self) -> Mapping[str, Any]: ...
+
+    def expose(self, key: str, value: object) -> None: ...
+
+
 @dataclass(frozen=True)
 class Identity:
     """Who the current request is, for PostHog.
@@ -101,6 +111,35 @@ class Identity:
     anonymous_id: str
     user_id: str | None = None
     signed_in: bool = False
+    #: The request's flags, evaluated on first use (set by the middleware).
+    flags: FlagAccess | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def feature_flags(self) -> Mapping[str, bool | str]:
+        """Flag values for this request's distinct id: the ones the page bootstraps.
+
+        Empty unless flag bootstrapping is on (POSTHOG_IDENTITY_BOOTSTRAP_FLAGS)
+        and the flags could be evaluated in time. Reading them all reports no
+        exposure; `feature_flag` does.
+        """
+        return {} if self.flags is None else self.flags.values()
+
+    def feature_flag(self, key: str, default: bool | str | None = None) -> bool | str | None:
+        """One flag's value (a variant or a bool), the one the browser is bootstrapped with.
+
+        Reading a flag that exists sends `$feature_flag_called` once per request
+        and key from the server (the exposure for experiments).
+        """
+        if self.flags is None:
+            return default
+        values = self.flags.values()
+        if key not in values:
+            return default
+        self.flags.expose(key, values[key])
+        return values[key]
+
+    def feature_flag_payload(self, key: str) -> Any:
+        return None if self.flags is None else self.flags.payloads().get(key)
 
     @property
     def distinct_id(self) -> str:

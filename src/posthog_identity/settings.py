@@ -37,6 +37,9 @@ ENV_VARS: dict[str, str] = {
     "disabled": "POSTHOG_IDENTITY_DISABLED",
     "inject_lookahead": "POSTHOG_IDENTITY_INJECT_LOOKAHEAD",
     "init_options": "POSTHOG_IDENTITY_INIT_OPTIONS",
+    "bootstrap_flags": "POSTHOG_IDENTITY_BOOTSTRAP_FLAGS",
+    "personal_api_key": "POSTHOG_PERSONAL_API_KEY",
+    "flags_timeout": "POSTHOG_IDENTITY_FLAGS_TIMEOUT",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -102,6 +105,10 @@ class Settings:
     disabled: bool = False
     inject_lookahead: int = 64 * 1024
     init_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    #: False, True (every flag) or the flag keys to bootstrap into the page.
+    bootstrap_flags: bool | tuple[str, ...] = False
+    personal_api_key: str | None = field(default=None, repr=False)
+    flags_timeout: float = 0.3
 
     def __post_init__(self) -> None:
         if isinstance(self.secrets, str):
@@ -156,6 +163,22 @@ class Settings:
             )
         object.__setattr__(self, "init_options", _check_init_options(self.init_options))
 
+        flags = self.bootstrap_flags
+        if not isinstance(flags, bool):
+            keys = tuple(flags)
+            if not keys or not all(isinstance(k, str) and k for k in keys):
+                raise _fail("bootstrap_flags", "must be true, false or a list of flag keys")
+            object.__setattr__(self, "bootstrap_flags", keys)
+        if self.personal_api_key is not None and not self.personal_api_key.strip():
+            raise _fail("personal_api_key", "must not be empty")
+        timeout = self.flags_timeout
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= 10
+        ):
+            raise _fail("flags_timeout", f"must be a number of seconds in (0, 10], got {timeout!r}")
+
         paths = tuple(_check_prefix(p) for p in self.exclude_paths)
         object.__setattr__(self, "exclude_paths", paths)
 
@@ -163,7 +186,8 @@ class Settings:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.repr
         )
-        return f"Settings(secrets=<{len(self.secrets)} masked>, {shown})"
+        personal = ", personal_api_key=<masked>" if self.personal_api_key else ""
+        return f"Settings(secrets=<{len(self.secrets)} masked>, {shown}{personal})"
 
     @property
     def secure_cookie(self) -> bool | None:
@@ -237,6 +261,19 @@ def _json_object(variable: str, raw: str) -> Any:
     if not isinstance(value, dict):
         raise ConfigurationError(variable, f"must be a JSON object, got {type(value).__name__}")
     return value
+
+
+def _flag_keys(variable: str, raw: str) -> bool | tuple[str, ...]:
+    if raw.lower() in _TRUE | _FALSE:
+        return parse_bool(variable, raw)
+    return parse_list(raw)
+
+
+def _seconds(variable: str, raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ConfigurationError(variable, f"expected a number of seconds, got {raw!r}") from None
 
 
 def _bytes(variable: str, raw: str) -> int:
@@ -331,4 +368,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "person_profiles": _person_profiles,
     "inject_lookahead": _bytes,
     "init_options": _json_object,
+    "bootstrap_flags": _flag_keys,
+    "flags_timeout": _seconds,
 }

@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .identity import Identity
+if TYPE_CHECKING:
+    from .flags import Flags
+    from .identity import Identity
 
 __all__ = ["Snippet", "csp_nonce", "default_script_url", "script_json"]
 
@@ -31,9 +33,12 @@ if(o.nonce){s.nonce=o.nonce;}\
 var c=o.config,id=o.identity;\
 if(o.nonce){c.prepare_external_dependency_script=c.prepare_external_dependency_stylesheet=\
 function(e){e.nonce=o.nonce;return e;};}\
+if(o.flags){c.bootstrap=c.bootstrap||{};c.bootstrap.featureFlags=o.flags.values;\
+c.bootstrap.featureFlagPayloads=o.flags.payloads;}\
 if(id){\
 c.get_device_id=function(){return id.anonymous;};\
-if(!id.user&&!id.signedIn){c.bootstrap={distinctID:id.anonymous,isIdentifiedID:false};}\
+if(!id.user&&!id.signedIn){c.bootstrap=c.bootstrap||{};\
+c.bootstrap.distinctID=id.anonymous;c.bootstrap.isIdentifiedID=false;}\
 c.loaded=function(p){\
 if(!id.user||p.get_distinct_id()===id.user){return;}\
 if(p.get_property("$user_state")==="identified"){p.reset();}\
@@ -133,14 +138,22 @@ class Snippet:
         self.script_url = script_url or default_script_url(api_host)
         self.config: dict[str, Any] = {"api_host": api_host, **(options or {})}
 
-    def render(self, identity: Identity | None, nonce: str | None = None) -> bytes:
-        """The snippet for `identity`; None (a shared-cacheable page) carries no id."""
+    def render(
+        self, identity: Identity | None, nonce: str | None = None, flags: Flags | None = None
+    ) -> bytes:
+        """The snippet for `identity`; None (a shared-cacheable page) carries no id.
+
+        `flags` are bootstrapped so posthog-js has them before it asks /flags.
+        """
         data: dict[str, Any] = {
             "token": self.api_key,
             "src": self.script_url,
             "nonce": nonce,
             "methods": _METHODS,
             "config": self.config,
+            "flags": None
+            if flags is None
+            else {"values": dict(flags.values), "payloads": dict(flags.payloads)},
             "identity": None
             if identity is None
             else {

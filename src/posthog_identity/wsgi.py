@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from posthog.client import Client
 
+    from .flags import FlagContextHook
     from .html import HtmlInjector
     from .settings import Settings
 
@@ -34,6 +35,8 @@ class IdentityMiddleware:
         nobody is logged in; default: ``environ["REMOTE_USER"]`` when present.
     :param client: a ``posthog.Client``; default: one built from the settings.
     :param init_options: extra posthog-js ``init`` options for the snippet.
+    :param flag_context: ``callable(native request) -> FlagContext`` giving person
+        properties and groups for flag evaluation (POSTHOG_IDENTITY_BOOTSTRAP_FLAGS).
     """
 
     def __init__(
@@ -44,10 +47,11 @@ class IdentityMiddleware:
         user_id: UserIdCallback | None = None,
         client: Client | None = None,
         init_options: Mapping[str, Any] | None = None,
+        flag_context: FlagContextHook | None = None,
     ) -> None:
         self.app = app
         self.user_id = user_id
-        self.engine = Engine(settings, client, init_options)
+        self.engine = Engine(settings, client, init_options, flag_context)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.engine.bypasses(environ.get("PATH_INFO", "")):
@@ -59,7 +63,7 @@ class IdentityMiddleware:
                 path=environ.get("PATH_INFO", ""),
                 cookie_header=environ.get("HTTP_COOKIE", ""),
             )
-            exchange = self.engine.begin(request, self.read_user(environ))
+            exchange = self.engine.begin(request, self.read_user(environ), environ)
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             return self.app(environ, start_response)

@@ -1,0 +1,128 @@
+"""Feature flags for one distinct id, evaluated once and shared by server and browser.
+
+With a personal API key posthog's client polls the flag definitions and
+evaluates locally: no network per request. Without one, each evaluation is a
+remote call bounded by a strict timeout; on timeout or error the page simply
+gets no flag bootstrap.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from posthog.client import Client
+
+__all__ = ["FlagContext", "FlagSource", "Flags"]
+
+logger = logging.getLogger("posthog_identity")
+
+FlagValue = bool | str
+
+
+@dataclass(frozen=True)
+class FlagContext:
+    """What a `flag_context` hook returns: person properties and groups for evaluation."""
+
+    person_properties: Mapping[str, Any] = field(default_factory=dict)
+    groups: Mapping[str, str] = field(default_factory=dict)
+    group_properties: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Flags:
+    """One evaluation: flag values and payloads keyed by flag key."""
+
+    values: Mapping[str, FlagValue]
+    payloads: Mapping[str, Any]
+
+
+# Remote evaluations run here so a slow PostHog can be abandoned at the timeout.
+_remote = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="posthog-flags")
+
+
+class FlagSource:
+    """Evaluates flags through a posthog client, bounded and never raising.
+
+    :param keys: the flags to evaluate; empty means all of them.
+    :param local: evaluate from polled definitions only (needs a personal key).
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        keys: tuple[str, ...],
+        *,
+        local: bool,
+        timeout: float,
+    ) -> None:
+        self.client = client
+        self.keys = keys
+        self.local = local
+        self.timeout = timeout
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()
+
+    def evaluate(self, distinct_id: str, context: FlagContext | None = None) -> Flags | None:
+        """The flags for `distinct_id`, or None (logged) when they cannot be had in time."""
+        if self.local:
+            return self._evaluate(distinct_id, context)
+        future = _remote.submit(self._evaluate, distinct_id, context)
+        try:
+            return future.result(timeout=self.timeout)
+        except concurrent.futures.TimeoutError:
+            self._warn(
+                "timeout", "flag evaluation took longer than %.3fs; no flag bootstrap", self.timeout
+            )
+            return None
+
+    def _evaluate(self, distinct_id: str, context: FlagContext | None) -> Flags | None:
+        context = context or FlagContext()
+        try:
+            result = self.client.get_all_flags_and_payloads(
+                distinct_id,
+                person_properties=dict(context.person_properties) or None,
+                groups=dict(context.groups) or None,
+                group_properties={k: dict(v) for k, v in context.group_properties.items()} or None,
+                only_evaluate_locally=self.local,
+                flag_keys_to_evaluate=list(self.keys) or None,
+            )
+        except Exception as error:
+            self._warn(
+                f"error:{type(error).__name__}",
+                "flag evaluation failed (%s); no flag bootstrap",
+                error,
+            )
+            return None
+        values = result.get("featureFlags")
+        if values is None:
+            # posthog returns None when definitions are not loaded or the call failed.
+            self._warn(
+                "unavailable", "flags are unavailable (definitions not loaded?); no flag bootstrap"
+            )
+            return None
+        payloads = result.get("featureFlagPayloads") or {}
+        missing = [key for key in self.keys if key not in values]
+        if missing:
+            self._warn(
+                f"unknown:{','.join(missing)}", "unknown flag key(s): %s", ", ".join(missing)
+            )
+        if self.keys:
+            values = {k: v for k, v in values.items() if k in self.keys}
+            payloads = {k: v for k, v in payloads.items() if k in self.keys}
+        return Flags(dict(values), dict(payloads))
+
+    def _warn(self, kind: str, message: str, *args: object) -> None:
+        with self._lock:
+            if kind in self._warned:
+                return
+            self._warned.add(kind)
+        logger.warning("posthog_identity: " + message, *args)
+
+
+FlagContextHook = Callable[[object], FlagContext | None]
