@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from itsdangerous import BadSignature, URLSafeSerializer
 from posthog.client import Client
-from werkzeug.serving import make_server
+from werkzeug.serving import WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from .context import current_identity, current_resolution, forget_user, identify_user
@@ -207,6 +207,13 @@ class DemoSite:
         }
 
 
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: the terminal shows one line per event, nothing else."""
+
+    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
+        pass
+
+
 def redirect(location: str) -> Response:
     return Response("", status=303, headers={"Location": location})
 
@@ -256,7 +263,7 @@ def serve(
     """Run the demo until interrupted; one line per event on `out`."""
     out = sys.stdout if out is None else out
     app, sink, client = build(os.environ if environ is None else environ, out)
-    server = make_server(host, port, app, threaded=True)
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
     print(
         f"posthog-identity demo on http://{host}:{server.server_port}/  (Ctrl+C to stop)",
         file=out,
