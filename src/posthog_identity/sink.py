@@ -13,6 +13,7 @@ import argparse
 import base64
 import binascii
 import copy
+import hashlib
 import json
 import logging
 import mimetypes
@@ -25,7 +26,7 @@ import threading
 import time
 import uuid
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,12 +34,25 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from posthog.feature_flags import (
+    InconclusiveMatchError,
+    RequiresServerEvaluation,
+    match_feature_flag_properties,
+    resolve_bucketing_value,
+)
+
 from .snippet import script_json
 
 if TYPE_CHECKING:
     from types import FrameType, TracebackType
 
-__all__ = ["DEFAULT_MAX_BODY_SIZE", "Sink", "format_event", "main"]
+__all__ = [
+    "DEFAULT_MAX_BODY_SIZE",
+    "EXAMPLE_FLAG_DEFINITIONS",
+    "Sink",
+    "format_event",
+    "main",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +72,9 @@ _V0_PATHS = frozenset({"/batch", "/i/v0/ai/batch", "/e", "/capture", "/i/v0/e"})
 _V1_PATH = "/i/v1/analytics/events"
 # posthog-js's `/flags/?v=2`, posthog-python's `/flags/?v=4`, older clients' `/decide/`.
 _FLAGS_PATHS = frozenset({"/flags", "/decide"})
+# Flag definitions for local evaluation, asked with a personal API key:
+# posthog-python 7's `/flags/definitions`, older clients' `/api/feature_flag/local_evaluation`.
+_DEFINITIONS_PATHS = frozenset({"/flags/definitions", "/api/feature_flag/local_evaluation"})
 # posthog-js's session recordings.
 _RECORDING_PATH = "/s"
 _POST_ONLY = _V0_PATHS | _FLAGS_PATHS | {_V1_PATH, _RECORDING_PATH}
@@ -80,6 +97,49 @@ _CONTENT_TYPES = {
     ".wasm": "application/wasm",
 }
 
+#: Two flags in the shape of PostHog's local-evaluation API, for demos and tests:
+#: `beta-banner`, a boolean rolled out to 50% of people, and `checkout-experiment`,
+#: an A/B test splitting everyone 50/50 between `control` and `test`, with a
+#: JSON payload per variant. PostHog sends payloads JSON-encoded, as here.
+EXAMPLE_FLAG_DEFINITIONS: tuple[dict[str, Any], ...] = (
+    {
+        "id": 1,
+        "team_id": 1,
+        "name": "Beta banner for half of the people",
+        "key": "beta-banner",
+        "active": True,
+        "deleted": False,
+        "ensure_experience_continuity": False,
+        "filters": {
+            "groups": [{"properties": [], "rollout_percentage": 50, "variant": None}],
+            "multivariate": None,
+            "payloads": {"true": json.dumps({"text": "Try the new beta!"})},
+        },
+    },
+    {
+        "id": 2,
+        "team_id": 1,
+        "name": "Checkout experiment",
+        "key": "checkout-experiment",
+        "active": True,
+        "deleted": False,
+        "ensure_experience_continuity": False,
+        "filters": {
+            "groups": [{"properties": [], "rollout_percentage": 100, "variant": None}],
+            "multivariate": {
+                "variants": [
+                    {"key": "control", "name": "Control", "rollout_percentage": 50},
+                    {"key": "test", "name": "One-click checkout", "rollout_percentage": 50},
+                ]
+            },
+            "payloads": {
+                "control": json.dumps({"button": "Proceed to checkout", "color": "blue"}),
+                "test": json.dumps({"button": "Buy now", "color": "green"}),
+            },
+        },
+    },
+)
+
 _GZIP_MAGIC = b"\x1f\x8b"
 # A body over the cap is still read (and dropped) up to this size so the client
 # gets the 413 instead of a connection reset.
@@ -100,7 +160,7 @@ def _error_reply(status: int, code: str, detail: str) -> dict[str, Any]:
     # The shape of PostHog's capture errors; posthog-python reports `detail`.
     if status >= 500:
         kind = "server_error"
-    elif status == HTTPStatus.UNAUTHORIZED:
+    elif status in (HTTPStatus.UNAUTHORIZED, HTTPStatus.FORBIDDEN):
         kind = "authentication_error"
     else:
         kind = "invalid_request"
@@ -329,6 +389,18 @@ def _flag_record(
     return record
 
 
+def _requested_keys(request: Mapping[str, Any]) -> list[Any] | None:
+    """The flag keys a flags request limits itself to, if any.
+
+    posthog-js sends `flag_keys`, posthog-python `flag_keys_to_evaluate`.
+    """
+    for name in ("flag_keys", "flag_keys_to_evaluate"):
+        keys = request.get(name)
+        if isinstance(keys, list):
+            return keys
+    return None
+
+
 def _flags_reply(
     flags: Mapping[str, FlagValue],
     payloads: Mapping[str, str],
@@ -336,18 +408,20 @@ def _flags_reply(
     *,
     path: str,
     query: Mapping[str, list[str]],
+    ids: Mapping[str, int],
 ) -> dict[str, Any]:
     """PostHog's answer to a flags request, in the shape its version asks for.
 
     `/flags/?v=2` and up (and `/decide/?v=4`) get `flags` records; older
     versions get the legacy `featureFlags` and `featureFlagPayloads` maps.
-    `/decide/` and `?config=true` also carry the remote config.
+    `/decide/` and `?config=true` also carry the remote config. `ids` are the
+    flags' ids.
     """
     try:
         version = int(query.get("v", ["1"])[-1])
     except ValueError:
         version = 1
-    keys = request.get("flag_keys")
+    keys = _requested_keys(request)
     selected = {
         key: value
         for key, value in flags.items()
@@ -359,7 +433,6 @@ def _flags_reply(
         reply.update(_remote_config(token, has_feature_flags=bool(flags)))
         reply.update(config={"enable_collect_everything": True}, toolbarParams={})
     if version >= (4 if path == "/decide" else 2):
-        ids = {key: index for index, key in enumerate(flags, start=1)}
         reply["flags"] = {
             key: _flag_record(
                 key, value, ids[key], payloads.get(key), typed=path == "/flags" and version >= 4
@@ -386,6 +459,133 @@ def _check_flags(flags: Mapping[str, FlagValue]) -> dict[str, FlagValue]:
         if not isinstance(value, bool) and (not isinstance(value, str) or not value):
             raise ValueError(f"flag {key!r} must be True, False or a variant name, not {value!r}")
     return dict(flags)
+
+
+def _check_definitions(
+    definitions: Iterable[Mapping[str, Any]], taken: Collection[str]
+) -> list[dict[str, Any]]:
+    """Copies of flag definitions in PostHog's local-evaluation shape, checked.
+
+    Each needs a unique non-empty `key` (not one of `taken`), object `filters`
+    if any, and payloads that are JSON-encoded strings, as PostHog sends them.
+    """
+    checked: list[dict[str, Any]] = []
+    seen = set(taken)
+    for index, definition in enumerate(definitions):
+        key = definition.get("key") if isinstance(definition, Mapping) else None
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"flag definition {index} is not an object with a non-empty 'key'")
+        if key in seen:
+            raise ValueError(f"flag {key!r} is defined more than once")
+        seen.add(key)
+        try:
+            copied: dict[str, Any] = json.loads(json.dumps(definition, allow_nan=False))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"flag {key!r} is not JSON: {exc}") from None
+        filters = copied.get("filters")
+        if filters is not None and not isinstance(filters, dict):
+            raise ValueError(f"flag {key!r}: 'filters' must be an object")
+        payloads = (filters or {}).get("payloads") or {}
+        if not isinstance(payloads, dict) or not all(
+            isinstance(value, str) and _is_json(value) for value in payloads.values()
+        ):
+            raise ValueError(f"flag {key!r}: 'payloads' must map values to JSON-encoded strings")
+        checked.append(copied)
+    return checked
+
+
+def _is_json(text: str) -> bool:
+    try:
+        json.loads(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _object(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _evaluate_definitions(
+    definitions: Sequence[Mapping[str, Any]],
+    group_type_mapping: Mapping[str, str],
+    request: Mapping[str, Any],
+) -> tuple[dict[str, FlagValue], dict[str, str]]:
+    """Evaluate flag definitions for a flags request, with posthog-python's own matcher.
+
+    The person and group properties are the request's, completed as
+    posthog-python completes them for local evaluation (`distinct_id`,
+    `$group_key`), so a remote answer agrees with a local evaluation of the
+    same definitions. Returns the values and the payloads of enabled flags.
+    """
+    distinct_id = str(request["distinct_id"])
+    person_properties = {"distinct_id": distinct_id, **_object(request.get("person_properties"))}
+    groups = {name: str(key) for name, key in _object(request.get("groups")).items()}
+    extra = _object(request.get("group_properties"))
+    group_properties = {
+        name: {"$group_key": key, **_object(extra.get(name))} for name, key in groups.items()
+    }
+    device_id = request.get("device_id") or request.get("$device_id")
+    by_key = {flag["key"]: flag for flag in definitions}
+    cache: dict[str, Any] = {}
+    values: dict[str, FlagValue] = {}
+    payloads: dict[str, str] = {}
+    for flag in definitions:
+        filters = flag.get("filters") or {}
+        index = filters.get("aggregation_group_type_index")
+        group = None if index is None else group_type_mapping.get(str(index))
+        value: FlagValue = False
+        try:
+            if not flag.get("active"):
+                pass
+            elif index is None:
+                bucketing = resolve_bucketing_value(flag, distinct_id, device_id)  # type: ignore[no-untyped-call]
+                value = match_feature_flag_properties(
+                    flag,
+                    distinct_id,
+                    person_properties,
+                    cohort_properties={},
+                    flags_by_key=by_key,
+                    evaluation_cache=cache,
+                    device_id=device_id,
+                    bucketing_value=bucketing,
+                    group_type_mapping=group_type_mapping,
+                    groups=groups,
+                    group_properties=group_properties,
+                )
+            elif group is not None and group in groups:
+                # A group flag: bucketed by the group's key, on its properties.
+                value = match_feature_flag_properties(
+                    flag,
+                    groups[group],
+                    group_properties[group],
+                    cohort_properties={},
+                    flags_by_key=by_key,
+                    evaluation_cache=cache,
+                    device_id=device_id,
+                    bucketing_value=groups[group],
+                    group_type_mapping=group_type_mapping,
+                    groups=groups,
+                    group_properties=group_properties,
+                )
+        except (InconclusiveMatchError, RequiresServerEvaluation):
+            # PostHog would look at what it stored about the person; the sink
+            # stores nothing, so a condition it cannot decide does not match.
+            value = False
+        key = flag["key"]
+        values[key] = value
+        # Payloads are keyed by variant, or "true" for a boolean flag.
+        payload = (filters.get("payloads") or {}).get("true" if value is True else value)
+        if value is not False and payload is not None:
+            payloads[key] = payload
+    return values, payloads
+
+
+def _etag_matches(if_none_match: str | None, etag: str) -> bool:
+    if if_none_match is None:
+        return False
+    tags = (tag.strip() for tag in if_none_match.split(","))
+    return any(tag == "*" or tag.removeprefix("W/") == etag for tag in tags)
 
 
 def _static_file(root: Path, relative: str) -> Path | None:
@@ -502,6 +702,8 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._read_body()
         url = urlsplit(self.path)
         path = url.path.rstrip("/")
+        if path in _DEFINITIONS_PATHS:
+            raise _Rejected(HTTPStatus.METHOD_NOT_ALLOWED, "method_not_allowed", "use GET")
         if path not in _POST_ONLY:
             raise _not_found(url.path)
         sink = self.server.sink
@@ -523,8 +725,16 @@ class _Handler(BaseHTTPRequestHandler):
         return _json_response(HTTPStatus.OK, {"status": 1})
 
     def _get(self) -> _Response:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         sink = self.server.sink
+        if path.rstrip("/") in _DEFINITIONS_PATHS:
+            return sink._definitions_response(
+                path,
+                parse_qs(url.query, keep_blank_values=True),
+                self._bearer_token(),
+                self.headers.get("If-None-Match"),
+            )
         if path.startswith(_STATIC_PREFIX):
             return sink._static_response(path[len(_STATIC_PREFIX) :])
         config = _CONFIG_PATH.fullmatch(path)
@@ -628,6 +838,17 @@ class Sink:
       a version segment (`/static/1.449.2/surveys.js`) is optional;
     - `POST /s/` (session recordings): counted (`recording_count`), not kept.
 
+    And what posthog-python asks with a personal API key for local evaluation:
+    `GET /flags/definitions?token=<project key>&send_cohorts` (older clients:
+    `/api/feature_flag/local_evaluation`), with `Authorization: Bearer <key>`,
+    answered with `flag_definitions` as `{"flags": [...], "group_type_mapping":
+    {...}, "cohorts": {}}` and an `ETag` (a matching `If-None-Match` gets a 304).
+    No key or an invalid key gets a 401, a key without the flags scope a 403;
+    each request is recorded (`definition_requests`). Given definitions,
+    `/flags` evaluates them for the request's distinct id, person and group
+    properties with posthog-python's own matcher, so remote and local
+    evaluation agree.
+
     Cross-origin requests get CORS headers for their Origin. Bad requests get
     a JSON 4xx; nothing stops the server but `stop()`. A sink starts once.
 
@@ -642,7 +863,17 @@ class Sink:
     :param static_dir: the directory served under `/static/`; none by default.
     :param on_flag_request: called with a copy of each flags request's body;
         its errors are logged.
-    :raises ValueError: for a flag value or payload key that is not one of these.
+    :param flag_definitions: flags in the shape of PostHog's local-evaluation
+        API (see `EXAMPLE_FLAG_DEFINITIONS`), evaluated per person; their keys
+        must differ from those of `flags`.
+    :param group_type_mapping: group type index (a string) -> group type name,
+        for definitions aggregated by group.
+    :param personal_api_keys: the valid personal API keys (others get a 401);
+        by default any Bearer key is valid.
+    :param unscoped_personal_api_keys: valid keys without the `feature_flag:read`
+        scope: they get a 403, as from PostHog.
+    :raises ValueError: for a flag value or payload key that is not one of these,
+        or a flag definition that is not a JSON object with a unique key.
     :raises NotADirectoryError: when `static_dir` is not a directory.
     """
 
@@ -658,6 +889,10 @@ class Sink:
         flag_payloads: Mapping[str, Any] | None = None,
         static_dir: str | os.PathLike[str] | None = None,
         on_flag_request: Callable[[dict[str, Any]], None] | None = None,
+        flag_definitions: Iterable[Mapping[str, Any]] | None = None,
+        group_type_mapping: Mapping[str, str] | None = None,
+        personal_api_keys: Collection[str] | None = None,
+        unscoped_personal_api_keys: Collection[str] = (),
     ) -> None:
         self.max_body_size = max_body_size
         self._address = (host, port)
@@ -670,6 +905,23 @@ class Sink:
             raise ValueError(f"flag_payloads for flags that are not in flags: {unknown}")
         # PostHog sends payloads JSON-encoded; posthog-js parses them back.
         self._payloads = {key: json.dumps(value) for key, value in (flag_payloads or {}).items()}
+        self._definitions = _check_definitions(flag_definitions or (), self._flags)
+        self._group_type_mapping = {str(k): str(v) for k, v in (group_type_mapping or {}).items()}
+        if isinstance(personal_api_keys, str) or isinstance(unscoped_personal_api_keys, str):
+            raise ValueError("personal API keys must be given as a collection, not one string")
+        self._personal_api_keys = (
+            None if personal_api_keys is None else frozenset(personal_api_keys)
+        )
+        self._unscoped_keys = frozenset(unscoped_personal_api_keys)
+        self._definitions_body = json.dumps(
+            {
+                "flags": self._definitions,
+                "group_type_mapping": self._group_type_mapping,
+                "cohorts": {},
+            }
+        ).encode()
+        self._definitions_etag = f'"{hashlib.sha256(self._definitions_body).hexdigest()[:32]}"'
+        self._definition_requests: list[dict[str, Any]] = []
         self._static_dir: Path | None = None
         if static_dir is not None:
             self._static_dir = Path(static_dir).resolve()
@@ -751,6 +1003,15 @@ class Sink:
         with self._changed:
             return copy.deepcopy(self._flag_requests)
 
+    def definition_requests(self) -> list[dict[str, Any]]:
+        """The flag definitions requests so far, in arrival order.
+
+        Each is `{"path", "token", "personal_api_key", "if_none_match", "status"}`:
+        what the client sent (None when absent) and the status it got.
+        """
+        with self._changed:
+            return copy.deepcopy(self._definition_requests)
+
     def config_tokens(self) -> list[str]:
         """The project token of each remote config request so far, in arrival order."""
         with self._changed:
@@ -800,10 +1061,12 @@ class Sink:
             )
 
     def clear(self) -> None:
-        """Forget everything received so far: events, flags and config requests, recordings."""
+        """Forget everything received so far: events, flags, definitions and config
+        requests, recordings."""
         with self._changed:
             self._events.clear()
             self._flag_requests.clear()
+            self._definition_requests.clear()
             self._config_tokens.clear()
             self._recordings = 0
 
@@ -850,13 +1113,79 @@ class Sink:
     def _flags_reply(
         self, request: Mapping[str, Any], path: str, query: Mapping[str, list[str]]
     ) -> dict[str, Any]:
-        return _flags_reply(self._flags, self._payloads, request, path=path, query=query)
+        flags, payloads = dict(self._flags), dict(self._payloads)
+        ids = {key: index for index, key in enumerate(flags, start=1)}
+        if self._definitions:
+            values, matched = _evaluate_definitions(
+                self._definitions, self._group_type_mapping, request
+            )
+            flags.update(values)
+            payloads.update(matched)
+            for position, definition in enumerate(self._definitions, start=len(ids) + 1):
+                given = definition.get("id")
+                if isinstance(given, bool) or not isinstance(given, int):
+                    given = position
+                ids[definition["key"]] = given
+        return _flags_reply(flags, payloads, request, path=path, query=query, ids=ids)
+
+    def _definitions_response(
+        self,
+        path: str,
+        query: Mapping[str, list[str]],
+        key: str | None,
+        if_none_match: str | None,
+    ) -> _Response:
+        token = query.get("token", [""])[-1]
+        rejected: _Rejected | None = None
+        if key is None:
+            rejected = _Rejected(
+                HTTPStatus.UNAUTHORIZED,
+                "not_authenticated",
+                "flag definitions need a personal API key (Authorization: Bearer ...)",
+            )
+        elif key in self._unscoped_keys:
+            rejected = _Rejected(
+                HTTPStatus.FORBIDDEN,
+                "permission_denied",
+                "API key missing required scope 'feature_flag:read'",
+            )
+        elif self._personal_api_keys is not None and key not in self._personal_api_keys:
+            rejected = _Rejected(
+                HTTPStatus.UNAUTHORIZED,
+                "authentication_failed",
+                "Personal API key found in request Authorization header is invalid.",
+            )
+        elif not token:
+            rejected = _Rejected(
+                HTTPStatus.BAD_REQUEST,
+                "invalid_request",
+                "the token query parameter (the project API key) is required",
+            )
+        unchanged = rejected is None and _etag_matches(if_none_match, self._definitions_etag)
+        status = rejected.status if rejected else (304 if unchanged else 200)
+        with self._changed:
+            self._definition_requests.append(
+                {
+                    "path": path,
+                    "token": token or None,
+                    "personal_api_key": key,
+                    "if_none_match": if_none_match,
+                    "status": int(status),
+                }
+            )
+            self._changed.notify_all()
+        if rejected is not None:
+            raise rejected
+        headers = {"ETag": self._definitions_etag}
+        body = b"" if unchanged else self._definitions_body
+        return _Response(status, "application/json", body, headers)
 
     def _remote_config_response(self, token: str, *, script: bool) -> _Response:
         with self._changed:
             self._config_tokens.append(token)
             self._changed.notify_all()
-        config = _remote_config(token, has_feature_flags=bool(self._flags))
+        has_flags = bool(self._flags or self._definitions)
+        config = _remote_config(token, has_feature_flags=has_flags)
         if script:
             return _Response(
                 HTTPStatus.OK, _JAVASCRIPT, _remote_config_script(token, config).encode()
@@ -923,6 +1252,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=8010, help="0 picks one (default: %(default)s)")
     parser.add_argument("--jsonl", metavar="FILE", help="also append each event to FILE")
     parser.add_argument("--static-dir", metavar="DIR", help="serve DIR at /static/")
+    parser.add_argument(
+        "--example-flags",
+        action="store_true",
+        help="serve two example flags (beta-banner, checkout-experiment) for /flags "
+        "and for local evaluation with any personal API key",
+    )
     args = parser.parse_args(argv)
 
     printing = threading.Lock()
@@ -946,6 +1281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.port,
                 jsonl_path=args.jsonl,
                 static_dir=args.static_dir,
+                flag_definitions=EXAMPLE_FLAG_DEFINITIONS if args.example_flags else None,
                 on_event=lambda event: say(format_event(event)),
                 on_flag_request=lambda request: say(_format_flag_request(request)),
             ).start()
