@@ -67,10 +67,24 @@ class FlagSource:
         self.timeout = timeout
         self._warned: set[str] = set()
         self._lock = threading.Lock()
+        if local and getattr(client, "feature_flags", None) is None:
+            # Off every request's path: posthog would otherwise load them inside
+            # an evaluation, synchronously (up to 10 s; on the loop in ASGI).
+            threading.Thread(target=self._load, name="posthog-flags-load", daemon=True).start()
+
+    def _load(self) -> None:
+        try:
+            self.client.load_feature_flags()  # type: ignore[no-untyped-call]  # + poller
+        except Exception as error:
+            self._warn("load", "loading the flag definitions failed (%s)", error)
 
     def evaluate(self, distinct_id: str, context: FlagContext | None = None) -> Flags | None:
         """The flags for `distinct_id`, or None (logged) when they cannot be had in time."""
         if self.local:
+            if not self.client.feature_flags:
+                # None: not loaded (yet, or refused; the poller retries). []: none.
+                self._warn("unloaded", "flag definitions are not loaded; no flag bootstrap")
+                return None
             return self._evaluate(distinct_id, context)
         future = _remote.submit(self._evaluate, distinct_id, context)
         try:
@@ -100,10 +114,13 @@ class FlagSource:
             )
             return None
         values = result.get("featureFlags")
-        if values is None:
-            # posthog returns None when definitions are not loaded or the call failed.
+        if not values:
+            # posthog answers None (a disabled client) or {} (definitions not
+            # loaded, /flags failed): nothing to bootstrap either way.
             self._warn(
-                "unavailable", "flags are unavailable (definitions not loaded?); no flag bootstrap"
+                "unavailable",
+                "flags are unavailable (definitions not loaded or /flags failed); "
+                "no flag bootstrap",
             )
             return None
         payloads = result.get("featureFlagPayloads") or {}
