@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from .context import current_identity as current_identity
 from .context import forget_user as forget_user
+from .context import grant_consent as grant_consent
 from .context import identify_user as identify_user
+from .context import revoke_consent as revoke_consent
 from .flags import FlagContext as FlagContext
 from .identity import NOBODY as NOBODY
 from .identity import NOTHING as NOTHING
@@ -21,6 +23,8 @@ __all__ = [
     "Settings",
     "current_identity",
     "forget_user",
+    "grant_consent",
     "identify_user",
+    "revoke_consent",
 ]
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ from .identity import NOTHING, Report
 if TYPE_CHECKING:
     from posthog.client import Client
 
+    from .engine import ConsentHook
     from .flags import FlagContextHook
     from .html import HtmlInjector
     from .settings import Settings
@@ -38,6 +39,10 @@ class IdentityMiddleware:
         Starlette's ``AuthenticationMiddleware``, read again when the response
         starts so an authentication middleware inside this one is seen.
     :param client: a ``Client``; default: one built from the settings.
+    :param consent: ``callable(scope)`` (a plain function) returning True
+        (consented), False (refused) or None (no record: the consent cookie
+        decides), read when POSTHOG_IDENTITY_CONSENT is opt-in or opt-out; one
+        that raises means no consent for that request.
     """
 
     def __init__(
@@ -49,10 +54,11 @@ class IdentityMiddleware:
         client: Client | None = None,
         init_options: Mapping[str, Any] | None = None,
         flag_context: FlagContextHook | None = None,
+        consent: ConsentHook | None = None,
     ) -> None:
         self.app = app
         self.user_id = user_id
-        self.engine = Engine(settings, client, init_options, flag_context)
+        self.engine = Engine(settings, client, init_options, flag_context, consent)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -211,10 +217,18 @@ def _path(scope: Scope) -> str:
 
 
 def _request_info(scope: Scope) -> RequestInfo:
-    cookies = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k.lower() == b"cookie"]
+    cookies, signals = [], {b"sec-gpc": "", b"dnt": ""}
+    for key, value in scope.get("headers", ()):
+        name = key.lower()
+        if name == b"cookie":
+            cookies.append(value.decode("latin-1"))
+        elif name in signals:
+            signals[name] = value.decode("latin-1")
     return RequestInfo(
         method=scope.get("method", "GET"),
         scheme=scope.get("scheme", "http"),
         path=_path(scope),
         cookie_header="; ".join(cookies),
+        sec_gpc=signals[b"sec-gpc"],
+        dnt=signals[b"dnt"],
     )

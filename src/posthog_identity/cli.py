@@ -141,6 +141,12 @@ def _print_settings(settings: Settings, out: TextIO) -> None:
         ("disabled", str(settings.disabled).lower()),
         ("inject_lookahead", str(settings.inject_lookahead)),
         ("init_options", str(dict(settings.init_options)) if settings.init_options else "(none)"),
+        ("consent", settings.consent),
+        ("consent_cookie", settings.consent_cookie),
+        ("consent_granted", ", ".join(settings.consent_granted)),
+        ("consent_denied", ", ".join(settings.consent_denied)),
+        ("respect_gpc", str(settings.respect_gpc).lower()),
+        ("respect_dnt", str(settings.respect_dnt).lower()),
     ]
     width = max(len(ENV_VARS[name]) for name, _ in rows)
     print("Effective configuration:", file=out)

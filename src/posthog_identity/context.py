@@ -21,10 +21,12 @@ __all__ = [
     "current_identity",
     "current_resolution",
     "forget_user",
+    "grant_consent",
     "has_request",
     "identify_user",
     "rebind",
     "report_user",
+    "revoke_consent",
 ]
 
 _PERSONLESS = "$process_person_profile"
@@ -61,6 +63,39 @@ def forget_user() -> None:
         logger.warning("posthog_identity: forget_user() called outside a request; ignored")
         return
     rebind(exchange, lambda: exchange.set_explicit(NOBODY))
+
+
+def grant_consent() -> None:
+    """The visitor agreed to tracking (call it from your cookie banner's endpoint).
+
+    The identity lifecycle starts on this response (cookie, snippet, link);
+    the decision is kept in the consent cookie for the following requests.
+    Does nothing (a debug log line) when POSTHOG_IDENTITY_CONSENT is not-required.
+    """
+    _set_consent(True, "grant_consent")
+
+
+def revoke_consent() -> None:
+    """The visitor refused or withdrew consent.
+
+    This response deletes the identity cookie, records the refusal in the
+    consent cookie, and its page clears PostHog's browser storage and stops
+    capturing. Server captures after the call go out personless, on a random id.
+    """
+    _set_consent(False, "revoke_consent")
+
+
+def _set_consent(granted: bool, name: str) -> None:
+    exchange = _exchange.get()
+    if exchange is None:
+        logger.warning("posthog_identity: %s() called outside a request; ignored", name)
+        return
+    changed: list[bool] = []
+    rebind(exchange, lambda: changed.append(exchange.set_consent(granted)))
+    if not changed[0]:
+        logger.debug(
+            "posthog_identity: %s() ignored: POSTHOG_IDENTITY_CONSENT is not-required", name
+        )
 
 
 def report_user(user_id: object) -> None:

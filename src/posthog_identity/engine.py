@@ -7,6 +7,7 @@ everything about identity (cookie, resolver, link, failure policy) happens here.
 from __future__ import annotations
 
 import atexit
+import inspect
 import logging
 import threading
 import time
@@ -19,6 +20,7 @@ from typing import Any
 from posthog.client import Client
 from werkzeug.http import dump_cookie, parse_cookie, parse_dict_header
 
+from .consent import FAILED, CallbackResult, Consent, ConsentState, Signals, decide, header_is_set
 from .flags import FlagContext, FlagContextHook, Flags, FlagSource
 from .html import HtmlInjector, may_inject
 from .identity import (
@@ -27,6 +29,7 @@ from .identity import (
     InvalidUserId,
     Report,
     Resolution,
+    Transition,
     coerce_user_id,
     resolve,
 )
@@ -35,7 +38,7 @@ from .settings import Settings
 from .signing import CookieCodec, Verified
 from .snippet import Snippet, csp_nonce
 
-__all__ = ["Engine", "Exchange", "RequestInfo", "logger"]
+__all__ = ["ConsentHook", "Engine", "Exchange", "RequestInfo", "logger"]
 
 logger = logging.getLogger("posthog_identity")
 
@@ -62,6 +65,13 @@ def _flush_at_exit() -> None:
 
 atexit.register(_flush_at_exit)
 
+# posthog 7.x renamed `personal_api_key` to `secret_key`; the old name warns.
+_SECRET_KEY = (
+    "secret_key"
+    if "secret_key" in inspect.signature(Client.__init__).parameters
+    else "personal_api_key"
+)
+
 
 @dataclass(frozen=True)
 class RequestInfo:
@@ -71,6 +81,14 @@ class RequestInfo:
     scheme: str
     path: str  #: below the app's mount point
     cookie_header: str = ""
+    sec_gpc: str = ""  #: the Sec-GPC header (Global Privacy Control)
+    dnt: str = ""  #: the DNT header (Do Not Track)
+
+
+ConsentHook = Callable[[Any], "bool | None"]
+"""``callable(native request) -> True / False / None``: the app's own consent record."""
+
+_BY_MODE = Consent(ConsentState.GRANTED, "mode")
 
 
 class Engine:
@@ -82,9 +100,11 @@ class Engine:
         client: Client | None = None,
         init_options: Mapping[str, Any] | None = None,
         flag_context: FlagContextHook | None = None,
+        consent: ConsentHook | None = None,
     ) -> None:
         self.settings = Settings.from_env() if settings is None else settings
         self.flag_context = flag_context
+        self.consent_hook = consent
         if init_options:
             # Validated like the environment variable, at start-up.
             options = {**self.settings.init_options, **init_options}
@@ -106,6 +126,7 @@ class Engine:
                 self.settings.host,
                 self.settings.script_url,
                 self.settings.init_options,
+                self.settings,
             )
         self.flags: FlagSource | None = None
         if self.settings.bootstrap_flags and self.client is not None:
@@ -126,11 +147,12 @@ class Engine:
     def _build_client(self) -> Client | None:
         if self.settings.api_key is None or self.settings.disabled:
             return None
+        credentials: dict[str, Any] = {_SECRET_KEY: self.settings.personal_api_key}
         client = Client(
             self.settings.api_key,
             host=self.settings.host,
-            personal_api_key=self.settings.personal_api_key,
             feature_flags_request_timeout_seconds=self.settings.flags_timeout,
+            **credentials,
         )
         _owned_clients.add(client)
         return client
@@ -234,6 +256,11 @@ class Exchange:
         self._minted: str | None = None
         self._resolution: Resolution | None = None
         self._finished = False
+        self._granted: bool | None = None  # grant_consent() / revoke_consent()
+        self._consent: Consent | None = None
+        self._asked: CallbackResult = None
+        self._has_asked = False
+        self._ephemeral: str | None = None
 
     @property
     def explicit(self) -> bool:
@@ -261,7 +288,78 @@ class Exchange:
         return self._minted
 
     @property
+    def consent(self) -> Consent:
+        """This request's consent decision (see `consent.decide`)."""
+        if self._consent is None:
+            self._consent = self._decide()
+        return self._consent
+
+    def _decide(self) -> Consent:
+        settings = self.engine.settings
+        if settings.consent == "not-required":
+            return _BY_MODE
+        cookies = parse_cookie(self.request.cookie_header)
+        if self._granted is None and not self._has_asked:
+            self._has_asked = True
+            self._asked = self._ask_consent()
+        signals = Signals(
+            explicit=self._granted,
+            callback=self._asked,
+            cookie=cookies.get(settings.consent_cookie),
+            gpc=header_is_set(self.request.sec_gpc),
+            dnt=header_is_set(self.request.dnt),
+        )
+        return decide(settings, signals)
+
+    def _ask_consent(self) -> CallbackResult:
+        """The app's consent callable, once; a failure counts as no consent (fail closed)."""
+        hook = self.engine.consent_hook
+        if hook is None:
+            return None
+        try:
+            value: object = hook(self.native)
+        except Exception as error:
+            self.engine.warn_once(
+                f"consent:{type(error).__name__}",
+                "the consent callable raised %s; no consent for this request",
+                type(error).__name__,
+                exc=error,
+            )
+            return FAILED
+        if value is None or isinstance(value, bool):
+            return value
+        if inspect.isawaitable(value):
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()  # never awaited: closed so it does not warn at collection
+        self.engine.warn_once(
+            f"consent-value:{type(value).__name__}",
+            "the consent callable must return True, False or None (a plain function, "
+            "not async), got %s; no consent for this request",
+            type(value).__name__,
+        )
+        return FAILED
+
+    def set_consent(self, granted: bool) -> bool:
+        """grant_consent() / revoke_consent(); False when the mode needs no consent."""
+        if self.engine.settings.consent == "not-required":
+            return False
+        self._granted = granted
+        self._consent = None
+        self._resolution = None
+        return True
+
+    def _ephemeral_id(self) -> str:
+        # Without consent: one random id per request, never stored or linked.
+        if self._ephemeral is None:
+            self._ephemeral = str(uuid.uuid4())
+        return self._ephemeral
+
+    @property
     def resolution(self) -> Resolution:
+        if self._resolution is None and not self.consent.granted:
+            identity = Identity(self._ephemeral_id(), consented=False)
+            self._resolution = Resolution(identity, Transition.NONE)
         if self._resolution is None:
             settings = self.engine.settings
             report = self._explicit if self._explicit is not None else self._reported
@@ -303,6 +401,7 @@ class Exchange:
         return (
             source is not None
             and not source.local
+            and self.consent.granted
             and self.resolution.identity.distinct_id not in self._flags
             and self.engine.snippet is not None
             and may_inject(self.request.method, status, headers)
@@ -350,9 +449,10 @@ class Exchange:
             if snippet is None or not may_inject(self.request.method, status, headers):
                 return None
             shared = _shared_cacheable(headers)
+            consent = self.consent.state
             identity = None if shared else self.resolution.identity
-            flags = None if shared else self.flags()
-            rendered = snippet.render(identity, csp_nonce(headers), flags)
+            flags = None if shared or consent is not ConsentState.GRANTED else self.flags()
+            rendered = snippet.render(identity, csp_nonce(headers), flags, consent)
             return HtmlInjector(rendered, self.engine.settings.inject_lookahead)
         except Exception:
             logger.exception(
@@ -365,6 +465,8 @@ class Exchange:
         # A remembered but unreported user's anonymous id was merged into them:
         # its events belong to their person, so only true visitors are personless.
         identity = self.identity
+        if not identity.consented:
+            return True
         return self.engine.settings.person_profiles == "identified_only" and not (
             identity.is_identified or identity.signed_in
         )
@@ -372,17 +474,27 @@ class Exchange:
     def finish(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """At response start: send the link, return the headers to append (Set-Cookie).
 
-        Runs once per request; later calls (a WSGI error page after a failed
-        response) return the same headers without sending the link again.
+        Without consent the identity cookie the browser sent is deleted (unless
+        the decision is unknown); grant_consent()/revoke_consent() also record
+        the decision in the consent cookie. Runs once per request; later calls
+        (a WSGI error page after a failed response) return the same headers
+        without sending the link again.
         """
         try:
             resolution = self.resolution
             if not self._finished:
                 self._finished = True
                 self._send_link(resolution)
-            if resolution.cookie is None or _shared_cacheable(headers):
+            if _shared_cacheable(headers):
                 return []
-            return [("Set-Cookie", self._set_cookie(resolution))]
+            added = []
+            if resolution.cookie is not None:
+                added.append(("Set-Cookie", self._set_cookie(resolution)))
+            elif self._forgets_cookie():
+                added.append(("Set-Cookie", self._delete_cookie()))
+            if self._granted is not None:
+                added.append(("Set-Cookie", self._consent_cookie(self._granted)))
+            return added
         except Exception:
             logger.exception(
                 "posthog_identity: finishing the response failed; it is sent untouched"
@@ -398,20 +510,57 @@ class Exchange:
         except Exception:
             logger.exception("posthog_identity: sending the login link failed")
 
+    def _secure(self) -> bool:
+        secure = self.engine.settings.secure_cookie
+        return self.request.scheme in ("https", "wss") if secure is None else secure
+
     def _set_cookie(self, resolution: Resolution) -> str:
         settings = self.engine.settings
         assert resolution.cookie is not None
-        secure = settings.secure_cookie
-        if secure is None:
-            secure = self.request.scheme in ("https", "wss")
         return dump_cookie(
             settings.cookie_name,
             self.engine.codec.dumps(resolution.cookie),
             max_age=settings.cookie_max_age,
             path="/",
             domain=settings.cookie_domain,
-            secure=secure,
+            secure=self._secure(),
             httponly=True,
+            samesite=settings.cookie_samesite,
+        )
+
+    def _forgets_cookie(self) -> bool:
+        """No consent (known to be missing, not unknown) and the browser sent our cookie."""
+        state = self.consent.state
+        if state is ConsentState.GRANTED or state is ConsentState.UNKNOWN:
+            return False
+        cookies = parse_cookie(self.request.cookie_header)
+        return self.engine.settings.cookie_name in cookies
+
+    def _delete_cookie(self) -> str:
+        settings = self.engine.settings
+        return dump_cookie(
+            settings.cookie_name,
+            "",
+            max_age=0,
+            path="/",
+            domain=settings.cookie_domain,
+            secure=self._secure(),
+            httponly=True,
+            samesite=settings.cookie_samesite,
+        )
+
+    def _consent_cookie(self, granted: bool) -> str:
+        """The consent cookie, as a banner would write it (readable by the page's scripts)."""
+        settings = self.engine.settings
+        values = settings.consent_granted if granted else settings.consent_denied
+        return dump_cookie(
+            settings.consent_cookie,
+            values[0],
+            max_age=settings.cookie_max_age,
+            path="/",
+            domain=settings.cookie_domain,
+            secure=self._secure(),
+            httponly=False,
             samesite=settings.cookie_samesite,
         )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import hmac
+import json
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -106,6 +107,10 @@ class Identity:
     `user_id` is ``None`` when the request is anonymous, and also when the
     request reported nothing while the cookie remembers a signed-in user (the
     cookie holds only a hash of that id): `signed_in` tells the two apart.
+
+    `consented` is False when the visitor has not consented to tracking
+    (POSTHOG_IDENTITY_CONSENT): the request then runs on a random id of its
+    own, never stored and never linked to a user.
     """
 
     anonymous_id: str
@@ -113,6 +118,7 @@ class Identity:
     signed_in: bool = False
     #: The request's flags, evaluated on first use (set by the middleware).
     flags: FlagAccess | None = field(default=None, compare=False, repr=False)
+    consented: bool = True
 
     @property
     def feature_flags(self) -> Mapping[str, bool | str]:
@@ -139,7 +145,14 @@ class Identity:
         return values[key]
 
     def feature_flag_payload(self, key: str) -> Any:
-        return None if self.flags is None else self.flags.payloads().get(key)
+        """The payload of the flag's matched value, decoded from PostHog's JSON, or None."""
+        raw = None if self.flags is None else self.flags.payloads().get(key)
+        if not isinstance(raw, str):
+            return raw
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw  # as posthog-js's parsePayload does
 
     @property
     def distinct_id(self) -> str:

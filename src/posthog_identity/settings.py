@@ -6,15 +6,16 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-__all__ = ["ENV_VARS", "ConfigurationError", "Settings"]
+__all__ = ["ENV_VARS", "ConfigurationError", "ConsentMode", "Settings"]
 
 SameSite = Literal["Lax", "Strict", "None"]
 PersonProfiles = Literal["identified_only", "always"]
+ConsentMode = Literal["not-required", "opt-in", "opt-out"]
 
 DEFAULT_HOST = "https://us.i.posthog.com"
 
@@ -40,6 +41,12 @@ ENV_VARS: dict[str, str] = {
     "bootstrap_flags": "POSTHOG_IDENTITY_BOOTSTRAP_FLAGS",
     "personal_api_key": "POSTHOG_PERSONAL_API_KEY",
     "flags_timeout": "POSTHOG_IDENTITY_FLAGS_TIMEOUT",
+    "consent": "POSTHOG_IDENTITY_CONSENT",
+    "consent_cookie": "POSTHOG_IDENTITY_CONSENT_COOKIE",
+    "consent_granted": "POSTHOG_IDENTITY_CONSENT_GRANTED",
+    "consent_denied": "POSTHOG_IDENTITY_CONSENT_DENIED",
+    "respect_gpc": "POSTHOG_IDENTITY_RESPECT_GPC",
+    "respect_dnt": "POSTHOG_IDENTITY_RESPECT_DNT",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -61,6 +68,9 @@ _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DOMAIN = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
 _SAMESITE: dict[str, SameSite] = {"lax": "Lax", "strict": "Strict", "none": "None"}
 _PERSON_PROFILES: tuple[PersonProfiles, ...] = ("identified_only", "always")
+_CONSENT_MODES: tuple[ConsentMode, ...] = ("not-required", "opt-in", "opt-out")
+# RFC 6265 cookie-octet: what a consent value may hold so it can be written unquoted.
+_COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
 
 
 class ConfigurationError(ValueError):
@@ -109,6 +119,14 @@ class Settings:
     bootstrap_flags: bool | tuple[str, ...] = False
     personal_api_key: str | None = field(default=None, repr=False)
     flags_timeout: float = 0.3
+    #: not-required (no consent needed), opt-in or opt-out; see docs/consent.md.
+    consent: ConsentMode = "not-required"
+    consent_cookie: str = "ph_consent"
+    #: Consent cookie values (lower case) that grant, and that refuse.
+    consent_granted: tuple[str, ...] = ("granted", "true", "yes", "1")
+    consent_denied: tuple[str, ...] = ("denied", "false", "no", "0")
+    respect_gpc: bool = True
+    respect_dnt: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.secrets, str):
@@ -181,6 +199,31 @@ class Settings:
 
         paths = tuple(_check_prefix(p) for p in self.exclude_paths)
         object.__setattr__(self, "exclude_paths", paths)
+        self._check_consent()
+
+    def _check_consent(self) -> None:
+        if self.consent not in _CONSENT_MODES:
+            raise _fail("consent", f"must be not-required, opt-in or opt-out, got {self.consent!r}")
+        if not isinstance(self.consent_cookie, str) or not _TOKEN.match(self.consent_cookie):
+            raise _fail("consent_cookie", f"{self.consent_cookie!r} is not a valid cookie name")
+        if self.consent_cookie == self.cookie_name:
+            raise _fail(
+                "consent_cookie",
+                f"must differ from {ENV_VARS['cookie_name']} ({self.cookie_name!r})",
+            )
+        granted = _consent_values("consent_granted", self.consent_granted)
+        denied = _consent_values("consent_denied", self.consent_denied)
+        both = sorted(set(granted) & set(denied))
+        if both:
+            raise _fail(
+                "consent_denied",
+                f"{', '.join(both)} also grants consent ({ENV_VARS['consent_granted']})",
+            )
+        object.__setattr__(self, "consent_granted", granted)
+        object.__setattr__(self, "consent_denied", denied)
+        for name in ("respect_gpc", "respect_dnt"):
+            if not isinstance(getattr(self, name), bool):
+                raise _fail(name, "must be true or false")
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -238,6 +281,20 @@ def _check_url(name: str, value: str, *, allow_path: bool = False) -> str:
         expected = "an http(s) URL or a path starting with /" if allow_path else "an http(s) URL"
         raise _fail(name, f"must be {expected}, got {value!r}")
     return value.rstrip("/") if name == "host" else value
+
+
+def _consent_values(name: str, values: Iterable[object]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise _fail(name, "expected a tuple of values, got a single string")
+    given = tuple(values)
+    items = [v for v in given if isinstance(v, str)]
+    if not items or len(items) != len(given):
+        raise _fail(name, "must list at least one cookie value, each a string")
+    lowered = tuple(dict.fromkeys(v.strip().lower() for v in items))
+    for value in lowered:
+        if not _COOKIE_VALUE.match(value):
+            raise _fail(name, f"{value!r} is not a valid cookie value")
+    return lowered
 
 
 def _check_init_options(options: object) -> Mapping[str, Any]:
@@ -356,6 +413,18 @@ def _paths(variable: str, raw: str) -> tuple[str, ...]:
     return parse_list(raw)
 
 
+def _list(variable: str, raw: str) -> tuple[str, ...]:
+    return parse_list(raw)
+
+
+def _consent_mode(variable: str, raw: str) -> ConsentMode:
+    value = raw.lower()
+    for option in _CONSENT_MODES:
+        if value == option:
+            return option
+    raise ConfigurationError(variable, f"expected not-required, opt-in or opt-out, got {raw!r}")
+
+
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "secrets": _secrets,
     "cookie_max_age": _int,
@@ -370,4 +439,9 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "init_options": _json_object,
     "bootstrap_flags": _flag_keys,
     "flags_timeout": _seconds,
+    "consent": _consent_mode,
+    "consent_granted": _list,
+    "consent_denied": _list,
+    "respect_gpc": parse_bool,
+    "respect_dnt": parse_bool,
 }

@@ -8,15 +8,37 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .consent import ConsentState, storage_prefixes
+
 if TYPE_CHECKING:
     from .flags import Flags
     from .identity import Identity
+    from .settings import Settings
 
-__all__ = ["Snippet", "csp_nonce", "default_script_url", "script_json"]
+__all__ = ["NO_CONSENT_OPTIONS", "Snippet", "csp_nonce", "default_script_url", "script_json"]
+
+#: posthog-js init options for a page without consent. Memory persistence is
+#: what keeps posthog-js 1.449.2 from writing cookies, localStorage or
+#: sessionStorage *and* from reading an id persisted earlier (seen in Chromium:
+#: `disable_persistence` still reads it; `cookieless_mode` needs PostHog's
+#: server-side hashing). The features that store state of their own (surveys,
+#: product tours, conversations) or record the visitor (replay) stay off.
+NO_CONSENT_OPTIONS: dict[str, Any] = {
+    "persistence": "memory",
+    "disable_session_recording": True,
+    "disable_surveys": True,
+    "disable_product_tours": True,
+    "disable_conversations": True,
+}
 
 # A small queue stands in for posthog-js until the real script (loaded async,
 # never blocking rendering) replays the recorded calls. posthog-js's array.js
 # reads `_i` (init calls) and the pushed `[method, ...args]` arrays.
+# `o.consent` is set only without consent (or, on a shared-cacheable page, for
+# the browser to decide from the consent cookie, GPC and DNT): then posthog-js
+# gets no id and NO_CONSENT_OPTIONS, is opted out after a refusal, and `wipe`
+# first removes what it stored earlier (web storage, and cookies on the host
+# and every parent domain).
 _LOADER = """\
 (function(w,d,o){\
 var ph=w.posthog=w.posthog||[];\
@@ -30,11 +52,21 @@ var s=d.createElement("script");s.async=true;s.crossOrigin="anonymous";s.src=o.s
 if(o.nonce){s.nonce=o.nonce;}\
 (d.head||d.documentElement).appendChild(s);\
 }\
-var c=o.config,id=o.identity;\
+var c=o.config,id=o.identity,f=o.flags,k=o.consent;\
+if(k){\
+var st=k.state;\
+if(st==="browser"){st=consent(k);}\
+if(st!=="granted"){\
+id=null;f=null;\
+for(var n in k.options){c[n]=k.options[n];}\
+if(st!=="pending"){c.opt_out_capturing_by_default=true;}\
+if(k.state==="browser"?st==="denied":k.clear){wipe(k.prefixes);}\
+}\
+}\
 if(o.nonce){c.prepare_external_dependency_script=c.prepare_external_dependency_stylesheet=\
 function(e){e.nonce=o.nonce;return e;};}\
-if(o.flags){c.bootstrap=c.bootstrap||{};c.bootstrap.featureFlags=o.flags.values;\
-c.bootstrap.featureFlagPayloads=o.flags.payloads;}\
+if(f){c.bootstrap=c.bootstrap||{};c.bootstrap.featureFlags=f.values;\
+c.bootstrap.featureFlagPayloads=f.payloads;}\
 if(id){\
 c.get_device_id=function(){return id.anonymous;};\
 if(!id.user&&!id.signedIn){c.bootstrap=c.bootstrap||{};\
@@ -45,6 +77,41 @@ if(p.get_property("$user_state")==="identified"){p.reset();}\
 p.identify(id.user);};\
 }\
 ph.init(o.token,c);\
+function cookie(name){\
+var cs=d.cookie?d.cookie.split(";"):[];\
+for(var i=0;i<cs.length;i++){\
+var e=cs[i].indexOf("="),key=(e<0?cs[i]:cs[i].slice(0,e)).trim();\
+if(key!==name){continue;}\
+var v=e<0?"":cs[i].slice(e+1).trim();\
+if(v.length>1&&v.charAt(0)==='"'&&v.charAt(v.length-1)==='"'){v=v.slice(1,-1);}\
+return v.trim().toLowerCase();}\
+return null;}\
+function consent(k){\
+var v=null,n=w.navigator||{};\
+try{v=cookie(k.cookie);}catch(e){}\
+if(v!==null){if(k.granted.indexOf(v)>=0){return "granted";}\
+if(k.denied.indexOf(v)>=0){return "denied";}}\
+if(k.gpc&&(n.globalPrivacyControl===true||n.globalPrivacyControl==="1")){return "denied";}\
+if(k.dnt&&(n.doNotTrack==="1"||w.doNotTrack==="1")){return "denied";}\
+return k.fallback;}\
+function wipe(p){\
+var hit=function(x){\
+for(var i=0;i<p.length;i++){if(x.indexOf(p[i])===0){return true;}}return false;};\
+var stores=["localStorage","sessionStorage"];\
+for(var j=0;j<stores.length;j++){try{\
+var s=w[stores[j]],keys=[];\
+for(var i=0;i<s.length;i++){keys.push(s.key(i));}\
+for(i=0;i<keys.length;i++){if(keys[i]!==null&&hit(keys[i])){s.removeItem(keys[i]);}}\
+}catch(e){}}\
+try{\
+var h=w.location.hostname.split("."),sec=w.location.protocol==="https:"?";Secure":"";\
+var cs=d.cookie?d.cookie.split(";"):[];\
+for(var m=0;m<cs.length;m++){\
+var name=cs[m].split("=")[0].trim();\
+if(!name||!hit(name)){continue;}\
+var gone=name+"=;Max-Age=0;Path=/"+sec;d.cookie=gone;\
+for(var l=0;l<h.length;l++){d.cookie=gone+";Domain=."+h.slice(l).join(".");}}\
+}catch(e){}}\
 })(window,document,%s);"""
 
 # The methods posthog-js 1.449's own loader queues (dist/loader.js) before the
@@ -125,6 +192,9 @@ class Snippet:
     """Renders our <script> for one response; everything fixed is computed once.
 
     :param options: extra posthog-js ``init`` options (JSON-serializable).
+    :param consent: the settings' consent mode; in ``opt-in`` and ``opt-out``
+        a page without consent starts posthog-js with `NO_CONSENT_OPTIONS`,
+        and a shared-cacheable page decides in the browser.
     """
 
     def __init__(
@@ -133,18 +203,55 @@ class Snippet:
         api_host: str,
         script_url: str | None = None,
         options: Mapping[str, Any] | None = None,
+        consent: Settings | None = None,
     ) -> None:
         self.api_key = api_key
         self.script_url = script_url or default_script_url(api_host)
         self.config: dict[str, Any] = {"api_host": api_host, **(options or {})}
+        self._no_consent: dict[str, Any] | None = None
+        self._in_browser: dict[str, Any] | None = None
+        if consent is not None and consent.consent != "not-required":
+            self._no_consent = {
+                "options": NO_CONSENT_OPTIONS,
+                "prefixes": storage_prefixes(api_key, self.config),
+            }
+            # Static, the same for every visitor, so a shared cache may keep it.
+            self._in_browser = {
+                **self._no_consent,
+                "state": "browser",
+                "cookie": consent.consent_cookie,
+                "granted": consent.consent_granted,
+                "denied": consent.consent_denied,
+                "gpc": consent.respect_gpc,
+                "dnt": consent.respect_dnt,
+                "fallback": "pending" if consent.consent == "opt-in" else "granted",
+            }
 
     def render(
-        self, identity: Identity | None, nonce: str | None = None, flags: Flags | None = None
+        self,
+        identity: Identity | None,
+        nonce: str | None = None,
+        flags: Flags | None = None,
+        consent: ConsentState = ConsentState.GRANTED,
     ) -> bytes:
         """The snippet for `identity`; None (a shared-cacheable page) carries no id.
 
         `flags` are bootstrapped so posthog-js has them before it asks /flags.
+        Without consent the page carries neither: posthog-js keeps nothing,
+        captures nothing after a refusal, and clears what it stored before
+        (not when the decision is unknown: that deletes nothing).
         """
+        page_consent: dict[str, Any] | None = None
+        if self._no_consent is not None:
+            if identity is None:
+                page_consent = self._in_browser
+            elif consent is not ConsentState.GRANTED:
+                identity, flags = None, None
+                page_consent = {
+                    **self._no_consent,
+                    "state": consent.value,
+                    "clear": consent is not ConsentState.UNKNOWN,
+                }
         data: dict[str, Any] = {
             "token": self.api_key,
             "src": self.script_url,
@@ -162,6 +269,8 @@ class Snippet:
                 "signedIn": identity.signed_in,
             },
         }
+        if page_consent is not None:
+            data["consent"] = page_consent
         nonce_attribute = "" if nonce is None else f' nonce="{_attribute(nonce)}"'
         script = _LOADER % script_json(data)
         return f"<script data-posthog-identity{nonce_attribute}>{script}</script>".encode()

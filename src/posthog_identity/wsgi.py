@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from posthog.client import Client
 
+    from .engine import ConsentHook
     from .flags import FlagContextHook
     from .html import HtmlInjector
     from .settings import Settings
@@ -37,6 +38,10 @@ class IdentityMiddleware:
     :param init_options: extra posthog-js ``init`` options for the snippet.
     :param flag_context: ``callable(native request) -> FlagContext`` giving person
         properties and groups for flag evaluation (POSTHOG_IDENTITY_BOOTSTRAP_FLAGS).
+    :param consent: ``callable(environ)`` returning True (consented), False
+        (refused) or None (no record: the consent cookie decides), read when
+        POSTHOG_IDENTITY_CONSENT is opt-in or opt-out; one that raises means
+        no consent for that request.
     """
 
     def __init__(
@@ -48,10 +53,11 @@ class IdentityMiddleware:
         client: Client | None = None,
         init_options: Mapping[str, Any] | None = None,
         flag_context: FlagContextHook | None = None,
+        consent: ConsentHook | None = None,
     ) -> None:
         self.app = app
         self.user_id = user_id
-        self.engine = Engine(settings, client, init_options, flag_context)
+        self.engine = Engine(settings, client, init_options, flag_context, consent)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.engine.bypasses(environ.get("PATH_INFO", "")):
@@ -62,6 +68,8 @@ class IdentityMiddleware:
                 scheme=environ.get("wsgi.url_scheme", "http"),
                 path=environ.get("PATH_INFO", ""),
                 cookie_header=environ.get("HTTP_COOKIE", ""),
+                sec_gpc=environ.get("HTTP_SEC_GPC", ""),
+                dnt=environ.get("HTTP_DNT", ""),
             )
             exchange = self.engine.begin(request, self.read_user(environ), environ)
         except Exception:
