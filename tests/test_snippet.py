@@ -152,13 +152,17 @@ vm.runInNewContext(script, {window, document});
 const [token, config, name] = window.posthog._i[0];
 // What posthog-js does at init: bootstrap, else the persisted id, else get_device_id.
 let id = persisted.id, state = persisted.state;
-if (config.bootstrap) { id = config.bootstrap.distinctID; state = "anonymous"; }
+if (config.bootstrap && config.bootstrap.distinctID) {
+  id = config.bootstrap.distinctID; state = "anonymous";
+}
 const fresh = () => (config.get_device_id ? config.get_device_id("random") : "random");
 if (id === null) { id = fresh(); state = "anonymous"; }
 const instance = {
   get_distinct_id: () => id,
   get_property: (k) => (k === "$user_state" ? state : undefined),
-  reset: () => { calls.push(["reset"]); id = fresh(); state = "anonymous"; },
+  reset: (options) => {
+    calls.push(["reset", options && options.resetDeviceID]); id = fresh(); state = "anonymous";
+  },
   identify: (u) => { calls.push(["identify", u, id]); id = u; state = "identified"; },
 };
 if (config.loaded) config.loaded(instance);
@@ -189,11 +193,18 @@ pytestmark_node = pytest.mark.skipif(NODE is None, reason="node is not installed
 
 
 @pytestmark_node
-def test_an_anonymous_visitor_is_bootstrapped_with_the_cookie_id() -> None:
+def test_after_logout_the_browser_resets_onto_the_cookie_id_with_a_new_device() -> None:
     out = run(SNIPPET.render(Identity(ANON)), {"id": "u1", "state": "identified"})
-    assert out["config"]["bootstrap"] == {"distinctID": ANON, "isIdentifiedID": False}
-    assert (out["id"], out["state"]) == (ANON, "anonymous"), "logout moves the browser"
+    assert "bootstrap" not in out["config"]
+    assert out["calls"] == [["reset", True]], "a plain reset would keep u1's $device_id"
+    assert (out["id"], out["state"]) == (ANON, "anonymous")
+
+
+@pytestmark_node
+def test_a_fresh_anonymous_browser_starts_on_the_cookie_id() -> None:
+    out = run(SNIPPET.render(Identity(ANON)), FRESH)
     assert out["calls"] == []
+    assert (out["id"], out["state"]) == (ANON, "anonymous")
     assert (out["token"], out["name"]) == ("phc_key", "posthog")
     assert out["src"] == "https://eu-assets.i.posthog.com/static/array.js"
     assert out["config"]["api_host"] == "https://eu.i.posthog.com"
@@ -222,7 +233,7 @@ def test_a_browser_already_on_the_user_does_nothing() -> None:
 @pytestmark_node
 def test_an_account_switch_resets_before_identifying_the_new_user() -> None:
     out = run(SNIPPET.render(Identity(ANON, "u2", True)), {"id": "u1", "state": "identified"})
-    assert out["calls"] == [["reset"], ["identify", "u2", ANON]], "u1 is never merged into u2"
+    assert out["calls"] == [["reset", True], ["identify", "u2", ANON]], "u1 never merges into u2"
 
 
 @pytestmark_node

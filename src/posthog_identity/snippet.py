@@ -69,11 +69,11 @@ if(f){c.bootstrap=c.bootstrap||{};c.bootstrap.featureFlags=f.values;\
 c.bootstrap.featureFlagPayloads=f.payloads;}\
 if(id){\
 c.get_device_id=function(){return id.anonymous;};\
-if(!id.user&&!id.signedIn){c.bootstrap=c.bootstrap||{};\
-c.bootstrap.distinctID=id.anonymous;c.bootstrap.isIdentifiedID=false;}\
 c.loaded=function(p){\
-if(!id.user||p.get_distinct_id()===id.user){return;}\
-if(p.get_property("$user_state")==="identified"){p.reset();}\
+var r=function(){p.reset({resetDeviceID:true,bootstrap:c.bootstrap});};\
+if(!id.user){if(!id.signedIn&&p.get_distinct_id()!==id.anonymous){r();}return;}\
+if(p.get_distinct_id()===id.user){return;}\
+if(p.get_property("$user_state")==="identified"){r();}\
 p.identify(id.user);};\
 }\
 ph.init(o.token,c);\
