@@ -146,7 +146,8 @@ class _Responder:
         if not exchange.explicit:
             # Read again: an auth middleware inside this one has run by now.
             report = await self.middleware.read_user(self.scope)
-            rebind(exchange, lambda: exchange.report(report))
+            if exchange.changes(report):
+                rebind(exchange, lambda: exchange.report(report))
         raw = list(message.get("headers", ()))
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         extra = exchange.finish(headers)

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import posthog
 
@@ -123,18 +122,32 @@ def has_request() -> bool:
     return _exchange.get() is not None
 
 
-@contextmanager
-def bind(exchange: Exchange) -> Iterator[None]:
+class bind:
     """Make `exchange` current, in a fresh posthog context bound to its distinct id."""
-    token = _exchange.set(exchange)
-    try:
-        with posthog.new_context(fresh=True, capture_exceptions=False):
+
+    __slots__ = ("_context", "_exchange", "_token")
+
+    def __init__(self, exchange: Exchange) -> None:
+        self._exchange = exchange
+
+    def __enter__(self) -> None:
+        exchange = self._exchange
+        self._token = _exchange.set(exchange)
+        try:
+            self._context = posthog.new_context(fresh=True, capture_exceptions=False)
+            self._context.__enter__()
             posthog.identify_context(exchange.identity.distinct_id)
             if exchange.personless():
                 posthog.tag(_PERSONLESS, False)
-            yield
-    finally:
-        _exchange.reset(token)
+        except BaseException:
+            _exchange.reset(self._token)
+            raise
+
+    def __exit__(self, *exc: Any) -> None:
+        try:
+            self._context.__exit__(*exc)
+        finally:
+            _exchange.reset(self._token)
 
 
 def rebind(exchange: Exchange, change: Callable[[], None]) -> None:

@@ -221,7 +221,17 @@ class Engine:
         """The first of our cookies (there may be duplicates) that verifies."""
         if not header:
             return None
-        for value in parse_cookie(header).getlist(self.settings.cookie_name):
+        prefix = self.settings.cookie_name + "="
+        if prefix not in header:
+            return None
+        values = [
+            part[len(prefix) :]
+            for part in (p.strip() for p in header.split(";"))
+            if part.startswith(prefix)
+        ]
+        if any(v.startswith('"') for v in values):  # quoted: let werkzeug unquote
+            values = parse_cookie(header).getlist(self.settings.cookie_name)
+        for value in values:
             verified = self.codec.loads(value)
             if verified is not None:
                 return verified
@@ -266,6 +276,10 @@ class Exchange:
     def explicit(self) -> bool:
         """True once the app called identify_user()/forget_user() in this request."""
         return self._explicit is not None
+
+    def changes(self, report: Report) -> bool:
+        """Would `report(report)` change anything?"""
+        return report is not NOTHING and report != self._reported
 
     def report(self, report: Report) -> None:
         """What the user source says now; ignored after an explicit call.

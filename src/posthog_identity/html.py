@@ -104,7 +104,8 @@ class HtmlInjector:
         if position is None or MARKER in data[:position]:
             return bytes(data)
         self.injected = True
-        return b"".join((data[:position], self.snippet, data[position:]))
+        view = memoryview(data)
+        return b"".join((view[:position], self.snippet, view[position:]))
 
 
 def inject(body: bytes, snippet: bytes, lookahead: int = DEFAULT_LOOKAHEAD) -> bytes:

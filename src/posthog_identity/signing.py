@@ -25,6 +25,7 @@ _HASH_SIZE = 8
 _LINKED = 0x01
 _HAS_USER = 0x02
 _SALT = b"posthog-identity.cookie"
+_MEMO_SIZE = 4096
 _USER_HASH_SALT = b"posthog-identity.user-hash"
 
 
@@ -63,6 +64,10 @@ class CookieCodec:
             Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
             for secret in secrets
         )
+        # Verified values, keyed by the whole signed string: a hit is exactly as
+        # trustworthy as verifying again, and a returning visitor costs no HMAC.
+        # Only verified values are kept; bounded, cleared when full.
+        self._verified: dict[str, Verified] = {}
         self._user_keys = tuple(
             hmac.new(secret.encode(), _USER_HASH_SALT, hashlib.sha256).digest()
             for secret in secrets
@@ -90,6 +95,16 @@ class CookieCodec:
         """Verify and parse; anything tampered, truncated or malformed is `None`."""
         if not value or len(value) > MAX_COOKIE_SIZE:
             return None
+        verified = self._verified.get(value)
+        if verified is None:
+            verified = self._verify(value)
+            if verified is not None:
+                if len(self._verified) >= _MEMO_SIZE:
+                    self._verified.clear()
+                self._verified[value] = verified
+        return verified
+
+    def _verify(self, value: str) -> Verified | None:
         try:
             signed = value.encode("ascii")
         except UnicodeEncodeError:

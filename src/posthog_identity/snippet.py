@@ -208,6 +208,11 @@ class Snippet:
         self.api_key = api_key
         self.script_url = script_url or default_script_url(api_host)
         self.config: dict[str, Any] = {"api_host": api_host, **(options or {})}
+        fixed = script_json(
+            {"token": api_key, "src": self.script_url, "methods": _METHODS, "config": self.config}
+        )
+        head, self._tail = _LOADER.split("%s")
+        self._head = head + fixed[:-1] + ","
         self._no_consent: dict[str, Any] | None = None
         self._in_browser: dict[str, Any] | None = None
         if consent is not None and consent.consent != "not-required":
@@ -253,11 +258,7 @@ class Snippet:
                     "clear": consent is not ConsentState.UNKNOWN,
                 }
         data: dict[str, Any] = {
-            "token": self.api_key,
-            "src": self.script_url,
             "nonce": nonce,
-            "methods": _METHODS,
-            "config": self.config,
             "flags": None
             if flags is None
             else {"values": dict(flags.values), "payloads": dict(flags.payloads)},
@@ -272,7 +273,7 @@ class Snippet:
         if page_consent is not None:
             data["consent"] = page_consent
         nonce_attribute = "" if nonce is None else f' nonce="{_attribute(nonce)}"'
-        script = _LOADER % script_json(data)
+        script = self._head + script_json(data)[1:] + self._tail
         return f"<script data-posthog-identity{nonce_attribute}>{script}</script>".encode()
 
 

@@ -128,7 +128,9 @@ class _Response:
         if not exchange.explicit:
             # Read again: the app may have authenticated the user by now.
             try:
-                rebind(exchange, lambda: exchange.report(self.middleware.read_user(self.environ)))
+                report = self.middleware.read_user(self.environ)
+                if exchange.changes(report):
+                    rebind(exchange, lambda: exchange.report(report))
             except Exception:
                 logger.exception("posthog_identity: re-reading the user failed")
         headers = headers + exchange.finish(headers)
