@@ -1,0 +1,475 @@
+"""From measurements to numbers, verdicts and tables (text for the terminal, Markdown for the docs).
+
+`summarise` turns the raw measurements into one JSON-able dict; both renderers
+read only that dict, so the docs table can be rebuilt from a results file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from measure import Series, paired
+
+START = "<!-- bench:start -->"
+END = "<!-- bench:end -->"
+
+TARGET_OVERHEAD_US = 10.0
+TARGET_SESSION_RATIO = 4.0
+TARGET_POSTHOG_RATIO = 5.0
+TARGET_INJECTION_MBPS = 1000.0
+TARGET_SERVER_RATIO = 0.90
+DASH = "\N{EN DASH}"
+
+Row = dict[str, Any]
+
+
+# --------------------------------------------------------------------------- summaries
+
+
+def inprocess_rows(measured: dict[str, Any]) -> list[Row]:
+    """One row per case: time per request, and its overhead and ratio to its baseline."""
+    rows = []
+    for key, m in measured.items():
+        case = m.case
+        row: Row = {
+            "key": key,
+            "label": case.label,
+            "role": case.role,
+            "note": case.note,
+            "baseline": case.baseline,
+            "requests_per_round": m.per_op,
+            "ns": m.ns.summary(),
+            "cpu_ns": m.cpu.summary(),
+            "garbage_per_request": m.garbage.median,
+            "overhead_ns": None,
+            "ratio": None,
+        }
+        if case.baseline is not None:
+            base = measured[case.baseline].ns
+            row["overhead_ns"] = paired(m.ns, base, lambda a, b: a - b).summary()
+            row["ratio"] = paired(m.ns, base, lambda a, b: a / b).summary()
+        rows.append(row)
+    return rows
+
+
+def overhead_ratio(measured: dict[str, Any], peer: str, ours: str) -> dict[str, Any]:
+    """How many times the peer's overhead is ours, round by round (>1: we are cheaper)."""
+    peer_m, ours_m = measured[peer], measured[ours]
+    peer_over = paired(peer_m.ns, measured[peer_m.case.baseline].ns, lambda a, b: a - b)
+    ours_over = paired(ours_m.ns, measured[ours_m.case.baseline].ns, lambda a, b: a - b)
+    # A round where noise made our overhead <= 0 has no meaningful ratio: left out, counted.
+    kept = [(p, o) for p, o in zip(peer_over.samples, ours_over.samples, strict=True) if o > 0]
+    ratios = Series([p / o for p, o in kept])
+    if not ratios.samples:
+        ratios = Series([math.inf])
+    return {
+        "peer": peer,
+        "ours": ours,
+        "ratio": ratios.summary(),
+        "rounds_left_out": len(peer_over.samples) - len(kept),
+    }
+
+
+def throughput_rows(results: Iterable[Any]) -> list[Row]:
+    return [
+        {
+            "label": r.label,
+            "body_size": r.body_size,
+            "chunk_size": r.chunk_size,
+            "head": r.head,
+            "ours_mbps": _scaled(r.ours, 1e-6),
+            "naive_mbps": _scaled(r.naive, 1e-6),
+        }
+        for r in results
+    ]
+
+
+def memory_rows(results: Iterable[Any]) -> list[Row]:
+    return [
+        {
+            "body_size": m.body_size,
+            "chunk_size": m.chunk_size,
+            "head": m.head,
+            "ours_bytes": m.ours,
+            "naive_bytes": m.naive,
+            "bound_bytes": m.bound,
+        }
+        for m in results
+    ]
+
+
+def server_rows(results: Iterable[Any]) -> list[Row]:
+    return [
+        {
+            "server": r.server,
+            "config": r.config,
+            "tool": r.tool,
+            "bare_rps": r.bare.summary(),
+            "wrapped_rps": r.wrapped.summary(),
+            "ratio": paired(r.wrapped, r.bare, lambda a, b: a / b).summary(),
+            "client_cpu": r.client_cpu.median if r.client_cpu.samples else None,
+            "bare_cpu_us": _scaled(r.bare_cpu, 1e6) if r.bare_cpu.samples else None,
+            "wrapped_cpu_us": _scaled(r.wrapped_cpu, 1e6) if r.wrapped_cpu.samples else None,
+            "cpu_ratio": paired(r.bare_cpu, r.wrapped_cpu, lambda a, b: a / b).summary()
+            if r.bare_cpu.samples and len(r.bare_cpu.samples) == len(r.wrapped_cpu.samples)
+            else None,
+        }
+        for r in results
+    ]
+
+
+def _scaled(series: Series, factor: float) -> dict[str, Any]:
+    return Series([x * factor for x in series.samples]).summary()
+
+
+def targets(summary: dict[str, Any]) -> list[Row]:
+    """The issue's targets, each with the measured value and PASS/MISS (never asserted)."""
+    found: list[Row] = []
+
+    def add(name: str, value: float, goal: str, ok: bool, shown: str) -> None:
+        found.append({"target": name, "value": value, "goal": goal, "pass": ok, "shown": shown})
+
+    rows = {r["key"]: r for r in summary.get("inprocess", [])}
+    for protocol in ("asgi", "wsgi"):
+        row = rows.get(f"{protocol}.ours_returning")
+        if row:
+            value = row["overhead_ns"]["median"] / 1000
+            add(
+                f"{protocol.upper()} returning-visitor overhead",
+                value,
+                f"≤ {TARGET_OVERHEAD_US:g} µs",
+                value <= TARGET_OVERHEAD_US,
+                f"{value:.1f} µs",
+            )
+    for comparison in summary.get("comparisons", []):
+        goal = comparison.get("target")
+        if goal is None:
+            continue
+        value = comparison["ratio"]["median"]
+        add(comparison["label"], value, f"≥ {goal:g}x", value >= goal, f"{value:.2f}x")
+    early = [r for r in summary.get("throughput", []) if r["head"]]
+    if early:
+        slowest = min(early, key=lambda r: r["ours_mbps"]["median"])
+        value = slowest["ours_mbps"]["median"]
+        add(
+            "injection throughput (slowest body/chunk size)",
+            value,
+            f"≥ {TARGET_INJECTION_MBPS:g} MB/s",
+            value >= TARGET_INJECTION_MBPS,
+            f"{value:,.0f} MB/s ({slowest['label']})",
+        )
+    memory = summary.get("memory", [])
+    if memory:
+        over = [m for m in memory if m["ours_bytes"] > m["bound_bytes"]]
+        groups: dict[tuple[int, bool], list[int]] = {}
+        for m in memory:
+            groups.setdefault((m["chunk_size"], m["head"]), []).append(m["ours_bytes"])
+        growth = max(max(v) / min(v) for v in groups.values())
+        shown = (
+            f"growth {growth:.2f}x from smallest to largest body; "
+            f"{len(over)} of {len(memory)} above the bound"
+        )
+        add(
+            "injection peak memory flat and ≤ look-ahead + one chunk",
+            growth,
+            "flat (≤ 1.05x), every case ≤ bound",
+            growth <= 1.05 and not over,
+            shown,
+        )
+    for row in summary.get("servers", []):
+        value = row["ratio"]["median"]
+        add(
+            f"{row['server']} wrapped/bare throughput",
+            value,
+            f"≥ {TARGET_SERVER_RATIO:.2f}",
+            value >= TARGET_SERVER_RATIO,
+            f"{value:.2f}",
+        )
+    return found
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def _us(ns: float) -> str:
+    us = ns / 1000
+    return f"{us:.2f}" if abs(us) < 10 else f"{us:.1f}" if abs(us) < 100 else f"{us:.0f}"
+
+
+def _spread_us(s: dict[str, Any]) -> str:
+    return f"{_us(s['median'])} ({_us(s['q1'])}{DASH}{_us(s['q3'])})"
+
+
+def _x(s: dict[str, Any], digits: int = 2) -> str:
+    return f"{s['median']:.{digits}f}x ({s['q1']:.{digits}f}{DASH}{s['q3']:.{digits}f})"
+
+
+def _size(n: int) -> str:
+    mib = 1024 * 1024
+    if n >= mib:
+        return f"{n / mib:.0f} MiB" if n % mib == 0 else f"{n / mib:.2f} MiB"
+    return f"{n / 1024:.0f} KiB" if n % 1024 == 0 else f"{n / 1024:.1f} KiB"
+
+
+def _verdict(ok: bool) -> str:
+    return "PASS" if ok else "MISS"
+
+
+def _target_for(key: str) -> str:
+    if key.endswith(".ours_returning"):
+        return f"≤ {TARGET_OVERHEAD_US:g} µs overhead"
+    return ""
+
+
+def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for every section present in the summary."""
+    out: list[tuple[str, list[str], list[list[str]]]] = []
+    verdicts = {t["target"]: t for t in summary.get("targets", [])}
+    rows = summary.get("inprocess", [])
+    for protocol in ("asgi", "wsgi"):
+        body = []
+        for row in (r for r in rows if r["key"].startswith(protocol + ".")):
+            overhead = row["overhead_ns"]
+            target = _target_for(row["key"])
+            verdict = ""
+            if target:
+                name = f"{protocol.upper()} returning-visitor overhead"
+                verdict = _verdict(verdicts[name]["pass"]) if name in verdicts else ""
+            body.append(
+                [
+                    row["label"],
+                    _spread_us(row["ns"]),
+                    _us(row["cpu_ns"]["median"]),
+                    _spread_us(overhead) if overhead else "baseline",
+                    _x(row["ratio"]) if row["ratio"] else "",
+                    row["baseline"].split(".", 1)[1] if row["baseline"] else "",
+                    f"{row['garbage_per_request']:.1f}",
+                    f"{target} {verdict}".strip(),
+                ]
+            )
+        if body:
+            out.append(
+                (
+                    f"In-process {protocol.upper()}: µs per request, median (IQR)",
+                    [
+                        "case",
+                        "µs/request",
+                        "CPU µs",
+                        "overhead µs",
+                        "x baseline",
+                        "baseline",
+                        "cyclic garbage/req",
+                        "target",
+                    ],
+                    body,
+                )
+            )
+    comparisons = summary.get("comparisons", [])
+    if comparisons:
+        body = []
+        for c in comparisons:
+            goal = c.get("target")
+            verdict = _verdict(c["ratio"]["median"] >= goal) if goal else "(no target)"
+            body.append(
+                [c["label"], _x(c["ratio"], 1), f"≥ {goal:g}x {verdict}" if goal else verdict]
+            )
+        out.append(
+            (
+                "Overhead ratios: the peer's overhead ÷ ours, median (IQR) of per-round ratios",
+                ["comparison", "peer overhead ÷ ours", "target"],
+                body,
+            )
+        )
+    throughput = summary.get("throughput", [])
+    if throughput:
+        body = []
+        for r in throughput:
+            placement = "early </head>" if r["head"] else "none (worst case)"
+            ok = r["ours_mbps"]["median"] >= TARGET_INJECTION_MBPS
+            body.append(
+                [
+                    _size(r["body_size"]),
+                    _size(r["chunk_size"]),
+                    placement,
+                    _mbps(r["ours_mbps"]),
+                    _mbps(r["naive_mbps"]),
+                    f"{r['ours_mbps']['median'] / r['naive_mbps']['median']:.1f}x",
+                    f"≥ {TARGET_INJECTION_MBPS:g} MB/s {_verdict(ok)}" if r["head"] else "",
+                ]
+            )
+        out.append(
+            (
+                "Injection throughput, MB/s (10^6 bytes/s), median (IQR)",
+                [
+                    "body",
+                    "chunks",
+                    "insertion point",
+                    "HtmlInjector",
+                    "naive buffer",
+                    "ours ÷ naive",
+                    "target",
+                ],
+                body,
+            )
+        )
+    memory = summary.get("memory", [])
+    if memory:
+        body = []
+        for m in memory:
+            body.append(
+                [
+                    _size(m["body_size"]),
+                    _size(m["chunk_size"]),
+                    "early </head>" if m["head"] else "none (worst case)",
+                    _size(m["ours_bytes"]),
+                    _size(m["naive_bytes"]) if m["naive_bytes"] is not None else "",
+                    _size(m["bound_bytes"]),
+                    _verdict(m["ours_bytes"] <= m["bound_bytes"]),
+                ]
+            )
+        out.append(
+            (
+                "Injection peak memory (tracemalloc), beyond what was allocated before streaming",
+                [
+                    "body",
+                    "chunks",
+                    "insertion point",
+                    "HtmlInjector",
+                    "naive buffer",
+                    "bound",
+                    "≤ bound",
+                ],
+                body,
+            )
+        )
+    servers = summary.get("servers", [])
+    if servers:
+        body = []
+        for s in servers:
+            ok = s["ratio"]["median"] >= TARGET_SERVER_RATIO
+            cpu = s["client_cpu"]
+            server_cpu = "n/a"
+            if s.get("cpu_ratio"):
+                server_cpu = (
+                    f"{s['bare_cpu_us']['median']:.0f} / {s['wrapped_cpu_us']['median']:.0f} "
+                    f"→ {_ratio_range(s['cpu_ratio'])}"
+                )
+            body.append(
+                [
+                    f"{s['server']} ({s['config']})",
+                    _rps(s["bare_rps"]),
+                    _rps(s["wrapped_rps"]),
+                    _ratio_range(s["ratio"]),
+                    server_cpu,
+                    f"{cpu:.0%}" if cpu is not None and cpu == cpu else "n/a",
+                    f"≥ {TARGET_SERVER_RATIO:.2f} {_verdict(ok)}",
+                ]
+            )
+        out.append(
+            (
+                f"Real servers, 2 KiB HTML page, requests/s median (min{DASH}max); "
+                "ratio = wrapped/bare per round",
+                [
+                    "server",
+                    "bare rps",
+                    "wrapped rps",
+                    "wrapped/bare",
+                    "server CPU µs/req bare / wrapped → bare÷wrapped",
+                    "load-gen CPU",
+                    "target",
+                ],
+                body,
+            )
+        )
+    found = summary.get("targets", [])
+    if found:
+        out.append(
+            (
+                "Targets",
+                ["target", "measured", "goal", "verdict"],
+                [[t["target"], t["shown"], t["goal"], _verdict(t["pass"])] for t in found],
+            )
+        )
+    return out
+
+
+def _mbps(s: dict[str, Any]) -> str:
+    return f"{s['median']:,.0f} ({s['q1']:,.0f}{DASH}{s['q3']:,.0f})"
+
+
+def _ratio_range(s: dict[str, Any]) -> str:
+    return f"{s['median']:.2f} ({s['min']:.2f}{DASH}{s['max']:.2f})"
+
+
+def _rps(s: dict[str, Any]) -> str:
+    return f"{s['median']:,.0f} ({s['min']:,.0f}{DASH}{s['max']:,.0f})"
+
+
+def text(summary: dict[str, Any]) -> str:
+    parts = []
+    for title, header, body in tables(summary):
+        widths = [max(len(str(c)) for c in column) for column in zip(header, *body, strict=True)]
+        line = "  ".join("-" * w for w in widths)
+        parts.append(title)
+        parts.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
+        parts.append(line)
+        parts.extend(
+            "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) for row in body
+        )
+        parts.append("")
+    return "\n".join(parts)
+
+
+def markdown(summary: dict[str, Any]) -> str:
+    meta = summary["meta"]
+    parts = [
+        f"Run of {meta['date']} on {meta['machine']}"
+        f" ({meta['cpus']} CPUs; load average {meta['load_before']} before, "
+        f"{meta['load_after']} after), Python {meta['python']}, "
+        + ", ".join(f"{k} {v}" for k, v in meta["versions"].items())
+        + f". {meta['method']}",
+        "",
+    ]
+    for title, header, body in tables(summary):
+        parts.append(f"**{title}**")
+        parts.append("")
+        parts.append("| " + " | ".join(header) + " |")
+        parts.append("|" + "|".join("---" for _ in header) + "|")
+        parts.extend("| " + " | ".join(_cell(c) for c in row) + " |" for row in body)
+        parts.append("")
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def _cell(value: str) -> str:
+    return value.replace("|", "\\|").replace("<", "&lt;") if value else " "
+
+
+# --------------------------------------------------------------------------- the docs block
+
+
+def replace_block(text: str, block: str) -> str:
+    """Put `block` between the one START and the one END marker of `text`."""
+    if text.count(START) != 1 or text.count(END) != 1:
+        raise ValueError(f"expected exactly one {START} and one {END}")
+    head, rest = text.split(START)
+    middle, tail = rest.split(END) if END in rest else (None, None)
+    if middle is None or tail is None:
+        raise ValueError(f"{END} comes before {START}")
+    return f"{head}{START}\n{block.strip()}\n{END}{tail}"
+
+
+def check_replace_block(replace: Callable[[str, str], str] = replace_block) -> None:
+    """A tiny self-check, run by every benchmark run before anything is measured."""
+    page = f"# T\n\nbefore\n{START}\nold\n{END}\nafter\n"
+    once = replace(page, "new table")
+    assert once == f"# T\n\nbefore\n{START}\nnew table\n{END}\nafter\n", once
+    assert replace(once, "new table") == once, "not idempotent"
+    assert replace(once, "\n\nx\n\n") == f"# T\n\nbefore\n{START}\nx\n{END}\nafter\n"
+    for broken in ("no markers", f"{END}\n{START}", f"{START}{START}{END}", f"{START} only"):
+        try:
+            replace(broken, "x")
+        except ValueError:
+            continue
+        raise AssertionError(f"accepted broken markers: {broken!r}")

@@ -1,0 +1,253 @@
+"""Benchmarks of posthog-identity against the middleware its users already run.
+
+    python bench/run.py                 # full run (a few minutes): bench/results.json, docs table
+    python bench/run.py --quick         # smoke run (CI): same code paths, tiny sizes, temp outputs
+    python bench/run.py --only inprocess --out /tmp/again.json
+
+Prints the tables, writes every number (with per-round samples) as JSON and
+rewrites the results block of docs/performance.md. Targets are reported as
+PASS/MISS and never asserted: the exit status is non-zero only when something
+broke (a case misbehaved, a server did not start, an exception).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import injection
+import inprocess
+import report
+import servers
+from measure import Plan
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results.json"
+DOCS = ROOT / "docs" / "performance.md"
+PARTS = ("inprocess", "injection", "memory", "servers")
+MiB = injection.MiB
+KiB = injection.KiB
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How much of everything: the full run and `--quick` differ only here."""
+
+    inprocess: Plan
+    injection: Plan
+    injection_sizes: list[int]
+    memory_sizes: list[int]
+    servers: servers.Load
+
+
+FULL = Scale(
+    inprocess=Plan(rounds=21, round_seconds=0.05, warmup_seconds=0.3),
+    injection=Plan(rounds=9, round_seconds=0.1, warmup_seconds=0.2),
+    injection_sizes=[MiB, 100 * MiB],
+    memory_sizes=[MiB, 10 * MiB, 100 * MiB],
+    servers=servers.Load(duration=4.0, warmup=0.5, rounds=5),
+)
+QUICK = Scale(
+    inprocess=Plan(rounds=3, round_seconds=0.01, warmup_seconds=0.01),
+    injection=Plan(rounds=3, round_seconds=0.01, warmup_seconds=0.01),
+    injection_sizes=[MiB],
+    memory_sizes=[MiB, 2 * MiB],
+    servers=servers.Load(duration=0.3, warmup=0.1, rounds=1),
+)
+CHUNKS = [4 * KiB, 16 * KiB, 64 * KiB]
+VERSIONS = (
+    "posthog-identity",
+    "posthog",
+    "starlette",
+    "flask",
+    "werkzeug",
+    "itsdangerous",
+    "uvicorn",
+    "gunicorn",
+)
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def meta(args: argparse.Namespace, plan: Scale) -> dict[str, Any]:
+    versions = {}
+    for name in VERSIONS:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "absent"
+    inproc = plan.inprocess
+    gc_policy = "off while timing" if inproc.disable_gc else "on"
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "quick": args.quick,
+        "machine": _cpu_model(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "versions": versions,
+        "load_before": _load_average(),
+        "load_after": None,
+        "gc": gc_policy,
+        "plans": {
+            "inprocess": vars(inproc),
+            "injection": vars(plan.injection),
+            "servers": vars(plan.servers),
+        },
+        "method": (
+            f"In process: {inproc.rounds} interleaved rounds of "
+            f"~{inproc.round_seconds * 1000:g} ms per case after warm-up, "
+            f"garbage collector {gc_policy}; overheads and ratios are medians of "
+            "per-round differences and ratios against the baseline timed in the same round."
+        ),
+    }
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    plan = QUICK if args.quick else FULL
+    if args.keep_gc:
+        plan = replace(
+            plan,
+            inprocess=replace(plan.inprocess, disable_gc=False),
+            injection=replace(plan.injection, disable_gc=False),
+        )
+    parts = args.only or list(PARTS)
+    summary: dict[str, Any] = {"meta": meta(args, plan)}
+
+    if "inprocess" in parts:
+        log("in-process ASGI and WSGI ...")
+        loop = asyncio.new_event_loop()
+        try:
+            cases = inprocess.asgi_cases(loop) + inprocess.wsgi_cases()
+            measured = inprocess.measure(cases, plan.inprocess, log)
+        finally:
+            loop.close()
+        summary["inprocess"] = report.inprocess_rows(measured)
+        summary["comparisons"] = [
+            {
+                **report.overhead_ratio(measured, "asgi.starlette_session", "asgi.ours_returning"),
+                "label": "ASGI: Starlette SessionMiddleware vs ours (returning visitor)",
+                "target": report.TARGET_SESSION_RATIO,
+            },
+            {
+                **report.overhead_ratio(measured, "asgi.posthog_asgi", "asgi.ours_returning"),
+                "label": "ASGI: PosthogASGIMiddleware vs ours (returning visitor)",
+                "target": report.TARGET_POSTHOG_RATIO,
+            },
+            {
+                **report.overhead_ratio(measured, "wsgi.flask_session", "wsgi.ours_returning"),
+                "label": "WSGI: Flask session (valid cookie) vs ours (returning visitor)",
+                "target": None,
+            },
+            {
+                **report.overhead_ratio(measured, "wsgi.flask_session", "wsgi.flask_ours"),
+                "label": "WSGI: Flask session vs ours, both on the same Flask app",
+                "target": None,
+            },
+        ]
+
+    if "injection" in parts:
+        log("injection throughput ...")
+        rows = injection.throughput(plan.injection_sizes, CHUNKS, plan.injection)
+        rows += injection.throughput([MiB], CHUNKS, plan.injection, head=False)
+        summary["throughput"] = report.throughput_rows(rows)
+
+    if "memory" in parts:
+        log("injection peak memory ...")
+        summary["memory"] = report.memory_rows(
+            injection.memory(plan.memory_sizes, [4 * KiB, 64 * KiB])
+        )
+
+    if "servers" in parts:
+        log("real servers ...")
+        results = servers.measure(["uvicorn", "gunicorn"], plan.servers, args.load_tool, log)
+        summary["servers"] = report.server_rows(results)
+
+    summary["meta"]["load_after"] = _load_average()
+    summary["targets"] = report.targets(summary)
+    return summary
+
+
+def write(summary: dict[str, Any], out: Path, markdown: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    page = markdown.read_text()
+    markdown.write_text(report.replace_block(page, report.markdown(summary)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny sizes, seconds")
+    parser.add_argument("--out", type=Path, help=f"JSON results (default {RESULTS.name})")
+    parser.add_argument(
+        "--markdown",
+        type=Path,
+        help="Markdown page whose bench:start/end block is rewritten (default docs/performance.md)",
+    )
+    parser.add_argument("--only", action="append", choices=PARTS, help="run only these parts")
+    parser.add_argument("--load-tool", choices=("auto", "python", "wrk"), default="auto")
+    parser.add_argument(
+        "--keep-gc", action="store_true", help="leave the garbage collector on while timing"
+    )
+    args = parser.parse_args(argv)
+
+    # Smoke and partial runs must not overwrite the published numbers unless asked.
+    scratch = None
+    if args.quick or args.only:
+        scratch = Path(tempfile.mkdtemp(prefix="posthog-identity-bench-"))
+    out = args.out or (scratch / "results.json" if scratch else RESULTS)
+    markdown = args.markdown
+    if markdown is None:
+        markdown = DOCS
+        if scratch:
+            markdown = scratch / DOCS.name
+            markdown.write_text(DOCS.read_text())
+
+    try:
+        report.check_replace_block()
+        started = time.monotonic()
+        summary = run(args)
+        summary["meta"]["seconds"] = round(time.monotonic() - started, 1)
+        print(report.text(summary))
+        write(summary, out, markdown)
+    except Exception:
+        traceback.print_exc()
+        log("benchmark FAILED (this is an error, not a missed target)")
+        return 1
+    log(f"wrote {out} and the results block of {markdown} in {summary['meta']['seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

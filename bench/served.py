@@ -1,0 +1,45 @@
+"""The apps `servers.py` runs under uvicorn and gunicorn: a small HTML page, bare and wrapped.
+
+Imported by the server processes (``--app-dir bench`` / ``--pythonpath bench``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+from common import html_page, offline_client, settings
+
+from posthog_identity import asgi as identity_asgi
+from posthog_identity import wsgi as identity_wsgi
+
+PAGE_SIZE = 2 * 1024
+PAGE = html_page(PAGE_SIZE)
+_LENGTH = str(len(PAGE))
+
+
+async def asgi_bare(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", b"text/html; charset=utf-8"),
+                (b"content-length", _LENGTH.encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": PAGE})
+
+
+def wsgi_bare(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+    start_response(
+        "200 OK", [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", _LENGTH)]
+    )
+    return [PAGE]
+
+
+asgi_wrapped = identity_asgi.IdentityMiddleware(asgi_bare, settings(), client=offline_client())
+wsgi_wrapped = identity_wsgi.IdentityMiddleware(wsgi_bare, settings(), client=offline_client())

@@ -1,0 +1,305 @@
+"""Throughput under real servers: uvicorn and gunicorn, bare and wrapped, load from another process.
+
+Each server runs in its own process on an ephemeral port of 127.0.0.1, one
+worker, serving `served.py`'s 2 KiB HTML page; the wrapped app injects the
+snippet into every page. `load.py` (or `wrk`, when installed) drives it from a
+second process as a returning visitor (a valid identity cookie, so no
+Set-Cookie). Bare and wrapped servers run side by side and are loaded in
+alternating rounds (ABBA...), so each ratio pairs two neighbouring runs.
+Servers are always stopped, whatever happens.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common import COOKIE_NAME, identity_cookie
+from measure import Series
+
+from posthog_identity.html import MARKER
+
+BENCH = Path(__file__).resolve().parent
+READY_TIMEOUT = 30.0
+STOP_TIMEOUT = 10.0
+CONCURRENCY = 8
+
+
+class ServerError(Exception):
+    pass
+
+
+@dataclass
+class Load:
+    duration: float
+    warmup: float
+    rounds: int
+    concurrency: int = CONCURRENCY
+
+
+@dataclass
+class ServerResult:
+    server: str
+    config: str
+    bare: Series = field(default_factory=Series)  # requests per second, per round
+    wrapped: Series = field(default_factory=Series)
+    client_cpu: Series = field(default_factory=Series)  # load generator CPU share
+    bare_cpu: Series = field(default_factory=Series)  # server CPU seconds per request
+    wrapped_cpu: Series = field(default_factory=Series)
+    tool: str = "load.py"
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _command(server: str, app: str, port: int) -> list[str]:
+    if server == "uvicorn":
+        return [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            f"served:asgi_{app}",
+            "--app-dir",
+            str(BENCH),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--http",
+            "h11",
+            "--loop",
+            "asyncio",
+            "--lifespan",
+            "off",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+        ]
+    return [
+        sys.executable,
+        "-m",
+        "gunicorn",
+        f"served:wsgi_{app}",
+        "--pythonpath",
+        str(BENCH),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        "1",
+        "--worker-class",
+        "gthread",
+        "--threads",
+        "4",
+        "--no-control-socket",
+        "--log-level",
+        "warning",
+    ]
+
+
+SERVER_CONFIG = {
+    "uvicorn": "1 worker, h11, asyncio",
+    "gunicorn": "1 worker, gthread, 4 threads",
+}
+
+
+def _get(port: int, cookie: str) -> tuple[int, list[tuple[str, str]], bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        connection.request("GET", "/", headers={"Cookie": cookie})
+        response = connection.getresponse()
+        return response.status, response.getheaders(), response.read()
+    finally:
+        connection.close()
+
+
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def server_cpu(pid: int) -> float | None:
+    """CPU seconds used so far by a server process and its children (Linux /proc), or None.
+
+    The noise check of the throughput figures: other jobs on the machine take
+    throughput away, but hardly change what one request costs the server.
+    """
+    total = 0
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return None
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:  # fields[1] is the parent's pid
+            total += int(fields[11]) + int(fields[12])  # utime + stime, in clock ticks
+    return total / _TICKS
+
+
+@contextmanager
+def running(server: str, app: str, cookie: str) -> Iterator[tuple[int, int]]:
+    """Start one server process, wait until it answers correctly, always stop it.
+
+    Yields the port and the server's pid.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    port = _free_port()
+    process = subprocess.Popen(
+        _command(server, app, port),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group: gunicorn's worker goes with it
+    )
+    try:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                errors = process.stderr.read().decode() if process.stderr else ""
+                raise ServerError(f"{server} ({app}) exited: {errors}")
+            try:
+                status, headers, body = _get(port, cookie)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise ServerError(f"{server} ({app}) did not answer on port {port}") from None
+                time.sleep(0.05)
+        cookies = [v for k, v in headers if k.lower() == "set-cookie"]
+        if status != 200 or (MARKER in body) != (app == "wrapped") or cookies:
+            raise ServerError(
+                f"{server} ({app}): status {status}, snippet {MARKER in body}, cookies {cookies}"
+            )
+        yield port, process.pid
+    finally:
+        _stop(process)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    if process.stderr is not None:
+        process.stderr.close()
+
+
+def _load(port: int, cookie: str, wrapped: bool, load: Load) -> dict[str, float]:
+    command = [
+        sys.executable,
+        str(BENCH / "load.py"),
+        "--port",
+        str(port),
+        "--cookie",
+        cookie,
+        "--concurrency",
+        str(load.concurrency),
+        "--duration",
+        str(load.duration),
+        "--warmup",
+        str(load.warmup),
+        "--no-set-cookie",
+        COOKIE_NAME,
+        "--expect" if wrapped else "--refuse",
+        MARKER.decode(),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, timeout=load.duration + load.warmup + 60
+    )
+    if done.returncode != 0:
+        raise ServerError(f"load generator failed ({done.returncode}): {done.stdout}{done.stderr}")
+    result: dict[str, float] = json.loads(done.stdout)
+    return result
+
+
+_WRK_RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
+_WRK_BAD = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*")
+
+
+def wrk_path() -> str | None:
+    return shutil.which("wrk")
+
+
+def _wrk(wrk: str, port: int, cookie: str, load: Load) -> dict[str, float]:
+    """wrk does not check bodies: `running` checked the first response of each server."""
+    base = [wrk, "-t1", f"-c{load.concurrency}", "-H", f"Cookie: {cookie}"]
+    url = f"http://127.0.0.1:{port}/"
+    subprocess.run(
+        [*base, f"-d{max(1, round(load.warmup))}s", url], capture_output=True, check=True
+    )
+    done = subprocess.run(
+        [*base, f"-d{max(1, round(load.duration))}s", url],
+        capture_output=True,
+        text=True,
+        timeout=load.duration + 60,
+        check=True,
+    )
+    bad = _WRK_BAD.search(done.stdout)
+    found = _WRK_RPS.search(done.stdout)
+    if bad or not found:
+        raise ServerError(f"wrk reported errors: {done.stdout}")
+    return {"rps": float(found.group(1)), "client_cpu": float("nan")}
+
+
+def measure(
+    servers: list[str], load: Load, tool: str = "auto", log: Callable[[str], None] = print
+) -> list[ServerResult]:
+    """`tool`: ``auto`` (wrk when installed, else load.py), ``wrk`` or ``python``."""
+    cookie = f"{COOKIE_NAME}={identity_cookie()}"
+    wrk = wrk_path() if tool in ("auto", "wrk") else None
+    if tool == "wrk" and wrk is None:
+        raise ServerError("--load-tool wrk: wrk is not installed (Debian package wrk)")
+    results = []
+    for server in servers:
+        result = ServerResult(server, SERVER_CONFIG[server], tool="wrk" if wrk else "load.py")
+        with ExitStack() as stack:
+            bare = stack.enter_context(running(server, "bare", cookie))
+            wrapped = stack.enter_context(running(server, "wrapped", cookie))
+            for round_index in range(load.rounds):
+                order = [(bare, False), (wrapped, True)]
+                if round_index % 2:
+                    order.reverse()
+                for (port, pid), is_wrapped in order:
+                    cpu_before = server_cpu(pid)
+                    if wrk is not None:
+                        outcome = _wrk(wrk, port, cookie, load)
+                    else:
+                        outcome = _load(port, cookie, is_wrapped, load)
+                    cpu_after = server_cpu(pid)
+                    series = result.wrapped if is_wrapped else result.bare
+                    series.samples.append(outcome["rps"])
+                    result.client_cpu.samples.append(outcome["client_cpu"])
+                    served = outcome.get("total_requests")
+                    if cpu_before is not None and cpu_after is not None and served:
+                        cpu = result.wrapped_cpu if is_wrapped else result.bare_cpu
+                        cpu.samples.append((cpu_after - cpu_before) / served)
+                bare_rps, wrapped_rps = result.bare.samples[-1], result.wrapped.samples[-1]
+                log(
+                    f"  {server} round {round_index + 1}: "
+                    f"bare {bare_rps:.0f} rps, wrapped {wrapped_rps:.0f} rps"
+                )
+        results.append(result)
+    return results
