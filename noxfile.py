@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import nox
 
@@ -29,7 +30,7 @@ TEST_DEPS = [
 ]
 DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
 
-nox.options.sessions = ["lint", "typecheck", "tests", "coverage"]
+nox.options.sessions = ["lint", "typecheck", "docs", "tests", "coverage", "e2e", "bench_smoke"]
 nox.options.reuse_existing_virtualenvs = True
 # Outside CI a missing interpreter is skipped; in CI it is an error.
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
@@ -44,6 +45,8 @@ def tests(session: nox.Session) -> None:
         "run",
         "-m",
         "pytest",
+        # The browser scenarios have their own session (they need Chromium).
+        "--ignore=tests/e2e",
         *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{session.python}"},
     )
@@ -60,8 +63,8 @@ def coverage(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "examples", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "noxfile.py")
+    session.run("ruff", "check", "src", "tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "noxfile.py")
 
 
 @nox.session(python="3.11")
@@ -84,3 +87,54 @@ def demo(session: nox.Session) -> None:
     """Run the demo site (arguments after `--` go to `posthog-identity demo`)."""
     session.install(".")
     session.run("posthog-identity", "demo", *session.posargs)
+
+
+E2E_DEPS = ["playwright>=1.45"]  # drives Debian's Chromium; never `playwright install`
+CHROMIUM = "/usr/bin/chromium"
+
+
+@nox.session(python="3.11")
+def e2e(session: nox.Session) -> None:
+    """The real posthog-js (pinned in tests/e2e/package-lock.json) in Debian's Chromium."""
+    missing = [
+        hint
+        for found, hint in (
+            (os.path.exists(CHROMIUM), "Chromium: `apt-get install -y chromium`"),
+            (shutil.which("npm") is not None, "npm: `apt-get install -y nodejs npm`"),
+        )
+        if not found
+    ]
+    if missing:
+        message = "the browser tests need " + " and ".join(missing)
+        if os.environ.get("CI") == "true":
+            session.error(message)
+        session.skip(message)
+    session.install("-e", ".", *TEST_DEPS, *E2E_DEPS)
+    session.run(
+        "npm",
+        "ci",
+        "--prefix",
+        "tests/e2e",
+        "--ignore-scripts",
+        "--no-audit",
+        "--no-fund",
+        external=True,
+    )
+    session.run("pytest", "tests/e2e", *session.posargs)
+
+
+BENCH_DEPS = ["starlette>=0.37", "flask>=3", "uvicorn>=0.30", "gunicorn>=27"]
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Benchmarks against peers (docs/performance.md); `-- --quick` is the CI smoke run."""
+    session.install("-e", ".", *BENCH_DEPS)
+    session.run("python", "bench/run.py", *session.posargs)
+
+
+@nox.session(python="3.11")
+def bench_smoke(session: nox.Session) -> None:
+    """A short benchmark run so it cannot rot; it reports, never asserts speed."""
+    session.install("-e", ".", *BENCH_DEPS)
+    session.run("python", "bench/run.py", "--quick")
