@@ -138,3 +138,17 @@ def bench_smoke(session: nox.Session) -> None:
     """A short benchmark run so it cannot rot; it reports, never asserts speed."""
     session.install("-e", ".", *BENCH_DEPS)
     session.run("python", "bench/run.py", "--quick")
+
+
+@nox.session(python="3.11")
+def fuzz(session: nox.Session) -> None:
+    """The fuzz tests with a long budget (POSTHOG_IDENTITY_FUZZ_EXAMPLES per target)."""
+    session.install("-e", ".", *TEST_DEPS)
+    examples = os.environ.get("POSTHOG_IDENTITY_FUZZ_EXAMPLES", "3000")
+    session.run(
+        "pytest",
+        "tests/test_fuzz.py",
+        "--hypothesis-show-statistics",
+        *session.posargs,
+        env={"POSTHOG_IDENTITY_FUZZ_EXAMPLES": examples},
+    )

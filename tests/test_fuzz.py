@@ -582,12 +582,6 @@ def test_a_cookie_header_with_bytes_that_are_not_utf8_keeps_our_cookie(
     check_identity_page(world, reply, KNOWN[0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: when a value of ours is quoted, Engine.read_cookie falls back to "
-    "werkzeug's parse_cookie, which raises UnicodeDecodeError on a header that is not "
-    "UTF-8; the request then passes through with no identity and an ERROR traceback",
-)
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_a_quoted_cookie_in_a_header_that_is_not_utf8_is_still_read(
     world: World, adapter: str, caplog: pytest.LogCaptureFixture
@@ -897,11 +891,6 @@ def test_any_user_id_logs_in_with_one_well_formed_cookie_and_an_inert_snippet(
         assert link["properties"]["alias"] == anonymous_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: coerce_user_id turns an int into str() unguarded; past Python's "
-    "4300-digit limit that raises ValueError, which identify_user() lets reach the app",
-)
 @pytest.mark.parametrize("adapter", ADAPTERS)
 def test_an_int_id_too_long_to_print_reports_nothing(world: World, adapter: str) -> None:
     anonymous_id = str(uuid.uuid4())

@@ -229,9 +229,11 @@ class Engine:
             for part in (p.strip() for p in header.split(";"))
             if part.startswith(prefix)
         ]
-        if any(v.startswith('"') for v in values):  # quoted: let werkzeug unquote
-            values = parse_cookie(header).getlist(self.settings.cookie_name)
         for value in values:
+            # A client may quote the value; ours never needs escapes (base64url
+            # and dots), so dropping the quotes is the whole unquoting.
+            if len(value) > 1 and value[0] == value[-1] == '"':
+                value = value[1:-1]
             verified = self.codec.loads(value)
             if verified is not None:
                 return verified
@@ -312,7 +314,7 @@ class Exchange:
         settings = self.engine.settings
         if settings.consent == "not-required":
             return _BY_MODE
-        cookies = parse_cookie(self.request.cookie_header)
+        cookies = _cookies(self.request.cookie_header)
         if self._granted is None and not self._has_asked:
             self._has_asked = True
             self._asked = self._ask_consent()
@@ -547,7 +549,7 @@ class Exchange:
         state = self.consent.state
         if state is ConsentState.GRANTED or state is ConsentState.UNKNOWN:
             return False
-        cookies = parse_cookie(self.request.cookie_header)
+        cookies = _cookies(self.request.cookie_header)
         return self.engine.settings.cookie_name in cookies
 
     def _delete_cookie(self) -> str:
@@ -595,6 +597,15 @@ class _RequestFlags:
 
     def expose(self, key: str, value: object) -> None:
         self._exchange.expose(key, value)
+
+
+def _cookies(header: str) -> Mapping[str, str]:
+    """All cookies of a header; one that is not UTF-8 (werkzeug refuses it) reads as none."""
+    try:
+        return parse_cookie(header)
+    except ValueError:  # UnicodeDecodeError
+        logger.debug("posthog_identity: a Cookie header that is not UTF-8 is ignored")
+        return {}
 
 
 def _shared_cacheable(headers: Iterable[tuple[str, str]]) -> bool:

@@ -84,7 +84,10 @@ def coerce_user_id(value: object) -> Report:
             raise InvalidUserId("an empty string")
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
+        try:
+            return str(value)
+        except ValueError:  # past Python's int-to-str digit limit
+            raise InvalidUserId("an int too long to print") from None
     if isinstance(value, uuid.UUID):
         return str(value)
     raise InvalidUserId(type(value).__name__)
