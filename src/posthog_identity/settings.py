@@ -333,15 +333,6 @@ def _seconds(variable: str, raw: str) -> float:
         raise ConfigurationError(variable, f"expected a number of seconds, got {raw!r}") from None
 
 
-def _bytes(variable: str, raw: str) -> int:
-    try:
-        return int(raw, 10)
-    except ValueError:
-        raise ConfigurationError(
-            variable, f"expected a whole number of bytes, got {raw!r}"
-        ) from None
-
-
 def _check_prefix(value: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise _fail("exclude_paths", f"each path must start with '/', got {value!r}")
@@ -376,13 +367,18 @@ def _secrets(variable: str, raw: str) -> tuple[str, ...]:
     return secrets
 
 
-def _int(variable: str, raw: str) -> int:
-    try:
-        return int(raw, 10)
-    except ValueError:
-        raise ConfigurationError(
-            variable, f"expected a whole number of seconds, got {raw!r}"
-        ) from None
+def _whole(unit: str) -> Callable[[str, str], int]:
+    """A parser of whole numbers of `unit`, naming the unit in its error."""
+
+    def parse(variable: str, raw: str) -> int:
+        try:
+            return int(raw, 10)
+        except ValueError:
+            raise ConfigurationError(
+                variable, f"expected a whole number of {unit}, got {raw!r}"
+            ) from None
+
+    return parse
 
 
 def _secure(variable: str, raw: str) -> bool | None:
@@ -427,7 +423,7 @@ def _consent_mode(variable: str, raw: str) -> ConsentMode:
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "secrets": _secrets,
-    "cookie_max_age": _int,
+    "cookie_max_age": _whole("seconds"),
     "cookie_secure": _secure,
     "cookie_samesite": _samesite,
     "inject": parse_bool,
@@ -435,7 +431,7 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "disabled": parse_bool,
     "exclude_paths": _paths,
     "person_profiles": _person_profiles,
-    "inject_lookahead": _bytes,
+    "inject_lookahead": _whole("bytes"),
     "init_options": _json_object,
     "bootstrap_flags": _flag_keys,
     "flags_timeout": _seconds,
