@@ -18,7 +18,7 @@ import io
 import json
 import sys
 from collections.abc import Callable, Iterable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from common import (
@@ -236,6 +236,8 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
     from posthog.integrations.asgi import PosthogASGIMiddleware
     from starlette.middleware.sessions import SessionMiddleware
 
+    from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS
+
     client = offline_client()
     session = starlette_session_cookie()
     returning = f"{OTHER_COOKIES}; {COOKIE_NAME}={identity_cookie()}; session={session}"
@@ -253,6 +255,17 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
 
     ours_json = ours(bare_json)
     ours_html = ours(bare_html)
+    # Flags bootstrapped from definitions already in memory (local evaluation).
+    flag_client = offline_client()
+    flag_client.feature_flags = EXAMPLE_FLAG_DEFINITIONS
+    flag_settings = replace(settings(), bootstrap_flags=True, personal_api_key="phx_bench")
+    ours_html_flags = identity_asgi.IdentityMiddleware(bare_html, flag_settings, client=flag_client)
+
+    def flags_were_bootstrapped() -> None:
+        reply = asgi_call(loop, ours_html_flags, scope)
+        if b"checkout-experiment" not in reply.body:
+            raise BenchError("the flags case injected no flag bootstrap")
+
     ours_signed_in = ours(bare_json, user_id=lambda scope: USER_ID)
     starlette_sessions = SessionMiddleware(bare_json, secret_key=SECRET)
     posthog_context = PosthogASGIMiddleware(bare_json, client=client, capture_exceptions=False)
@@ -329,6 +342,15 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
             Expect(snippet=True),
             baseline="asgi.bare_html",
             note="snippet rendered and injected, Content-Length fixed",
+        ),
+        case(
+            "ours_html_flags",
+            "ours, 20 KB HTML, 2 flags bootstrapped (local evaluation)",
+            ours_html_flags,
+            Expect(snippet=True),
+            baseline="asgi.bare_html",
+            note="the added cost of flags is this row minus the one above",
+            extra=flags_were_bootstrapped,
         ),
         case(
             "starlette_session",
