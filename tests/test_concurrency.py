@@ -38,6 +38,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,27 +49,22 @@ from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
 from tests.concurrency_app import READY_TOKEN_VARIABLE, WHO_CLOSE, WHO_OPEN
 from tests.conftest import SECRET
-from tests.test_servers import (
-    _IN_USE,
-    ALIAS,
-    COOKIE,
-    PERSONLESS,
-    ROOT,
-    START_ATTEMPTS,
-    _environment,
-    _free_port,
-    _NoCookies,
-    _PortTaken,
-    _read_log,
-    _stop,
+from tests.servers import (
+    NoCookies,
+    check_stopped,
+    read_log,
+    server_environment,
+    start_process,
+    stop_process,
+    wait_until_ready,
 )
+from tests.test_servers import ALIAS, COOKIE, PERSONLESS
 
 USERS = int(os.environ.get("POSTHOG_IDENTITY_CONCURRENCY_USERS", "150"))
 #: Requests in flight at once, at most (the client's connection pool).
 CONNECTIONS = 48
 #: How many concurrent logins a "burst" visitor sends with its pre-login cookie.
 BURST = 3
-READY_TIMEOUT = 30.0
 EVENT_TIMEOUT = 60.0
 APP = "tests.concurrency_app"
 #: Seconds a server keeps an idle connection: longer than any pause of a loaded
@@ -118,27 +114,7 @@ class Running:
     log: Path
 
     def output(self) -> str:
-        return _read_log(self.log)
-
-
-def _wait_until_ready(process: subprocess.Popen[bytes], url: str, token: str, log: Path) -> None:
-    """Until the app answers `token`: proof the port is served by our process."""
-    deadline = time.monotonic() + READY_TIMEOUT
-    with httpx.Client(base_url=url, timeout=2.0, cookies=_NoCookies()) as http:
-        while True:
-            output = _read_log(log)
-            if any(marker in output.lower() for marker in _IN_USE):
-                raise _PortTaken(output)
-            if process.poll() is not None:
-                pytest.fail(f"{process.args} exited with {process.returncode}:\n{output}")
-            try:
-                if http.get("/ready").text == token:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"not ready after {READY_TIMEOUT}s:\n{output}")
-            time.sleep(0.05)
+        return read_log(self.log)
 
 
 def start_server(kind: str, posthog_host: str, log_dir: Path, *args: str, **env: str) -> Running:
@@ -147,32 +123,18 @@ def start_server(kind: str, posthog_host: str, log_dir: Path, *args: str, **env:
     `args` go to the server's command line, `env` to its environment.
     """
     token = uuid.uuid4().hex
-    environment = {**_environment(posthog_host), READY_TOKEN_VARIABLE: token, **env}
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = log_dir / f"{kind}-{attempt}.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                [*_command(kind, port), *args],
-                cwd=ROOT,
-                env=environment,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_until_ready(process, url, token, log)
-        except _PortTaken:
-            _stop(process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _stop(process)
-            raise
-        return Running(kind, url, process, log)
-    raise AssertionError("unreachable")
+    environment = {**server_environment(posthog_host), READY_TOKEN_VARIABLE: token, **env}
+    started = start_process(
+        kind,
+        lambda port: [*_command(kind, port), *args],
+        environment,
+        log_dir,
+        # Until the app answers `token`: proof the port is served by our process.
+        wait=partial(
+            wait_until_ready, kind, path="/ready", answers=lambda r: r.text == token, listening=""
+        ),
+    )
+    return Running(kind, started.url, started.process, started.log)
 
 
 @dataclass
@@ -199,10 +161,8 @@ def server(
         try:
             yield Server(running, sink)
         finally:
-            killed = _stop(running.process)
-        output = running.output()
-        assert not killed, f"{kind} ignored SIGTERM and was killed:\n{output}"
-        assert "Traceback" not in output, output
+            killed = stop_process(running.process)
+        check_stopped(kind, running.log, killed)
 
 
 # ---------------------------------------------------------------------------
@@ -408,7 +368,7 @@ async def _walk(http: httpx.AsyncClient, tally: Tally, visitor: Visitor, seed: i
 async def _run(url: str, visitors: list[Visitor], tally: Tally) -> None:
     limits = httpx.Limits(max_connections=CONNECTIONS, max_keepalive_connections=CONNECTIONS)
     async with httpx.AsyncClient(
-        base_url=url, timeout=60.0, limits=limits, cookies=_NoCookies()
+        base_url=url, timeout=60.0, limits=limits, cookies=NoCookies()
     ) as http:
         # Every visitor finishes (its connection back in the pool) before a failure
         # is raised, so the pool closes every socket.

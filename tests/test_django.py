@@ -25,7 +25,6 @@ import asyncio
 import logging
 import re
 import sqlite3
-import subprocess
 import sys
 import threading
 import time
@@ -33,6 +32,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,22 +51,22 @@ from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
 from tests.conftest import SECRET, call_asgi, call_wsgi, read_cookie
+from tests.servers import (
+    NoCookies,
+    Server,
+    check_errors,
+    check_stopped,
+    gunicorn_command,
+    server_environment,
+    start_process,
+    stop_process,
+    wait_until_ready,
+)
 from tests.test_servers import (
-    _IN_USE,
     ALIAS,
     COOKIE,
     EVENT_TIMEOUT,
     PERSONLESS,
-    READY_TIMEOUT,
-    START_ATTEMPTS,
-    Server,
-    _check_errors,
-    _environment,
-    _free_port,
-    _NoCookies,
-    _PortTaken,
-    _read_log,
-    _stop,
     distinct_id,
     parse_set_cookie,
 )
@@ -80,34 +80,11 @@ CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 # The example under real servers
 
 SERVERS = ["gunicorn", "uvicorn", "hypercorn"]
-_LISTENING = {
-    "gunicorn": "Listening at: http://127.0.0.1:{port} ",
-    "uvicorn": "Uvicorn running on http://127.0.0.1:{port} ",
-    "hypercorn": "Running on http://127.0.0.1:{port} ",
-}
 
 
 def _command(kind: str, port: int) -> list[str]:
     if kind == "gunicorn":
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "examples.django_project.wsgi:application",
-            "--bind",
-            f"127.0.0.1:{port}",
-            "--workers",
-            "1",
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "4",
-            "--graceful-timeout",
-            "10",
-            "--no-control-socket",
-            "--access-logfile",
-            "-",
-        ]
+        return gunicorn_command("examples.django_project.wsgi:application", port)
     if kind == "uvicorn":
         return [
             sys.executable,
@@ -133,30 +110,6 @@ def _command(kind: str, port: int) -> list[str]:
     ]
 
 
-def _wait_until_ready(kind: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Wait until our process has bound the port (its own log line says so) and serves."""
-    listening = _LISTENING[kind].format(port=port)
-    deadline = time.monotonic() + READY_TIMEOUT
-    with httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", timeout=2.0, cookies=_NoCookies()
-    ) as http:
-        while True:
-            output = _read_log(log)
-            if any(marker in output.lower() for marker in _IN_USE):
-                raise _PortTaken(output)
-            if process.poll() is not None:
-                pytest.fail(f"{kind} exited with {process.returncode} while starting:\n{output}")
-            if listening in output:
-                try:
-                    if http.get("/login/").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{kind} not ready after {READY_TIMEOUT}s:\n{output}")
-            time.sleep(0.05)
-
-
 @dataclass
 class Example:
     server: Server
@@ -172,33 +125,18 @@ class Example:
 
 def _start(kind: str, sink: Sink, directory: Path) -> Example:
     database = directory / "db.sqlite3"
-    env = _environment(sink.url)
+    env = server_environment(sink.url)
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env["DJANGO_EXAMPLE_DB"] = str(database)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        log = directory / f"{kind}-{attempt}.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                _command(kind, port),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_until_ready(kind, process, port, log)
-        except _PortTaken:
-            _stop(process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _stop(process)
-            raise
-        return Example(Server(kind, f"http://127.0.0.1:{port}", sink, process, log), database)
-    raise AssertionError("unreachable")
+    started = start_process(
+        kind,
+        partial(_command, kind),
+        env,
+        directory,
+        # Ready once our process logged its port and the login form answers.
+        wait=partial(wait_until_ready, kind, path="/login/"),
+    )
+    return Example(Server(kind, started.url, sink, started.process, started.log), database)
 
 
 class Browser:
@@ -207,7 +145,7 @@ class Browser:
     def __init__(self, url: str) -> None:
         self.cookies: dict[str, str] = {}
         self.http = httpx.Client(
-            base_url=url, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
+            base_url=url, follow_redirects=False, timeout=10.0, cookies=NoCookies()
         )
 
     def __enter__(self) -> Browser:
@@ -332,11 +270,10 @@ def example(
         try:
             yield running
         finally:
-            killed = _stop(running.server.process)
+            killed = stop_process(running.server.process)
         # pytest finalizes a parametrized module fixture when the next parameter
         # is set up, so a failure here is reported at that test's setup.
-        assert not killed, f"{kind} ignored SIGTERM:\n{running.server.output()}"
-        _check_errors(running.server, "while shutting down")
+        check_stopped(kind, running.server.log, killed)
 
 
 @pytest.fixture(scope="module")
@@ -346,7 +283,7 @@ def walk(example: Example) -> Walk:
 
 def test_the_example_logs_no_error(walk: Walk) -> None:
     server = walk.example.server
-    _check_errors(server, "during the walk")
+    check_errors(server, "during the walk")
     assert "posthog_identity:" not in server.output()
 
 

@@ -1,7 +1,7 @@
 """The examples under their real servers, and the Starlette/FastAPI glue in-process.
 
 Each example runs in a subprocess under a real server on a free 127.0.0.1
-port, configured by environment variables (`tests.test_servers`' helpers),
+port, configured by environment variables (`tests.servers`' helpers),
 with PostHog pointed at one `Sink` for the module. An httpx client with its
 own cookie jar walks it like a browser: anonymous visit, login form, page,
 logout, page. The server is then stopped the way its operator would stop it
@@ -19,11 +19,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,17 @@ from posthog_identity.integrations.starlette import request_identity
 from posthog_identity.settings import Settings
 from posthog_identity.sink import Sink
 from tests.conftest import API_KEY, Driver, call_asgi, read_cookie
+from tests.servers import (
+    check_stopped,
+    read_log,
+    server_environment,
+    start_process,
+    stop_process,
+)
 from tests.test_servers import (
     ALIAS,
     COOKIE,
     PERSONLESS,
-    READY_TIMEOUT,
-    ROOT,
-    START_ATTEMPTS,
-    STOP_TIMEOUT,
-    _environment,
-    _free_port,
-    _PortTaken,
-    _read_log,
     distinct_id,
     identity_set_cookies,
 )
@@ -73,8 +72,7 @@ PAGE_VIEWED = "page viewed"
 
 @dataclass(frozen=True)
 class ServerKind:
-    name: str
-    listening: str  # logged once the port is bound; {port} is filled in
+    name: str  # also how `tests.servers.LISTENING` knows what it logs once ready
     stop_signal: signal.Signals  # how its operator stops it gracefully
 
     def command(self, target: str, port: int) -> list[str]:
@@ -93,12 +91,12 @@ class ServerKind:
 SERVERS = {
     kind.name: kind
     for kind in [
-        ServerKind("uvicorn", "Uvicorn running on http://127.0.0.1:{port} ", signal.SIGTERM),
-        ServerKind("hypercorn", "Running on http://127.0.0.1:{port} ", signal.SIGTERM),
-        ServerKind("gunicorn", "Listening at: http://127.0.0.1:{port} ", signal.SIGTERM),
+        ServerKind("uvicorn", signal.SIGTERM),
+        ServerKind("hypercorn", signal.SIGTERM),
+        ServerKind("gunicorn", signal.SIGTERM),
         # waitress handles no SIGTERM (the process dies without flushing):
         # Ctrl-C is its graceful stop.
-        ServerKind("waitress", "Serving on http://127.0.0.1:{port}\n", signal.SIGINT),
+        ServerKind("waitress", signal.SIGINT),
     ]
 }
 
@@ -126,81 +124,26 @@ class Running:
     process: subprocess.Popen[bytes]
 
 
-def _stop(process: subprocess.Popen[bytes], how: signal.Signals) -> bool:
-    """Stop gracefully with `how`, kill if it hangs; True when it had to be killed."""
-    killed = False
-    if process.poll() is None:
-        process.send_signal(how)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            killed = True
-    process.wait()
-    return killed
-
-
-def _wait_until_ready(
-    kind: ServerKind, process: subprocess.Popen[bytes], url: str, log: Path
-) -> None:
-    """Wait until our process logged its port (so the port is ours) and answers."""
-    listening = kind.listening.format(port=url.rsplit(":", 1)[1])
-    deadline = time.monotonic() + READY_TIMEOUT
-    with httpx.Client(base_url=url, timeout=2.0) as probe:
-        while True:
-            output = _read_log(log)
-            if "address already in use" in output.lower():
-                raise _PortTaken(output)
-            if process.poll() is not None:
-                pytest.fail(f"{kind.name} exited with {process.returncode}:\n{output}")
-            if listening in output:
-                try:
-                    if probe.get("/whoami").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{kind.name} not ready after {READY_TIMEOUT}s:\n{output}")
-            time.sleep(0.05)
-
-
 @contextmanager
 def serve(example: str, server: str, sink: Sink, log_dir: Path) -> Iterator[Running]:
     """Run `example` under `server`; on exit stop it gracefully and check its log."""
     kind = SERVERS[server]
-    env = _environment(sink.url)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        url = f"http://127.0.0.1:{port}"
-        log = log_dir / f"{example}-{server}-{attempt}.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                kind.command(TARGETS[example], port),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_until_ready(kind, process, url, log)
-        except _PortTaken:
-            _stop(process, kind.stop_signal)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _stop(process, kind.stop_signal)
-            raise
-        break
+    started = start_process(
+        server,
+        partial(kind.command, TARGETS[example]),
+        server_environment(sink.url),
+        log_dir,
+        log_name=f"{example}-{server}",
+        how=kind.stop_signal,
+    )  # ready once our process logged its port and answers /whoami
+    process, log = started.process, started.log
     try:
-        yield Running(url, log, process)
+        yield Running(started.url, log, process)
     finally:
-        killed = _stop(process, kind.stop_signal)
-    logged = _read_log(log)
-    assert not killed, f"{server} ignored {kind.stop_signal.name} and was killed:\n{logged}"
+        killed = stop_process(process, kind.stop_signal)
     # The failure policy hides the library's errors from responses: the log shows them.
-    assert "Traceback" not in logged, logged
+    check_stopped(server, log, killed, how=kind.stop_signal)
+    logged = read_log(log)
     assert "posthog_identity:" not in logged, logged
     # posthog's own complaints too, such as two clients for one project.
     assert "[PostHog]" not in logged, logged

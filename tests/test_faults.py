@@ -46,8 +46,8 @@ from posthog_identity.sink import Sink
 from tests import apps
 from tests.concurrency_app import CLIENT_VARIABLE
 from tests.conftest import API_KEY, SECRET, Driver, driver_for, make_site
+from tests.servers import ROOT, NoCookies, stop_process
 from tests.test_concurrency import start_server
-from tests.test_servers import ROOT, _NoCookies, _stop
 
 FAULTS = ["hang", "500", "429", "close", "refused"]
 #: Requests measured per run (half page views, half logins: captures and links).
@@ -419,7 +419,7 @@ def test_wsgi_flush_gives_up_on_a_hanging_posthog_in_time(
 
 def _measure_over_http(url: str, requests: int) -> Latencies:
     timings = []
-    with httpx.Client(base_url=url, timeout=30.0, cookies=_NoCookies()) as http:
+    with httpx.Client(base_url=url, timeout=30.0, cookies=NoCookies()) as http:
         for n in range(requests // 2):
             started = time.perf_counter()
             first = http.get("/page", params={"marker": f"m{n}"})
@@ -443,7 +443,7 @@ def _exit_seconds(process: Any) -> float:
     try:
         process.wait(timeout=FLUSH_TIMEOUT + 30)
     finally:
-        killed = _stop(process)
+        killed = stop_process(process)
     assert not killed
     return time.monotonic() - started
 
@@ -459,7 +459,7 @@ def test_a_real_server_waits_on_a_hanging_posthog_neither_per_request_nor_at_exi
     try:
         baseline = _measure_over_http(healthy.url, REQUESTS)
     finally:
-        _stop(healthy.process)
+        stop_process(healthy.process)
     host = faults.hosts["hang"]
     before = host.connections
     faulty = start_server(kind, host.url, tmp_path / "faulty", **engine_client)

@@ -6,8 +6,8 @@ Responses are fetched buffered, so the test client closes each body as a
 server must (PEP 3333); an unclosed body would leave the request's scope open.
 
 The second part runs `examples/flask_app.py` under gunicorn and waitress as
-subprocesses, configured by environment variables (`tests.test_servers`' start,
-readiness and teardown helpers, adapted), and walks one visitor through the
+subprocesses, configured by environment variables (started, stopped and
+checked with `tests.servers`), and walks one visitor through the
 identity lifecycle over HTTP with an httpx client that keeps the cookies (the
 Flask session and ours) like a browser. The example sends its captures with
 posthog's module-level client and the middleware sends the alias with its own
@@ -20,12 +20,11 @@ from __future__ import annotations
 import json
 import logging
 import signal
-import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,20 +44,18 @@ from posthog_identity.integrations.flask import init_app
 from posthog_identity.sink import Sink
 from posthog_identity.wsgi import IdentityMiddleware
 from tests.conftest import read_cookie
+from tests.servers import (
+    Server,
+    check_errors,
+    gunicorn_command,
+    server_environment,
+    serving,
+    start_process,
+    wait_until_ready,
+)
 from tests.test_servers import (
-    _IN_USE,
     ALIAS,
     COOKIE,
-    READY_TIMEOUT,
-    START_ATTEMPTS,
-    STOP_TIMEOUT,
-    Server,
-    _check_errors,
-    _command,
-    _environment,
-    _free_port,
-    _PortTaken,
-    _stop,
     identity_set_cookies,
     parse_set_cookie,
     wait_for_events,
@@ -557,104 +554,41 @@ def test_proxyfix_wrapped_after_init_app_lets_auto_secure_see_https(
 # The example app under real servers
 
 EXAMPLE = "examples.flask_app:app"
-# What each server logs once it has bound its port (waitress: at the line's end).
-LISTENING = {
-    "gunicorn": "Listening at: http://127.0.0.1:{port} ",
-    "waitress": "Serving on http://127.0.0.1:{port}\n",
-}
 READY_PATH = "/login"  # the example's form: answers 200 and captures nothing
 
 
 def _example_command(kind: str, port: int) -> list[str]:
     if kind == "waitress":
         return [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", EXAMPLE]
-    command = [
-        EXAMPLE if arg == "tests.apps:wsgi_factory()" else arg for arg in _command(kind, port)
-    ]
-    assert EXAMPLE in command, "the app target was not found in gunicorn's command"
-    return command
+    return gunicorn_command(EXAMPLE, port)
 
 
-def _halt(kind: str, process: subprocess.Popen[bytes]) -> bool:
-    """Stop the server so that it flushes its events; True when it had to be killed.
+def _stop_signal(kind: str) -> signal.Signals:
+    """How to stop the server so that it flushes its events.
 
     Python has no SIGTERM handler of its own, so waitress would die without
     running atexit (the flush); SIGINT ends its loop cleanly.
     """
-    if kind != "waitress":
-        return _stop(process)
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-            return True
-    return False
-
-
-def _wait_until_ready(kind: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Wait until our process logged that it bound the port and the app answers."""
-    listening = LISTENING[kind].format(port=port)
-    deadline = time.monotonic() + READY_TIMEOUT
-    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=2.0) as http:
-        while True:
-            output = log.read_text(encoding="utf-8", errors="replace")
-            if any(marker in output.lower() for marker in _IN_USE):
-                raise _PortTaken(output)
-            if process.poll() is not None:
-                pytest.fail(f"{kind} exited with {process.returncode} while starting:\n{output}")
-            if listening in output:
-                try:
-                    if http.get(READY_PATH).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{kind} not ready after {READY_TIMEOUT}s:\n{output}")
-            time.sleep(0.05)
+    return signal.SIGINT if kind == "waitress" else signal.SIGTERM
 
 
 def _start_example(kind: str, sink: Sink, log_dir: Path) -> Server:
-    env = _environment(sink.url)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        log = log_dir / f"{kind}-{attempt}.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                _example_command(kind, port),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_until_ready(kind, process, port, log)
-        except _PortTaken:
-            _halt(kind, process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _halt(kind, process)
-            raise
-        return Server(kind, f"http://127.0.0.1:{port}", sink, process, log)
-    raise AssertionError("unreachable")
+    started = start_process(
+        kind,
+        partial(_example_command, kind),
+        server_environment(sink.url),
+        log_dir,
+        how=_stop_signal(kind),
+        wait=partial(wait_until_ready, kind, path=READY_PATH),
+    )
+    return Server(kind, started.url, sink, started.process, started.log)
 
 
 def _serve_example(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`examples/flask_app.py` under `kind`, sending to its own sink."""
     with Sink() as sink:
         running = _start_example(kind, sink, tmp_path_factory.mktemp(f"flask-{kind}"))
-        try:
-            _check_errors(running, "while starting")
-            yield running
-        finally:
-            killed = _halt(kind, running.process)
-        assert not killed, f"{kind} did not stop and was killed:\n{running.output()}"
-        _check_errors(running, "while shutting down", since=running.log_size_at_teardown)
+        yield from serving(running, _stop_signal(kind))
 
 
 @pytest.fixture(scope="module")
@@ -705,7 +639,7 @@ class Visitor:
 
     def check_server_log(self) -> None:
         """Fail if the server logged an error since this visitor arrived."""
-        _check_errors(self.server, "during the test", since=self.log_start)
+        check_errors(self.server, "during the test", since=self.log_start)
         self.server.log_size_at_teardown = self.server.log.stat().st_size
 
 

@@ -30,6 +30,7 @@ from posthog_identity.settings import ConfigurationError, Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
 from tests.conftest import API_KEY, SECRET
+from tests.servers import NoCookies, stop_process
 from tests.test_concurrency import start_server
 from tests.test_fuzz import (
     ADAPTERS,
@@ -49,7 +50,6 @@ from tests.test_fuzz import (
     our_set_cookie,
     recording_client,
 )
-from tests.test_servers import _NoCookies, _stop
 
 NEWEST = "newest-secret-0123456789abcdef0123456789"
 OLDER = "older-secret-0123456789abcdef01234567890"
@@ -547,13 +547,13 @@ def test_behind_a_tls_proxy_uvicorn_proxy_headers_make_the_auto_cookie_secure(
         "uvicorn", sink.url, tmp_path, "--proxy-headers", f"--forwarded-allow-ips={trusted}"
     )
     try:
-        with httpx.Client(base_url=running.url, timeout=10.0, cookies=_NoCookies()) as http:
+        with httpx.Client(base_url=running.url, timeout=10.0, cookies=NoCookies()) as http:
             forwarded = http.get(
                 "/page", params={"marker": "p"}, headers={"X-Forwarded-Proto": "https"}
             )
             direct = http.get("/page", params={"marker": "d"})
     finally:
-        _stop(running.process)
+        stop_process(running.process)
 
     check_set_cookie(forwarded.headers["set-cookie"], secure=secure)
     check_set_cookie(direct.headers["set-cookie"], secure=False)

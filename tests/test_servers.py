@@ -15,18 +15,11 @@ asserted without sleeping.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 from pathlib import Path
 from typing import Any
 
@@ -35,182 +28,25 @@ import pytest
 
 from posthog_identity.signing import CookieState
 from posthog_identity.sink import Sink
-from tests.conftest import API_KEY, SECRET, read_cookie
+from tests.conftest import API_KEY, read_cookie
+from tests.servers import (
+    NoCookies,
+    Server,
+    checking_test,
+    serving,
+    start_app,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
 COOKIE = "ph_identity"
 ALIAS = "$create_alias"
 PERSONLESS = "$process_person_profile"
 
-READY_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
 EVENT_TIMEOUT = 10.0
-START_ATTEMPTS = 3
-
-
-def _command(kind: str, port: int) -> list[str]:
-    if kind == "gunicorn":
-        return [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "tests.apps:wsgi_factory()",
-            "--bind",
-            f"127.0.0.1:{port}",
-            # One process, so "one alias per process" covers concurrent requests;
-            # threads, so those requests really run at the same time.
-            "--workers",
-            "1",
-            "--worker-class",
-            "gthread",
-            "--threads",
-            "4",
-            "--graceful-timeout",
-            "10",
-            # Not the shared ~/.gunicorn/gunicorn.ctl: two servers could collide.
-            "--no-control-socket",
-            "--access-logfile",
-            "-",
-        ]
-    return [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "tests.apps:asgi_factory",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--lifespan",
-        "on",
-        "--timeout-graceful-shutdown",
-        "10",
-    ]
-
-
-def _environment(sink_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
-    env.update(
-        POSTHOG_API_KEY=API_KEY,
-        POSTHOG_HOST=sink_url,
-        POSTHOG_IDENTITY_SECRET=SECRET,
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
-        PYTHONUNBUFFERED="1",
-    )
-    return env
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-class _PortTaken(Exception):
-    """The server could not bind the port picked for it (someone took it meanwhile)."""
-
-
-# What each server logs once it has bound its port, and when the port is taken.
-_LISTENING = {
-    "gunicorn": "Listening at: http://127.0.0.1:{port} ",
-    "uvicorn": "Uvicorn running on http://127.0.0.1:{port} ",
-}
-_IN_USE = ("address already in use", "connection in use")
-
-
-@dataclass
-class Server:
-    kind: str
-    url: str
-    sink: Sink
-    process: subprocess.Popen[bytes]
-    log: Path
-    log_size_at_teardown: int = 0  # where shutdown's own log lines begin
-
-    def output(self) -> str:
-        return _read_log(self.log)
-
-
-def _read_log(log: Path) -> str:
-    return log.read_text(encoding="utf-8", errors="replace")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> bool:
-    """SIGTERM (graceful: both servers flush events), then kill if it hangs.
-
-    Returns True when the process had to be killed.
-    """
-    killed = False
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            killed = True
-    process.wait()
-    return killed
-
-
-def _wait_until_ready(kind: str, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    """Wait until *our* process has bound the port and its app answers.
-
-    Its own log line proves the port is ours (neither server sets SO_REUSEPORT
-    here), so a stranger that grabbed the port meanwhile is never mistaken for it.
-    """
-    listening = _LISTENING[kind].format(port=port)
-    deadline = time.monotonic() + READY_TIMEOUT
-    with httpx.Client(
-        base_url=f"http://127.0.0.1:{port}", timeout=2.0, cookies=_NoCookies()
-    ) as http:
-        while True:
-            output = _read_log(log)
-            if any(marker in output.lower() for marker in _IN_USE):
-                raise _PortTaken(output)
-            if process.poll() is not None:
-                pytest.fail(f"{kind} exited with {process.returncode} while starting:\n{output}")
-            if listening in output:
-                try:
-                    if http.get("/whoami").status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"{kind} not ready after {READY_TIMEOUT}s:\n{output}")
-            time.sleep(0.05)
 
 
 def start_server(kind: str, sink: Sink, log_dir: Path) -> Server:
-    """Start `kind` on a free port; pick another one if it was taken meanwhile."""
-    env = _environment(sink.url)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        log = log_dir / f"{kind}-{attempt}.log"
-        # Append mode: the child's writes never land over what was read.
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                _command(kind, port),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_until_ready(kind, process, port, log)
-        except _PortTaken:
-            _stop(process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _stop(process)
-            raise
-        return Server(kind, f"http://127.0.0.1:{port}", sink, process, log)
-    raise AssertionError("unreachable")
+    """Start `kind` serving `tests.apps` on a free port; another one if it was taken."""
+    return start_app(kind, sink, log_dir)
 
 
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
@@ -219,40 +55,13 @@ def server(
 ) -> Iterator[Server]:
     kind = str(request.param)
     with Sink() as sink:
-        running = start_server(kind, sink, tmp_path_factory.mktemp(kind))
-        try:
-            _check_errors(running, "while starting")
-            yield running
-        finally:
-            killed = _stop(running.process)
-        # pytest finalizes a parametrized module fixture when the next parameter
-        # is set up, so a failure here is reported at that test's setup.
-        assert not killed, f"{kind} ignored SIGTERM and was killed:\n{running.output()}"
-        _check_errors(running, "while shutting down", since=running.log_size_at_teardown)
-
-
-def _check_errors(server: Server, when: str, since: int = 0) -> None:
-    """Fail if the server logged a traceback: the library's failure policy hides
-    its errors from responses, so its log is where they show."""
-    logged = server.log.read_bytes()[since:].decode("utf-8", "replace")
-    if "Traceback" in logged:
-        pytest.fail(f"{server.kind} logged errors {when}:\n{logged}")
+        yield from serving(start_server(kind, sink, tmp_path_factory.mktemp(kind)))
 
 
 @pytest.fixture(autouse=True)
 def _no_server_errors(server: Server) -> Iterator[None]:
     """Each test fails if the server logged an error while it ran."""
-    start = server.log.stat().st_size
-    yield
-    _check_errors(server, "during the test", since=start)
-    server.log_size_at_teardown = server.log.stat().st_size
-
-
-class _NoCookies(CookieJar):
-    """A jar that keeps nothing: the tests send the identity cookie themselves."""
-
-    def __init__(self) -> None:
-        super().__init__(DefaultCookiePolicy(allowed_domains=[]))
+    yield from checking_test(server)
 
 
 @dataclass(frozen=True)
@@ -284,7 +93,7 @@ class Browser:
         self.server = server
         self.cookie: str | None = None
         self.http = httpx.Client(
-            base_url=server.url, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
+            base_url=server.url, follow_redirects=False, timeout=10.0, cookies=NoCookies()
         )
 
     def __enter__(self) -> Browser:
@@ -523,9 +332,7 @@ def test_concurrent_logins_with_one_cookie_send_one_alias(server: Server) -> Non
         return http.get(f"/login?user={user}", headers=pre_login)
 
     clients = [
-        httpx.Client(
-            base_url=server.url, follow_redirects=False, timeout=10.0, cookies=_NoCookies()
-        )
+        httpx.Client(base_url=server.url, follow_redirects=False, timeout=10.0, cookies=NoCookies())
         for _ in range(2)
     ]
     try:

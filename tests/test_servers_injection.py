@@ -1,8 +1,8 @@
 """The HTML snippet injection through real servers: gunicorn (gthread) and uvicorn (h11).
 
 Each server runs `tests.html_apps` in a subprocess (one per module and server
-kind), configured by environment variables like `tests.test_servers`, whose
-start/stop/readiness helpers are reused. Requests go over a raw socket with a
+kind), configured by environment variables like `tests.test_servers`, and
+started, stopped and checked with `tests.servers`. Requests go over a raw socket with a
 minimal HTTP/1.1 client: the body is framed by the response's own
 Content-Length or chunked encoding, and a second request on the same
 keep-alive connection must parse, so a wrong Content-Length cannot hide (httpx
@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,18 +33,8 @@ from posthog_identity.sink import Sink
 from tests import html_apps
 from tests.conftest import API_KEY, read_cookie
 from tests.html_apps import PAGES, RAW, READY_BODY, READY_PATH
-from tests.test_servers import (
-    COOKIE,
-    START_ATTEMPTS,
-    Server,
-    _check_errors,
-    _command,
-    _environment,
-    _free_port,
-    _PortTaken,
-    _stop,
-    _wait_until_ready,
-)
+from tests.servers import Server, checking_test, serving, start_app
+from tests.test_servers import COOKIE
 
 ROOT = Path(__file__).resolve().parent.parent
 MARKER = b"data-posthog-identity"
@@ -58,47 +47,10 @@ SOCKET_TIMEOUT = 10.0
 # Servers
 
 
-_APP_TARGETS = {
-    "tests.apps:wsgi_factory()": "tests.html_apps:wsgi_factory()",
-    "tests.apps:asgi_factory": "tests.html_apps:asgi_factory",
-}
-
-
-def _html_command(kind: str, port: int) -> list[str]:
-    """`tests.test_servers`' command line for `kind`, serving `tests.html_apps`."""
-    command = [_APP_TARGETS.get(arg, arg) for arg in _command(kind, port)]
-    assert command != _command(kind, port), "the app target was not found in the command"
-    return command
-
-
 def _start_server(kind: str, sink: Sink, log_dir: Path) -> Server:
     """`tests.test_servers.start_server` for the HTML apps."""
-    env = _environment(sink.url)
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        log = log_dir / f"{kind}-{attempt}.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                _html_command(kind, port),
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            # Its probe asks READY_PATH ("/whoami"), which the HTML apps answer.
-            _wait_until_ready(kind, process, port, log)
-        except _PortTaken:
-            _stop(process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _stop(process)
-            raise
-        return Server(kind, f"http://127.0.0.1:{port}", sink, process, log)
-    raise AssertionError("unreachable")
+    # The readiness probe asks READY_PATH ("/whoami"), which the HTML apps answer.
+    return start_app(kind, sink, log_dir, "tests.html_apps")
 
 
 @pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
@@ -107,23 +59,13 @@ def server(
 ) -> Iterator[Server]:
     kind = str(request.param)
     with Sink() as sink:
-        running = _start_server(kind, sink, tmp_path_factory.mktemp(f"html-{kind}"))
-        try:
-            _check_errors(running, "while starting")
-            yield running
-        finally:
-            killed = _stop(running.process)
-        assert not killed, f"{kind} ignored SIGTERM and was killed:\n{running.output()}"
-        _check_errors(running, "while shutting down", since=running.log_size_at_teardown)
+        yield from serving(_start_server(kind, sink, tmp_path_factory.mktemp(f"html-{kind}")))
 
 
 @pytest.fixture(autouse=True)
 def _no_server_errors(server: Server) -> Iterator[None]:
     """Each test fails if the server logged a traceback while it ran."""
-    start = server.log.stat().st_size
-    yield
-    _check_errors(server, "during the test", since=start)
-    server.log_size_at_teardown = server.log.stat().st_size
+    yield from checking_test(server)
 
 
 # ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ Outside CI a missing piece skips every test here with how to install it; in CI
   ``playwright install``) for the session; each test gets a fresh context,
   which is a fresh profile: no cookies, no storage.
 - One server per kind for the session: `tests.e2e.site` under gunicorn
-  (WSGI) and uvicorn (ASGI), started with `tests.test_servers`' helpers.
+  (WSGI) and uvicorn (ASGI), started with `tests.servers`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,16 +24,13 @@ from typing import TYPE_CHECKING
 import pytest
 
 from posthog_identity.sink import Sink
-from tests.test_servers import (
-    START_ATTEMPTS,
+from tests.servers import (
     Server,
-    _check_errors,
-    _command,
-    _environment,
-    _free_port,
-    _PortTaken,
-    _stop,
-    _wait_until_ready,
+    check_errors,
+    check_stopped,
+    server_environment,
+    start_app,
+    stop_process,
 )
 
 if TYPE_CHECKING:
@@ -60,11 +56,6 @@ CHROMIUM_ARGS = [
 SERVER_KINDS = ["gunicorn", "uvicorn"]
 #: posthog-js sends each event at once instead of batching them for a few seconds.
 INIT_OPTIONS = {"request_batching": False}
-
-_APP_TARGETS = {
-    "tests.apps:wsgi_factory()": "tests.e2e.site:wsgi_factory()",
-    "tests.apps:asgi_factory": "tests.e2e.site:asgi_factory",
-}
 
 
 def missing_requirements() -> list[str]:
@@ -129,52 +120,28 @@ def browser(playwright: Playwright) -> Iterator[Browser]:
 
 
 def site_environment(sink: Sink, script_url: str) -> dict[str, str]:
-    env = _environment(sink.url)
+    env = server_environment(sink.url)
     env["POSTHOG_IDENTITY_SCRIPT_URL"] = script_url
     env["POSTHOG_IDENTITY_INIT_OPTIONS"] = json.dumps(INIT_OPTIONS)
     return env
 
 
-def start_site(kind: str, env: dict[str, str], sink: Sink, log_dir: Path) -> Server:
-    """`tests.e2e.site` under `kind`, like `tests.test_servers.start_server`."""
-    for attempt in range(1, START_ATTEMPTS + 1):
-        port = _free_port()
-        command = [_APP_TARGETS.get(arg, arg) for arg in _command(kind, port)]
-        assert command != _command(kind, port), "the app target was not found in the command"
-        log = log_dir / f"{kind}-{attempt}.log"
-        with log.open("ab") as output:
-            process = subprocess.Popen(
-                command,
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=output,
-                stderr=subprocess.STDOUT,
-            )
-        try:
-            _wait_until_ready(kind, process, port, log)  # asks /whoami
-        except _PortTaken:
-            _stop(process)
-            if attempt == START_ATTEMPTS:
-                raise
-            continue
-        except BaseException:
-            _stop(process)
-            raise
-        server = Server(kind, f"http://127.0.0.1:{port}", sink, process, log)
-        try:
-            _check_errors(server, "while starting")
-        except BaseException:
-            _stop(process)
-            raise
-        return server
-    raise AssertionError("unreachable")
+def start_site(
+    kind: str, env: dict[str, str], sink: Sink, log_dir: Path, module: str = "tests.e2e.site"
+) -> Server:
+    """`module` (`tests.e2e.site` unless told) under `kind`, like `tests.servers.start_app`."""
+    server = start_app(kind, sink, log_dir, module, env)  # ready: answers /whoami
+    try:
+        check_errors(server, "while starting")
+    except BaseException:
+        stop_process(server.process)
+        raise
+    return server
 
 
 def stop_site(server: Server) -> None:
-    killed = _stop(server.process)
-    assert not killed, f"{server.kind} ignored SIGTERM and was killed:\n{server.output()}"
-    _check_errors(server, "while shutting down", since=server.log_size_at_teardown)
+    killed = stop_process(server.process)
+    check_stopped(server.kind, server.log, killed, since=server.log_size_at_teardown)
 
 
 @pytest.fixture(scope="session", params=SERVER_KINDS)

@@ -45,7 +45,8 @@ from tests.e2e.conftest import (
     start_site,
     stop_site,
 )
-from tests.test_servers import COOKIE, Server, _check_errors, _free_port, distinct_id
+from tests.servers import Server, check_errors, free_port
+from tests.test_servers import COOKIE, distinct_id
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route
@@ -349,7 +350,7 @@ def new_visitor(
             visitor.context.close()
         finally:
             print("\n" + visitor.report(request.node.name))
-        _check_errors(visitor.server, "during the test", since=log_start)
+        check_errors(visitor.server, "during the test", since=log_start)
         visitor.server.log_size_at_teardown = visitor.server.log.stat().st_size
         assert visitor.blocked == [], "the page asked for something off this machine"
 
@@ -365,7 +366,7 @@ def blocked_server(
 ) -> Iterator[Server]:
     """The site under one server, told to load posthog-js from a port nobody listens on."""
     kind = str(request.param)
-    env = site_environment(sink, f"http://127.0.0.1:{_free_port()}/static/array.js")
+    env = site_environment(sink, f"http://127.0.0.1:{free_port()}/static/array.js")
     running = start_site(kind, env, sink, tmp_path_factory.mktemp(f"e2e-blocked-{kind}"))
     try:
         yield running

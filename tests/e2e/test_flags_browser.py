@@ -33,7 +33,6 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
-from unittest import mock
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,7 +44,6 @@ from posthog_identity.asgi import IdentityMiddleware as ASGIIdentityMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS, Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIIdentityMiddleware
-from tests.e2e import conftest as e2e
 from tests.e2e.conftest import (
     POSTHOG_JS_DIST,
     SERVER_KINDS,
@@ -239,12 +237,7 @@ def shop(
     kind = str(request.param)
     env = site_environment(flag_sink, f"{flag_sink.url}/static/array.js")
     env.update(POSTHOG_IDENTITY_BOOTSTRAP_FLAGS="true", POSTHOG_PERSONAL_API_KEY=PERSONAL_KEY)
-    targets = {
-        "tests.apps:wsgi_factory()": f"{MODULE}:wsgi_factory()",
-        "tests.apps:asgi_factory": f"{MODULE}:asgi_factory",
-    }
-    with mock.patch.dict(e2e._APP_TARGETS, targets):
-        server = start_site(kind, env, flag_sink, tmp_path_factory.mktemp(f"flags-{kind}"))
+    server = start_site(kind, env, flag_sink, tmp_path_factory.mktemp(f"flags-{kind}"), MODULE)
     try:
         # The definitions load in the background after start-up: wait for a bootstrap.
         deadline = time.monotonic() + 10
