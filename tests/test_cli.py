@@ -144,3 +144,14 @@ def test_an_unknown_command_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
     assert info.value.code == 2
+
+
+def test_the_printed_configuration_has_every_setting_and_masks_the_personal_key() -> None:
+    from posthog_identity.settings import ENV_VARS
+
+    code, text = run({**GOOD, "POSTHOG_PERSONAL_API_KEY": "phx_private_value"})
+    assert code == OK
+    missing = [variable for variable in ENV_VARS.values() if f"  {variable} " not in text]
+    assert missing == []
+    assert "phx_private_value" not in text
+    assert "POSTHOG_PERSONAL_API_KEY" in text

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import os
 import sys
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -118,40 +119,39 @@ def _ping(host: str, timeout: float, report: Report) -> None:
         )
 
 
+#: How an unset value reads, where "none" would not say what happens.
+_UNSET = {
+    "cookie_domain": "(host-only)",
+    "cookie_secure": "auto",
+    "script_url": "(default for the host)",
+}
+
+
+def _shown(name: str, value: object) -> str:
+    """One setting as the environment variable would spell it; secrets masked."""
+    if name == "secrets":
+        assert isinstance(value, tuple)
+        return f"{len(value)} secret(s), newest {len(value[0])} characters (masked)"
+    if name == "personal_api_key" and value:
+        return "(set, masked)"
+    if value is None or value == () or value == {}:
+        return _UNSET.get(name, "(none)")
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, tuple):
+        return ", ".join(value)
+    if isinstance(value, Mapping):
+        return json.dumps(dict(value))
+    return str(value)
+
+
 def _print_settings(settings: Settings, out: TextIO) -> None:
-    secrets = settings.secrets
-    masked = f"{len(secrets)} secret(s), newest {len(secrets[0])} characters (masked)"
-    rows = [
-        ("secrets", masked),
-        ("api_key", settings.api_key or "(none)"),
-        ("host", settings.host),
-        ("cookie_name", settings.cookie_name),
-        ("cookie_domain", settings.cookie_domain or "(host-only)"),
-        ("cookie_max_age", str(settings.cookie_max_age)),
-        (
-            "cookie_secure",
-            "auto" if settings.cookie_secure is None else str(settings.cookie_secure).lower(),
-        ),
-        ("cookie_samesite", settings.cookie_samesite),
-        ("inject", str(settings.inject).lower()),
-        ("script_url", settings.script_url or "(default for the host)"),
-        ("reset_on_logout", str(settings.reset_on_logout).lower()),
-        ("exclude_paths", ", ".join(settings.exclude_paths) or "(none)"),
-        ("person_profiles", settings.person_profiles),
-        ("disabled", str(settings.disabled).lower()),
-        ("inject_lookahead", str(settings.inject_lookahead)),
-        ("init_options", str(dict(settings.init_options)) if settings.init_options else "(none)"),
-        ("consent", settings.consent),
-        ("consent_cookie", settings.consent_cookie),
-        ("consent_granted", ", ".join(settings.consent_granted)),
-        ("consent_denied", ", ".join(settings.consent_denied)),
-        ("respect_gpc", str(settings.respect_gpc).lower()),
-        ("respect_dnt", str(settings.respect_dnt).lower()),
-    ]
-    width = max(len(ENV_VARS[name]) for name, _ in rows)
+    # Every field, so a new setting can never be missing from the table.
+    rows = [(ENV_VARS[f.name], _shown(f.name, getattr(settings, f.name))) for f in fields(settings)]
+    width = max(len(variable) for variable, _ in rows)
     print("Effective configuration:", file=out)
-    for name, value in rows:
-        print(f"  {ENV_VARS[name]:<{width}}  {value}", file=out)
+    for variable, value in rows:
+        print(f"  {variable:<{width}}  {value}", file=out)
 
 
 def _print_problems(report: Report, out: TextIO) -> None:
