@@ -63,8 +63,10 @@ def coverage(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
-    session.run("ruff", "check", "src", "tests", "examples", "bench", "noxfile.py")
-    session.run("ruff", "format", "--check", "src", "tests", "examples", "bench", "noxfile.py")
+    # --no-cache: a stale local cache once hid an import-order error that CI's fresh run found.
+    paths = ("src", "tests", "examples", "bench", "noxfile.py")
+    session.run("ruff", "check", "--no-cache", *paths)
+    session.run("ruff", "format", "--check", "--no-cache", *paths)
 
 
 @nox.session(python="3.11")

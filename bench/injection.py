@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 from common import html_page
 from measure import Plan, Runner, Series, calibrate, now_ns, timed_round
-
 from posthog_identity.html import DEFAULT_LOOKAHEAD, HtmlInjector
 from posthog_identity.identity import Identity
 from posthog_identity.snippet import Snippet

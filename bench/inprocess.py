@@ -33,7 +33,6 @@ from common import (
     settings,
 )
 from measure import Plan, Runner, Series, calibrate, now_ns, timed_round
-
 from posthog_identity import asgi as identity_asgi
 from posthog_identity import wsgi as identity_wsgi
 from posthog_identity.html import MARKER

@@ -9,7 +9,6 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 from common import html_page, offline_client, settings
-
 from posthog_identity import asgi as identity_asgi
 from posthog_identity import wsgi as identity_wsgi
 

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from common import COOKIE_NAME, identity_cookie
 from measure import Series
-
 from posthog_identity.html import MARKER
 
 BENCH = Path(__file__).resolve().parent
