@@ -60,11 +60,12 @@ def stream(body: Iterable[bytes], lookahead: int = DEFAULT_LOOKAHEAD) -> int:
     feed = injector.feed
     total = 0
     for chunk in body:
-        total += len(feed(chunk))
+        for piece in feed(chunk):
+            total += len(piece)
         # A server lets go of a chunk once sent; without this `del`, the loop
         # would hold it while the next one is produced and count it twice.
         del chunk
-    return total + len(injector.finish())
+    return total + sum(map(len, injector.finish()))
 
 
 def naive(body: Iterable[bytes]) -> int:

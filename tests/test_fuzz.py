@@ -423,7 +423,7 @@ def _tamper(value: str, at: int, char: str) -> str:
 cookie_names = st.one_of(
     st.just(COOKIE),
     st.text(alphabet=TOKEN, min_size=1, max_size=16),
-    st.sampled_from([COOKIE.upper(), f"{COOKIE}_", "ph_identity2", "$Version"]),
+    st.sampled_from([COOKIE.upper(), f"{COOKIE}_", f"x{COOKIE}", f"{COOKIE}2", "$Version"]),
 )
 cookie_values = st.one_of(
     st.text(alphabet=COOKIE_OCTETS, max_size=80),

@@ -65,11 +65,14 @@ class IdentityMiddleware:
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
-        if kind not in ("http", "websocket") or self.engine.bypasses(_path(scope)):
+        path = _path(scope)
+        if kind not in ("http", "websocket") or self.engine.bypasses(path):
             await self.app(scope, receive, send)
             return
         try:
-            exchange = self.engine.begin(_request_info(scope), await self.read_user(scope), scope)
+            exchange = self.engine.begin(
+                _request_info(scope, path), await self.read_user(scope), scope
+            )
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             await self.app(scope, receive, send)
@@ -82,6 +85,8 @@ class IdentityMiddleware:
                 await self.app(scope, receive, _Responder(self, scope, exchange, send))
 
     async def read_user(self, scope: Scope) -> Report:
+        if self.user_id is None and "user" not in scope:
+            return NOTHING
         if self.user_id is not None:
             try:
                 value = self.user_id(scope)
@@ -91,8 +96,6 @@ class IdentityMiddleware:
                 self.engine.callback_failed(error)
                 return NOTHING
             return self.engine.coerce(value)
-        if "user" not in scope:
-            return NOTHING
         return self.engine.read_user(lambda: starlette_user(scope["user"]))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -122,6 +125,8 @@ class _Responder:
     An HTML page's ``http.response.start`` is held only until the injector has
     decided, so its Content-Length can be corrected; other messages pass through.
     """
+
+    __slots__ = ("exchange", "held", "injector", "middleware", "scope", "send")
 
     def __init__(
         self, middleware: IdentityMiddleware, scope: Scope, exchange: Exchange, send: Send
@@ -155,11 +160,13 @@ class _Responder:
         if exchange.flags_would_wait(status, headers + extra):
             # A remote flag evaluation must never hold the event loop.
             await asyncio.to_thread(exchange.flags)
-        message = {
-            **message,
-            "headers": raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra],
-        }
-        self.injector = exchange.injector(status, headers + extra)
+        if extra:
+            headers += extra
+            message = {
+                **message,
+                "headers": raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra],
+            }
+        self.injector = exchange.injector(status, headers)
         if self.injector is None:
             await self.send(message)
         else:
@@ -172,17 +179,21 @@ class _Responder:
             # Anything else (a file sent by path, trailers): give up, send as is.
             held = injector.finish()
             await self._release()
-            if held:
-                await self.send({"type": "http.response.body", "body": held, "more_body": True})
+            await self._send_pieces(held)
             await self.send(message)
             return
-        more = message.get("more_body", False)
-        out = injector.feed(message.get("body", b""))
-        if not more:
-            out += injector.finish()
+        pieces = injector.feed(message.get("body", b""))
+        if not message.get("more_body", False):
+            pieces += injector.finish()
         if injector.decided:
             await self._release()
-            await self.send({**message, "body": out})
+            # The last piece rides on the app's own message, with its more_body.
+            await self._send_pieces(pieces[:-1])
+            await self.send({**message, "body": pieces[-1] if pieces else b""})
+
+    async def _send_pieces(self, pieces: list[bytes]) -> None:
+        for piece in pieces:
+            await self.send({"type": "http.response.body", "body": piece, "more_body": True})
 
     async def _release(self) -> None:
         assert self.held is not None
@@ -217,19 +228,24 @@ def _path(scope: Scope) -> str:
     return path
 
 
-def _request_info(scope: Scope) -> RequestInfo:
-    cookies, signals = [], {b"sec-gpc": "", b"dnt": ""}
+def _request_info(scope: Scope, path: str) -> RequestInfo:
+    cookies: list[str] = []
+    sec_gpc = dnt = ""
     for key, value in scope.get("headers", ()):
-        name = key.lower()
-        if name == b"cookie":
+        # Servers send lower-case names (ASGI); the length test keeps the
+        # case-insensitive comparison off the path of every other header.
+        size = len(key)
+        if size == 6 and key.lower() == b"cookie":
             cookies.append(value.decode("latin-1"))
-        elif name in signals:
-            signals[name] = value.decode("latin-1")
+        elif size == 7 and key.lower() == b"sec-gpc":
+            sec_gpc = value.decode("latin-1")
+        elif size == 3 and key.lower() == b"dnt":
+            dnt = value.decode("latin-1")
     return RequestInfo(
-        method=scope.get("method", "GET"),
-        scheme=scope.get("scheme", "http"),
-        path=_path(scope),
-        cookie_header="; ".join(cookies),
-        sec_gpc=signals[b"sec-gpc"],
-        dnt=signals[b"dnt"],
+        scope.get("method", "GET"),
+        scope.get("scheme", "http"),
+        path,
+        cookies[0] if len(cookies) == 1 else "; ".join(cookies),
+        sec_gpc,
+        dnt,
     )

@@ -24,6 +24,7 @@ __all__ = [
     "has_request",
     "identify_user",
     "rebind",
+    "recheck_consent",
     "report_user",
     "revoke_consent",
 ]
@@ -109,6 +110,17 @@ def report_user(user_id: object) -> None:
     report = exchange.engine.coerce(user_id)
     if not exchange.explicit:
         rebind(exchange, lambda: exchange.report(report))
+
+
+def recheck_consent() -> None:
+    """For framework integrations: ask the consent callable again.
+
+    A callable that reads the framework's request answers "no record" until the
+    framework has set the request up; the integration calls this once it has.
+    """
+    exchange = _exchange.get()
+    if exchange is not None:
+        rebind(exchange, exchange.ask_consent_again)
 
 
 def current_resolution() -> Resolution | None:

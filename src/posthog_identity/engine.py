@@ -14,8 +14,8 @@ import time
 import uuid
 import weakref
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, replace
-from typing import Any
+from dataclasses import replace
+from typing import Any, NamedTuple
 
 from posthog.client import Client
 from werkzeug.http import dump_cookie, parse_cookie, parse_dict_header
@@ -73,9 +73,8 @@ _SECRET_KEY = (
 )
 
 
-@dataclass(frozen=True)
-class RequestInfo:
-    """The little the core needs to know about a request."""
+class RequestInfo(NamedTuple):
+    """The little the core needs to know about a request (a tuple: built on every request)."""
 
     method: str
     scheme: str
@@ -219,24 +218,24 @@ class Engine:
 
     def read_cookie(self, header: str) -> Verified | None:
         """The first of our cookies (there may be duplicates) that verifies."""
-        if not header:
-            return None
         prefix = self.settings.cookie_name + "="
-        if prefix not in header:
+        start = header.find(prefix)
+        if start == -1:
             return None
-        values = [
-            part[len(prefix) :]
-            for part in (p.strip() for p in header.split(";"))
-            if part.startswith(prefix)
-        ]
-        for value in values:
-            # A client may quote the value; ours never needs escapes (base64url
-            # and dots), so dropping the quotes is the whole unquoting.
-            if len(value) > 1 and value[0] == value[-1] == '"':
-                value = value[1:-1]
-            verified = self.codec.loads(value)
-            if verified is not None:
-                return verified
+        while start != -1:
+            # A whole cookie name only: at the start or after a separator.
+            if start == 0 or header[start - 1] in "; \t":
+                begin = start + len(prefix)
+                end = header.find(";", begin)
+                value = (header[begin:] if end == -1 else header[begin:end]).strip()
+                # A client may quote the value; ours never needs escapes (base64url
+                # and dots), so dropping the quotes is the whole unquoting.
+                if len(value) > 1 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                verified = self.codec.loads(value)
+                if verified is not None:
+                    return verified
+            start = header.find(prefix, start + 1)
         logger.debug("posthog_identity: no valid identity cookie; a new anonymous id is minted")
         return None
 
@@ -253,14 +252,35 @@ class Engine:
 class Exchange:
     """One request's identity: lazily resolved, re-resolved when the report changes."""
 
+    __slots__ = (
+        "_asked",
+        "_consent",
+        "_ephemeral",
+        "_explicit",
+        "_exposed",
+        "_finished",
+        "_flags",
+        "_granted",
+        "_has_asked",
+        "_minted",
+        "_now",
+        "_reported",
+        "_resolution",
+        "_verified",
+        "engine",
+        "native",
+        "request",
+    )
+
     def __init__(
         self, engine: Engine, request: RequestInfo, report: Report, native: object = None
     ) -> None:
         self.engine = engine
         self.request = request
         self.native = native
-        self._flags: dict[str, Flags | None] = {}
-        self._exposed: set[str] = set()
+        # Created on first use: most requests never read a flag.
+        self._flags: dict[str, Flags | None] | None = None
+        self._exposed: set[str] | None = None
         self._now = int(time.time())
         self._verified = engine.read_cookie(request.cookie_header)
         self._reported = report
@@ -356,6 +376,13 @@ class Exchange:
         )
         return FAILED
 
+    def ask_consent_again(self) -> None:
+        """Forget the consent callable's answer: its source (a framework's request) is ready now."""
+        if self._has_asked:
+            self._has_asked = False
+            self._consent = None
+            self._resolution = None
+
     def set_consent(self, granted: bool) -> bool:
         """grant_consent() / revoke_consent(); False when the mode needs no consent."""
         if self.engine.settings.consent == "not-required":
@@ -373,21 +400,23 @@ class Exchange:
 
     @property
     def resolution(self) -> Resolution:
-        if self._resolution is None and not self.consent.granted:
+        if self._resolution is not None:
+            return self._resolution
+        if not self.consent.granted:
             identity = Identity(self._ephemeral_id(), consented=False)
             self._resolution = Resolution(identity, Transition.NONE)
-        if self._resolution is None:
-            settings = self.engine.settings
-            report = self._explicit if self._explicit is not None else self._reported
-            self._resolution = resolve(
-                self._verified,
-                report,
-                now=self._now,
-                user_hash=self.engine.codec.user_hash,
-                max_age=settings.cookie_max_age,
-                reset_on_logout=settings.reset_on_logout,
-                new_id=self._mint,
-            )
+            return self._resolution
+        settings = self.engine.settings
+        report = self._explicit if self._explicit is not None else self._reported
+        self._resolution = resolve(
+            self._verified,
+            report,
+            now=self._now,
+            user_hash=self.engine.codec.user_hash,
+            max_age=settings.cookie_max_age,
+            reset_on_logout=settings.reset_on_logout,
+            new_id=self._mint,
+        )
         return self._resolution
 
     @property
@@ -403,6 +432,8 @@ class Exchange:
         if source is None:
             return None
         distinct_id = self.resolution.identity.distinct_id
+        if self._flags is None:
+            self._flags = {}
         if distinct_id not in self._flags:
             usable, context = self._flag_context()
             self._flags[distinct_id] = source.evaluate(distinct_id, context) if usable else None
@@ -418,7 +449,7 @@ class Exchange:
             source is not None
             and not source.local
             and self.consent.granted
-            and self.resolution.identity.distinct_id not in self._flags
+            and self.resolution.identity.distinct_id not in (self._flags or ())
             and self.engine.snippet is not None
             and may_inject(self.request.method, status, headers)
             and not _shared_cacheable(headers)
@@ -443,6 +474,8 @@ class Exchange:
     def expose(self, key: str, value: object) -> None:
         """Report that the app read `key` on the server, once per request and key."""
         client = self.engine.client
+        if self._exposed is None:
+            self._exposed = set()
         if key in self._exposed or client is None:
             return
         self._exposed.add(key)

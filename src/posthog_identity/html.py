@@ -11,8 +11,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from werkzeug.http import parse_options_header
-
 __all__ = ["DEFAULT_LOOKAHEAD", "MARKER", "HtmlInjector", "grown_length", "inject", "may_inject"]
 
 DEFAULT_LOOKAHEAD = 64 * 1024
@@ -20,7 +18,8 @@ DEFAULT_LOOKAHEAD = 64 * 1024
 MARKER = b"data-posthog-identity"
 
 # The closing tag's name ends at whitespace or '>' (so `</header>` never matches).
-_INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]", re.IGNORECASE)
+# Our marker is matched too: found first, it means the page already has the snippet.
+_INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]|" + MARKER, re.IGNORECASE)
 # Bytes kept from the previous scan so a tag split across chunks is still found.
 _OVERLAP = max(len(b"</head>"), len(MARKER)) - 1
 _NO_BODY = frozenset({204, 205, 206, 304})
@@ -31,26 +30,33 @@ def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> 
     if method.upper() == "HEAD" or status < 200 or 300 <= status < 400 or status in _NO_BODY:
         return False
     media_type = encoding = disposition = ""
-    lengths: set[str] = set()
+    length: str | None = None
+    valid_length = True
     for name, value in headers:
         lowered = name.lower()
-        if lowered == "content-length":
-            lengths.add(value.strip())
-        elif lowered == "content-type":
-            media_type = parse_options_header(value)[0].lower()
+        if lowered == "content-type":
+            media_type = _token(value)
+        elif lowered == "content-length":
+            # A Content-Length we could not correct is left alone, with its body.
+            value = value.strip()
+            valid_length = valid_length and (length is None or length == value)
+            length = value
         elif lowered == "content-encoding":
             encoding = value.strip().lower()
         elif lowered == "content-disposition":
-            disposition = parse_options_header(value)[0].lower()
-    # A Content-Length we could not correct is left alone, with its body.
-    only = next(iter(lengths), "")
-    valid_length = not lengths or (len(lengths) == 1 and only.isascii() and only.isdigit())
+            disposition = _token(value)
     return (
         media_type == "text/html"
         and encoding in ("", "identity")
         and disposition != "attachment"
         and valid_length
+        and (length is None or (length.isascii() and length.isdigit()))
     )
+
+
+def _token(value: str) -> str:
+    """The first token of a header with parameters (`text/html; charset=...`), lower-cased."""
+    return value.split(";", 1)[0].strip().lower()
 
 
 def grown_length(value: str, injector: HtmlInjector) -> str:
@@ -59,56 +65,73 @@ def grown_length(value: str, injector: HtmlInjector) -> str:
 
 
 class HtmlInjector:
-    """Feed body chunks in, get bytes out; holds bytes only until it has decided.
+    """Feed body chunks in, get the pieces to send out; holds chunks only until it has decided.
 
     Until the insertion point is found (or the look-ahead is spent, or the body
-    ends) `feed` returns ``b""`` and keeps the bytes; afterwards everything
-    passes straight through. `decided` tells an adapter when it may send the
-    response head, and `injected` whether the length grew by ``len(snippet)``.
+    ends) `feed` returns no pieces and keeps the chunks it was given, as they
+    are: nothing held is copied, so memory is the look-ahead plus the chunk
+    split around the snippet. Afterwards every chunk passes straight through.
+    `decided` tells an adapter when it may send the response head, and
+    `injected` whether the length grew by ``len(snippet)``.
     """
+
+    __slots__ = ("_held", "_size", "_tail", "decided", "injected", "lookahead", "snippet")
 
     def __init__(self, snippet: bytes, lookahead: int = DEFAULT_LOOKAHEAD) -> None:
         self.snippet = snippet
         self.lookahead = lookahead
         self.decided = False
         self.injected = False
-        self._held = bytearray()
-        self._scanned = 0
+        self._held: list[bytes] = []
+        self._size = 0  # bytes held
+        self._tail = b""  # the last held bytes, where a tag split across chunks begins
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The pieces to send for this chunk, in order (none while still deciding)."""
         if self.decided:
-            return chunk
-        data: bytes | bytearray = chunk
-        if self._held:
-            self._held += chunk
-            data = self._held
-        window_end = min(len(data), self.lookahead)
-        match = _INSERTION.search(data, max(0, self._scanned - _OVERLAP), window_end)
+            return [chunk] if chunk else []
+        start, tail, limit = self._size, self._tail, self.lookahead - self._size
+        # A tag that began in earlier chunks ends within this one's first bytes.
+        boundary = tail + chunk[:_OVERLAP]
+        match = _INSERTION.search(boundary, 0, min(len(boundary), limit + len(tail)))
+        if match is not None and match.start() < len(tail):
+            position: int | None = start - len(tail) + match.start()
+        else:
+            match = _INSERTION.search(chunk, 0, max(0, min(len(chunk), limit)))
+            position = None if match is None else start + match.start()
+        if chunk:
+            self._held.append(chunk)
+            self._size += len(chunk)
+            self._tail = (tail + chunk[-_OVERLAP:])[-_OVERLAP:]
         if match is not None:
-            return self._decide(data, match.start())
-        if len(data) >= self.lookahead:
-            return self._decide(data, None)
-        self._scanned = window_end
-        if data is chunk:
-            # Only now copied: a chunk that decides on its own is never held.
-            self._held = bytearray(chunk)
-        return b""
+            # Our own marker first: the page already carries the snippet.
+            return self._decide(None if match[0].lower() == MARKER else position)
+        if self._size >= self.lookahead:
+            return self._decide(None)
+        return []
 
-    def finish(self) -> bytes:
-        """The body ended: release whatever is still held, untouched."""
-        return b"" if self.decided else self._decide(self._held, None)
+    def finish(self) -> list[bytes]:
+        """The body ended: the pieces still held, untouched."""
+        return [] if self.decided else self._decide(None)
 
-    def _decide(self, data: bytes | bytearray, position: int | None) -> bytes:
+    def _decide(self, position: int | None) -> list[bytes]:
         self.decided = True
-        self._held = bytearray()
-        if position is None or MARKER in data[:position]:
-            return bytes(data)
+        held, self._held, self._tail = self._held, [], b""
+        if position is None:
+            return held
         self.injected = True
-        view = memoryview(data)
-        return b"".join((view[:position], self.snippet, view[position:]))
+        pieces, offset = [], 0
+        for index, chunk in enumerate(held):
+            if offset + len(chunk) > position:
+                cut = position - offset
+                pieces += [chunk[:cut], self.snippet, chunk[cut:], *held[index + 1 :]]
+                break
+            pieces.append(chunk)
+            offset += len(chunk)
+        return [piece for piece in pieces if piece]
 
 
 def inject(body: bytes, snippet: bytes, lookahead: int = DEFAULT_LOOKAHEAD) -> bytes:
     """One-shot form of `HtmlInjector`: the same result as any chunked feed."""
     injector = HtmlInjector(snippet, lookahead)
-    return injector.feed(body) + injector.finish()
+    return b"".join(injector.feed(body) + injector.finish())

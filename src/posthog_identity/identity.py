@@ -8,6 +8,7 @@ by row, lives in `resolve`.
 from __future__ import annotations
 
 import enum
+import functools
 import hmac
 import json
 import uuid
@@ -185,6 +186,15 @@ class Resolution:
     link: Link | None = None
 
 
+@functools.lru_cache(maxsize=4096)
+def _unchanged(verified: Verified) -> Resolution:
+    """A returning visitor's resolution when nothing changes: the same for every request
+    with this cookie, so made once (the common case, on the path of every request)."""
+    state = verified.state
+    identity = Identity(state.anonymous_id, None, state.user_hash is not None)
+    return Resolution(identity, Transition.NONE)
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -219,14 +229,17 @@ def resolve(
             # An anonymous id is linked at most once, ever.
             link = None if state.linked else Link(report, anonymous_id)
             return Resolution(Identity(anonymous_id, report, True), Transition.LOGIN, after, link)
-        refreshed = replace(state, issued_at=now) if due else None
-        return Resolution(Identity(anonymous_id), Transition.NONE, refreshed)
+        if not due:
+            return _unchanged(verified)
+        return Resolution(Identity(anonymous_id), Transition.NONE, replace(state, issued_at=now))
 
     if report is NOTHING:
         # The hash cannot be re-keyed without the user id, so a cookie signed by
         # an older secret waits for a request that reports its user.
-        refreshed = replace(state, issued_at=now) if due and not verified.stale_key else None
-        return Resolution(Identity(anonymous_id, None, True), Transition.NONE, refreshed)
+        if not due or verified.stale_key:
+            return _unchanged(verified)
+        renewed = replace(state, issued_at=now)
+        return Resolution(Identity(anonymous_id, None, True), Transition.NONE, renewed)
 
     if report is NOBODY:
         if reset_on_logout:

@@ -39,9 +39,13 @@ class CookieState:
     issued_at: int = 0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Verified:
-    """A cookie that passed verification, and which secret verified it (0 = newest)."""
+    """A cookie that passed verification, and which secret verified it (0 = newest).
+
+    Compared and hashed by identity: the codec hands out one object per cookie
+    value, so caches keyed by it cost no hashing of the state.
+    """
 
     state: CookieState
     key_index: int

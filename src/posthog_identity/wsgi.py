@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import contextvars
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
@@ -63,13 +63,14 @@ class IdentityMiddleware:
         if self.engine.bypasses(environ.get("PATH_INFO", "")):
             return self.app(environ, start_response)
         try:
+            get = environ.get
             request = RequestInfo(
-                method=environ.get("REQUEST_METHOD", "GET"),
-                scheme=environ.get("wsgi.url_scheme", "http"),
-                path=environ.get("PATH_INFO", ""),
-                cookie_header=environ.get("HTTP_COOKIE", ""),
-                sec_gpc=environ.get("HTTP_SEC_GPC", ""),
-                dnt=environ.get("HTTP_DNT", ""),
+                get("REQUEST_METHOD", "GET"),
+                get("wsgi.url_scheme", "http"),
+                get("PATH_INFO", ""),
+                get("HTTP_COOKIE", ""),
+                get("HTTP_SEC_GPC", ""),
+                get("HTTP_DNT", ""),
             )
             exchange = self.engine.begin(request, self.read_user(environ), environ)
         except Exception:
@@ -80,14 +81,14 @@ class IdentityMiddleware:
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
         context = contextvars.copy_context()
-        scope = ExitStack()
-        context.run(scope.enter_context, bind(exchange))
+        binding = bind(exchange)
+        context.run(binding.__enter__)
         try:
             result = context.run(self.app, environ, response.start_response)
-        except BaseException:
-            context.run(scope.close)
+        except BaseException as error:
+            context.run(binding.__exit__, type(error), error, error.__traceback__)
             raise
-        return _BoundBody(result, response, context, scope)
+        return _BoundBody(result, response, context, binding)
 
     def read_user(self, environ: WSGIEnvironment) -> Report:
         if self.user_id is not None:
@@ -162,30 +163,31 @@ class _Response:
         ]
         self.server_write = self.server_start_response(status, headers, exc_info)
 
-    def transform(self, chunk: bytes) -> bytes:
+    def transform(self, chunk: bytes) -> list[bytes]:
         """Pass a body chunk through the injector; release the head once it decided."""
         if not self.holding:
-            return chunk
+            return [chunk]
         assert self.injector is not None
-        out = self.injector.feed(chunk)
+        pieces = self.injector.feed(chunk)
         if self.injector.decided:
             self.release()
-        return out
+        return pieces
 
-    def finish(self) -> bytes:
+    def finish(self) -> list[bytes]:
         if not self.holding:
-            return b""
+            return []
         assert self.injector is not None
-        out = self.injector.finish()
+        pieces = self.injector.finish()
         self.release()
-        return out
+        return pieces
 
     def write(self, data: bytes) -> object:
         """The app's legacy write(): goes through the injector like any chunk."""
-        out = self.transform(data)
-        if out and self.server_write is not None:
-            return self.server_write(out)
-        return None
+        result = None
+        for piece in self.transform(data):
+            if self.server_write is not None:
+                result = self.server_write(piece)
+        return result
 
 
 class _BoundBody:
@@ -196,22 +198,26 @@ class _BoundBody:
         iterable: Iterable[bytes],
         response: _Response,
         context: contextvars.Context,
-        scope: ExitStack,
+        binding: bind,
     ) -> None:
         self._iterable = iterable
         self._iterator: Iterator[bytes] | None = None
         self._response = response
         self._context = context
         self._exhausted = False
+        self._pending: deque[bytes] = deque()  # pieces of one chunk, split around the snippet
         # PEP 3333 servers call close(); a test client that drops the body
         # unclosed must still leave the request's context inside that context,
         # not in whichever one the garbage collector runs in.
-        self._leave = weakref.finalize(self, context.run, scope.close)
+        self._leave = weakref.finalize(self, context.run, binding.__exit__, None, None, None)
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
+        pending = self._pending
+        if pending:
+            return pending.popleft()
         if self._exhausted:
             raise StopIteration
         if self._iterator is None:
@@ -222,14 +228,19 @@ class _BoundBody:
                 chunk = self._context.run(next, self._iterator)
             except StopIteration:
                 self._exhausted = True
-                tail = response.finish()
-                if tail:
-                    return tail
+                pending.extend(response.finish())
+                if pending:
+                    return pending.popleft()
                 raise
-            out = response.transform(chunk)
+            pieces = response.transform(chunk)
             # While the head is held nothing may be yielded, not even b"".
-            if not response.holding:
-                return out
+            if response.holding:
+                continue
+            if len(pieces) == 1:
+                return pieces[0]
+            pending.extend(pieces)
+            if pending:
+                return pending.popleft()
 
     def close(self) -> None:
         try:
