@@ -516,6 +516,46 @@ def test_captures_in_a_stream_with_context_body_carry_the_user(
     assert event["properties"]["user"] == "7"
 
 
+def consent_site(settings: Settings, client: posthog.Client) -> Flask:
+    """Opt-in consent kept in the Flask session, read by init_app's consent callable."""
+    app = Flask(__name__)
+    app.secret_key = FLASK_SESSION_KEY
+
+    @app.get("/agree")
+    def agree() -> str:
+        flask.session["analytics"] = True
+        return "thanks"
+
+    @app.get("/page")
+    def page() -> dict[str, Any]:
+        identity = current_identity()
+        assert identity is not None
+        return {"consented": identity.consented}
+
+    init_app(
+        app,
+        settings=replace(settings, consent="opt-in"),
+        client=client,
+        consent=lambda: flask.session.get("analytics"),
+    )
+    return app
+
+
+def test_a_consent_callable_reads_the_flask_session_inside_its_request_context(
+    settings: Settings, client: posthog.Client
+) -> None:
+    http = consent_site(settings, client).test_client()
+
+    before = fetch(http, "/page")
+    fetch(http, "/agree")
+    after = fetch(http, "/page")
+
+    assert before.json == {"consented": False}
+    assert not [c for c in before.headers.getlist("Set-Cookie") if c.startswith(f"{COOKIE}=")]
+    assert after.json == {"consented": True}
+    assert http.get_cookie(COOKIE) is not None
+
+
 def test_flask_secret_key_is_never_used_as_the_identity_secret(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

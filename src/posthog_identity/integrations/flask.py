@@ -8,11 +8,11 @@ from __future__ import annotations
 import importlib
 import threading
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from flask import has_request_context
 
-from posthog_identity.context import has_request, report_user
+from posthog_identity.context import has_request, recheck_consent, report_user
 from posthog_identity.engine import logger
 from posthog_identity.identity import NOTHING
 from posthog_identity.wsgi import IdentityMiddleware
@@ -25,11 +25,13 @@ if TYPE_CHECKING:
     from posthog.client import Client
 
     from posthog_identity.engine import Engine
+    from posthog_identity.flags import FlagContext
     from posthog_identity.settings import Settings
 
 __all__ = ["init_app"]
 
 EXTENSION = "posthog_identity"
+_T = TypeVar("_T")
 
 
 def init_app(
@@ -39,6 +41,8 @@ def init_app(
     user_id: Callable[[], object] | None = None,
     client: Client | None = None,
     init_options: Mapping[str, Any] | None = None,
+    flag_context: Callable[[], FlagContext | None] | None = None,
+    consent: Callable[[], bool | None] | None = None,
 ) -> IdentityMiddleware:
     """Wrap ``app.wsgi_app`` in the identity middleware and return the middleware.
 
@@ -52,6 +56,13 @@ def init_app(
         ``identify_user``/``forget_user``.
     :param client: a ``posthog.Client``; default: one built from the settings.
     :param init_options: extra posthog-js ``init`` options for the snippet.
+    :param flag_context: called with no arguments inside Flask's request
+        context; returns the `FlagContext` (person properties, groups) for flag
+        evaluation when POSTHOG_IDENTITY_BOOTSTRAP_FLAGS is on.
+    :param consent: called with no arguments inside Flask's request context
+        (so it may read ``flask.request`` or the session); returns True
+        (consented), False (refused) or None (no record: the consent cookie
+        decides), when POSTHOG_IDENTITY_CONSENT is opt-in or opt-out.
     :raises RuntimeError: when the app is already wrapped.
     """
     if EXTENSION in app.extensions:
@@ -63,10 +74,12 @@ def init_app(
         user_id=user.from_environ,
         client=client,
         init_options=init_options,
+        flag_context=None if flag_context is None else _in_request(flag_context),
+        consent=None if consent is None else _in_request(consent),
     )
     app.wsgi_app = middleware  # type: ignore[method-assign]
     app.extensions[EXTENSION] = middleware
-    hooks = _Hooks(middleware.engine, user)
+    hooks = _Hooks(middleware.engine, user, recheck=consent is not None)
     # The middleware reads the user when the request starts (before Flask has a
     # request context: nothing) and when the response starts (Flask calls
     # start_response inside it); these hooks make the user current in between,
@@ -127,12 +140,16 @@ class _FlaskUser:
 class _Hooks:
     """Flask hooks that report the user to the current request's identity."""
 
-    def __init__(self, engine: Engine, user: _FlaskUser) -> None:
+    def __init__(self, engine: Engine, user: _FlaskUser, *, recheck: bool = False) -> None:
         self.engine = engine
         self.user = user
+        self.recheck = recheck
 
     def before_request(self) -> None:
         if has_request():  # False on paths the middleware passes through
+            if self.recheck:
+                # Asked first before Flask had a request: it answered "no record".
+                recheck_consent()
             report_user(self.engine.read_user(self.user))
 
     def logged_in(self, sender: Flask, **extra: object) -> None:
@@ -143,6 +160,15 @@ class _Hooks:
         """Flask-Login's ``logout_user`` (sent while ``current_user`` is still the user)."""
         if has_request():
             report_user(None)
+
+
+def _in_request(hook: Callable[[], _T]) -> Callable[[object], _T | None]:
+    """An engine hook (given the environ) that calls `hook` inside Flask's request context."""
+
+    def call(environ: object) -> _T | None:
+        return hook() if has_request_context() else None
+
+    return call
 
 
 def _import_flask_login() -> ModuleType | None:
