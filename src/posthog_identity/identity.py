@@ -195,6 +195,12 @@ def _unchanged(verified: Verified) -> Resolution:
     return Resolution(identity, Transition.NONE)
 
 
+@functools.lru_cache(maxsize=4096)
+def _unchanged_user(verified: Verified, user_id: str) -> Resolution:
+    """The same for a signed-in user who is still the cookie's user."""
+    return Resolution(Identity(verified.state.anonymous_id, user_id, True), Transition.NONE)
+
+
 def _new_id() -> str:
     return str(uuid.uuid4())
 
@@ -252,7 +258,9 @@ def resolve(
 
     assert isinstance(report, str)
     if hmac.compare_digest(user_hash(report, key_index), state.user_hash):
-        refreshed = replace(state, user_hash=user_hash(report, 0), issued_at=now) if due else None
+        if not due:
+            return _unchanged_user(verified, report)
+        refreshed = replace(state, user_hash=user_hash(report, 0), issued_at=now)
         return Resolution(Identity(anonymous_id, report, True), Transition.NONE, refreshed)
 
     # Another user on the same browser: a new anonymous id, and never merge users.

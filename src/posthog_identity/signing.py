@@ -8,6 +8,7 @@ No user id or e-mail is stored, and the size never depends on the id.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import struct
@@ -79,12 +80,8 @@ class CookieCodec:
 
     def user_hash(self, user_id: str, key_index: int = 0) -> bytes:
         """Short keyed hash of a user id: detects a change without storing the id."""
-        digest = hmac.new(
-            self._user_keys[key_index],
-            user_id.encode("utf-8", "surrogatepass"),
-            hashlib.sha256,
-        )
-        return digest.digest()[:_HASH_SIZE]
+        # A signed-in user's every request checks it: recent ones are kept.
+        return _user_hash(self._user_keys[key_index], user_id)
 
     def dumps(self, state: CookieState) -> str:
         """Serialize and sign with the newest secret."""
@@ -121,6 +118,12 @@ class CookieCodec:
             state = _parse(payload)
             return None if state is None else Verified(state, index)
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _user_hash(key: bytes, user_id: str) -> bytes:
+    digest = hmac.digest(key, user_id.encode("utf-8", "surrogatepass"), "sha256")
+    return digest[:_HASH_SIZE]
 
 
 def _parse(payload: bytes) -> CookieState | None:
