@@ -229,3 +229,41 @@ def test_shared_cacheable_responses_get_no_set_cookie(site: Driver) -> None:
 def test_there_is_no_identity_outside_a_request(site: Driver) -> None:
     site.get("/")
     assert current_identity() is None
+
+
+def unreported(adapter: str, settings: Settings, client: posthog.Client) -> Driver:
+    """The same site with no user source: every request reports nothing."""
+    from posthog_identity.asgi import IdentityMiddleware as ASGI
+    from posthog_identity.wsgi import IdentityMiddleware as WSGI
+    from tests import apps
+
+    if adapter == "wsgi":
+        return driver_for(adapter, WSGI(apps.make_wsgi_app(client), settings, client=client))
+    return driver_for(adapter, ASGI(apps.make_asgi_app(client), settings, client=client))
+
+
+def test_an_unreported_request_of_a_linked_user_processes_their_person(
+    site: Driver, adapter: str, settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    site.get("/")
+    site.get("/login?user=alice")  # links the anonymous id into alice
+    later = unreported(adapter, settings, client)
+    later.get("/", cookie=f"ph_identity={site.cookie}")
+    home = sink.wait_for(event="Home Viewed", count=2)
+    assert home[-1]["distinct_id"] == site.state.anonymous_id
+    assert "$process_person_profile" not in home[-1]["properties"]
+
+
+def test_an_unreported_request_of_a_never_linked_user_is_personless(
+    site: Driver, adapter: str, settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    site.get("/", user="alice")  # no cookie yet: a new id for alice, nothing linked
+    assert site.state.user_hash is not None
+    assert site.state.linked is False
+    later = unreported(adapter, settings, client)
+    later.get("/", cookie=f"ph_identity={site.cookie}")
+    first, second = sink.wait_for(event="Home Viewed", count=2)
+    assert first["distinct_id"] == "alice"
+    # Its anonymous id is no one's person: processing it would create a stray one.
+    assert second["distinct_id"] == site.state.anonymous_id
+    assert second["properties"]["$process_person_profile"] is False

@@ -511,14 +511,21 @@ class Exchange:
 
     def personless(self) -> bool:
         """Should this request's server captures skip person processing?"""
-        # A remembered but unreported user's anonymous id was merged into them:
-        # its events belong to their person, so only true visitors are personless.
         identity = self.identity
         if not identity.consented:
             return True
-        return self.engine.settings.person_profiles == "identified_only" and not (
-            identity.is_identified or identity.signed_in
-        )
+        if self.engine.settings.person_profiles != "identified_only" or identity.is_identified:
+            return False
+        # A remembered but unreported user: their anonymous id's events belong to
+        # their person only if it was linked into them (a login); one minted for a
+        # user already signed in (first visit, account switch) never was, and
+        # processing it would make a stray person.
+        return not (identity.signed_in and self._linked())
+
+    def _linked(self) -> bool:
+        resolution = self.resolution
+        state = resolution.cookie or (self._verified.state if self._verified else None)
+        return state is not None and state.linked
 
     def finish(self, headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
         """At response start: send the link, return the headers to append (Set-Cookie).
