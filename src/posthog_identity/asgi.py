@@ -147,10 +147,10 @@ class _Responder:
             await self.send(message)
 
     async def _start(self, message: Message) -> None:
-        exchange = self.exchange
-        if not exchange.explicit:
+        exchange, middleware = self.exchange, self.middleware
+        if not exchange.explicit and (middleware.user_id is not None or "user" in self.scope):
             # Read again: an auth middleware inside this one has run by now.
-            report = await self.middleware.read_user(self.scope)
+            report = await middleware.read_user(self.scope)
             if exchange.changes(report):
                 rebind(exchange, lambda: exchange.report(report))
         raw = list(message.get("headers", ()))

@@ -541,8 +541,6 @@ class Exchange:
             if not self._finished:
                 self._finished = True
                 self._send_link(resolution)
-            if _shared_cacheable(headers):
-                return []
             added = []
             if resolution.cookie is not None:
                 added.append(("Set-Cookie", self._set_cookie(resolution)))
@@ -550,7 +548,8 @@ class Exchange:
                 added.append(("Set-Cookie", self._delete_cookie()))
             if self._granted is not None:
                 added.append(("Set-Cookie", self._consent_cookie(self._granted)))
-            return added
+            # Checked last: most responses have nothing to add.
+            return [] if added and _shared_cacheable(headers) else added
         except Exception:
             logger.exception(
                 "posthog_identity: finishing the response failed; it is sent untouched"

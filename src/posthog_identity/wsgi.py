@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextvars
-import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -206,10 +205,7 @@ class _BoundBody:
         self._context = context
         self._exhausted = False
         self._pending: deque[bytes] = deque()  # pieces of one chunk, split around the snippet
-        # PEP 3333 servers call close(); a test client that drops the body
-        # unclosed must still leave the request's context inside that context,
-        # not in whichever one the garbage collector runs in.
-        self._leave = weakref.finalize(self, context.run, binding.__exit__, None, None, None)
+        self._binding: bind | None = binding
 
     def __iter__(self) -> Iterator[bytes]:
         return self
@@ -249,6 +245,18 @@ class _BoundBody:
                 self._context.run(close)
         finally:
             self._leave()
+
+    def _leave(self) -> None:
+        """Leave the request's posthog context, inside the request's own context, once."""
+        binding, self._binding = self._binding, None
+        if binding is not None:
+            self._context.run(binding.__exit__, None, None, None)
+
+    def __del__(self) -> None:
+        # PEP 3333 servers call close(); a test client that drops the body
+        # unclosed still leaves the context inside the request's own context,
+        # not in whichever one the garbage collector runs in.
+        self._leave()
 
 
 def _status_code(status: str) -> int:
