@@ -18,8 +18,8 @@ DEFAULT_LOOKAHEAD = 64 * 1024
 MARKER = b"data-posthog-identity"
 
 # The closing tag's name ends at whitespace or '>' (so `</header>` never matches).
-# Our marker is matched too: found first, it means the page already has the snippet.
-_INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]|" + MARKER, re.IGNORECASE)
+# Every branch starts with "<", which keeps the regex engine's fast scan for it.
+_INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]", re.IGNORECASE)
 # Bytes kept from the previous scan so a tag split across chunks is still found.
 _OVERLAP = max(len(b"</head>"), len(MARKER)) - 1
 _NO_BODY = frozenset({204, 205, 206, 304})
@@ -104,8 +104,7 @@ class HtmlInjector:
             self._size += len(chunk)
             self._tail = (tail + chunk[-_OVERLAP:])[-_OVERLAP:]
         if match is not None:
-            # Our own marker first: the page already carries the snippet.
-            return self._decide(None if match[0].lower() == MARKER else position)
+            return self._decide(position)
         if self._size >= self.lookahead:
             return self._decide(None)
         return []
@@ -117,7 +116,7 @@ class HtmlInjector:
     def _decide(self, position: int | None) -> list[bytes]:
         self.decided = True
         held, self._held, self._tail = self._held, [], b""
-        if position is None:
+        if position is None or _marked(held, position):
             return held
         self.injected = True
         pieces, offset = [], 0
@@ -129,6 +128,25 @@ class HtmlInjector:
             pieces.append(chunk)
             offset += len(chunk)
         return [piece for piece in pieces if piece]
+
+
+def _marked(held: list[bytes], position: int) -> bool:
+    """Does our marker occur before `position` (the page already has our snippet)?
+
+    The marker holds no "<", so one that starts before the insertion point ends there.
+    """
+    offset, before, edge = 0, b"", len(MARKER) - 1
+    for chunk in held:
+        if offset >= position:
+            return False
+        # One that began in earlier chunks fits in neither half of this window.
+        if MARKER in before + chunk[:edge]:
+            return True
+        if chunk.find(MARKER, 0, position - offset) != -1:
+            return True
+        offset += len(chunk)
+        before = (before + chunk[-edge:])[-edge:]  # the last bytes seen
+    return False
 
 
 def inject(body: bytes, snippet: bytes, lookahead: int = DEFAULT_LOOKAHEAD) -> bytes:
