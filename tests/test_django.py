@@ -786,3 +786,63 @@ def test_the_response_goes_out_with_the_user_django_reported(adapter: str) -> No
         CODEC.user_hash("99"),
         True,
     )
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
+@pytest.mark.parametrize(
+    "options",
+    [pytest.param({"disabled": True}, id="kill-switch"), {"exclude_paths": ("/",)}],
+    ids=["kill-switch", "excluded-path"],
+)
+def test_requests_the_wrapper_passes_through_on_purpose_log_nothing(
+    django_project: None,
+    identity_log: pytest.LogCaptureFixture,
+    adapter: str,
+    options: dict[str, Any],
+) -> None:
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
+    from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+
+    settings = Settings(secrets=(SECRET,), **options)
+    if adapter == "wsgi":
+        app: Any = WSGIMiddleware(WSGIHandler(), settings)
+        replies = [call_wsgi(app, "GET", "/", {"Host": "testserver"}) for _ in range(2)]
+        statuses = [reply.status for reply in replies]
+    else:
+        app = ASGIMiddleware(ASGIHandler(), settings)
+        statuses = [asyncio.run(django_asgi_status(app)) for _ in range(2)]
+
+    assert statuses == [200, 200]
+    assert our_records(identity_log, logging.ERROR) == []
+
+
+async def django_asgi_status(app: Any) -> int:
+    """One GET / through Django's ASGI handler, which listens for a disconnect after the body."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "method": "GET",
+        "scheme": "http",
+        "path": "/",
+        "root_path": "",
+        "query_string": b"",
+        "headers": [(b"host", b"testserver")],
+    }
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+    statuses: list[int] = []
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.Event().wait()  # no disconnect: Django cancels this when done
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            statuses.append(message["status"])
+
+    await app(scope, receive, send)
+    return statuses[0]

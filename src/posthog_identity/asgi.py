@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
-from .engine import Engine, Exchange, RequestInfo, logger
+from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
 from .html import grown_length
 from .identity import NOTHING, Report
 
@@ -65,8 +65,12 @@ class IdentityMiddleware:
         if kind == "lifespan":
             await self._lifespan(scope, receive, send)
             return
+        if kind not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
         path = _path(scope)
-        if kind not in ("http", "websocket") or self.engine.bypasses(path):
+        if self.engine.bypasses(path):
+            scope[BYPASSED] = True
             await self.app(scope, receive, send)
             return
         try:

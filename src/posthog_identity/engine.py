@@ -38,9 +38,13 @@ from .settings import Settings
 from .signing import CookieCodec, Verified
 from .snippet import Snippet, csp_nonce
 
-__all__ = ["ConsentHook", "Engine", "Exchange", "RequestInfo", "logger"]
+__all__ = ["BYPASSED", "ConsentHook", "Engine", "Exchange", "RequestInfo", "logger"]
 
 logger = logging.getLogger("posthog_identity")
+
+#: Key the adapters set in the environ/scope of a request they pass through on
+#: purpose (excluded path, kill switch), so framework glue stays quiet about it.
+BYPASSED = "posthog_identity.bypassed"
 
 #: How long a shutdown waits for queued events to reach PostHog.
 FLUSH_TIMEOUT = 5.0

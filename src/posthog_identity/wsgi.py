@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
-from .engine import Engine, Exchange, RequestInfo, logger
+from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
 from .html import grown_length
 from .identity import NOTHING, Report
 
@@ -60,6 +60,7 @@ class IdentityMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.engine.bypasses(environ.get("PATH_INFO", "")):
+            environ[BYPASSED] = True
             return self.app(environ, start_response)
         try:
             get = environ.get

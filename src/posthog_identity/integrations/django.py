@@ -18,7 +18,7 @@ from typing import Any
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 
 from posthog_identity.context import has_request, report_user
-from posthog_identity.engine import logger
+from posthog_identity.engine import BYPASSED, logger
 from posthog_identity.identity import NOTHING
 
 __all__ = ["IdentityMiddleware"]
@@ -35,8 +35,7 @@ In asgi.py:
     from django.core.asgi import get_asgi_application
     from posthog_identity.asgi import IdentityMiddleware
     application = IdentityMiddleware(get_asgi_application())
-(Requests to POSTHOG_IDENTITY_EXCLUDE_PATHS, and all of them with \
-POSTHOG_IDENTITY_DISABLED on, bypass the wrapper on purpose.) Logged once."""
+Logged once."""
 
 NO_USER = (
     "posthog_identity: the request has no user when the Django IdentityMiddleware "
@@ -91,7 +90,7 @@ class IdentityMiddleware:
     def __call__(self, request: Any) -> Any:
         if self.async_mode:
             return self.__acall__(request)
-        if not _wrapped():
+        if not _wrapped(request):
             return self.get_response(request)
         before = getattr(request, "user", None)
         user_id = _guarded(_read, request)
@@ -104,7 +103,7 @@ class IdentityMiddleware:
         return response
 
     async def __acall__(self, request: Any) -> Any:
-        if not _wrapped():
+        if not _wrapped(request):
             return await self.get_response(request)
         # The attribute only: evaluating the lazy user from the event loop
         # would query the database there (SynchronousOnlyOperation).
@@ -120,11 +119,15 @@ class IdentityMiddleware:
         return response
 
 
-def _wrapped() -> bool:
+def _wrapped(request: Any) -> bool:
     """True inside a request of the WSGI/ASGI wrapper; says once how to fix it when not."""
     if has_request():
         _process.seen_wrapper = True
         return True
+    # The wrapper passed this one through on purpose (excluded path, kill switch).
+    native = getattr(request, "scope", None) or getattr(request, "environ", None) or {}
+    if native.get(BYPASSED):
+        return False
     if not _process.seen_wrapper:
         _process.log_once("not-wrapped", logging.ERROR, NOT_WRAPPED)
     return False
