@@ -100,7 +100,7 @@ def sink(_requirements: None) -> Iterator[Sink]:
         yield running
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def playwright(_requirements: None) -> Iterator[Playwright]:
     from playwright.sync_api import sync_playwright
 
@@ -108,7 +108,7 @@ def playwright(_requirements: None) -> Iterator[Playwright]:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(playwright: Playwright) -> Iterator[Browser]:
     chromium = playwright.chromium.launch(
         executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
