@@ -149,10 +149,17 @@ _ESCAPES = {
 _UNSAFE = re.compile("[<>&\u2028\u2029]")
 
 
+# Built once: json.dumps with options builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
 def script_json(value: Any) -> str:
     """JSON that is safe inside a <script> element: no tag, entity or line break escapes."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return _UNSAFE.sub(lambda m: _ESCAPES[m.group()], text)
+    return _UNSAFE.sub(_escape, _ENCODER.encode(value))
+
+
+def _escape(match: re.Match[str]) -> str:
+    return _ESCAPES[match.group()]
 
 
 def default_script_url(host: str) -> str:
@@ -211,8 +218,10 @@ class Snippet:
         fixed = script_json(
             {"token": api_key, "src": self.script_url, "methods": _METHODS, "config": self.config}
         )
-        head, self._tail = _LOADER.split("%s")
-        self._head = head + fixed[:-1] + ","
+        head, tail = _LOADER.split("%s")
+        # Kept as bytes: per page only the small per-request JSON is encoded.
+        self._head = (">" + head + fixed[:-1] + ",").encode()
+        self._tail = (tail + "</script>").encode()
         self._no_consent: dict[str, Any] | None = None
         self._in_browser: dict[str, Any] | None = None
         if consent is not None and consent.consent != "not-required":
@@ -272,9 +281,13 @@ class Snippet:
         }
         if page_consent is not None:
             data["consent"] = page_consent
-        nonce_attribute = "" if nonce is None else f' nonce="{_attribute(nonce)}"'
-        script = self._head + script_json(data)[1:] + self._tail
-        return f"<script data-posthog-identity{nonce_attribute}>{script}</script>".encode()
+        nonce_attribute = b"" if nonce is None else f' nonce="{_attribute(nonce)}"'.encode()
+        return b"".join(
+            (_OPEN, nonce_attribute, self._head, script_json(data)[1:].encode(), self._tail)
+        )
+
+
+_OPEN = b"<script data-posthog-identity"
 
 
 def _attribute(value: str) -> str:
