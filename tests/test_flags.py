@@ -132,6 +132,13 @@ async def asgi_page(scope: MutableMapping[str, Any], receive: Any, send: Any) ->
                 return
     if scope["path"] == "/api":
         body, content_type = b'{"ok": true}', b"application/json"
+    elif scope["path"] == "/async-read":
+        identity = current_identity()
+        assert identity is not None
+        variant = await identity.afeature_flag(EXPERIMENT)
+        flags = await identity.afeature_flags()
+        page = PAGE.format(f'<p id="variant">{variant}</p><pre>{json.dumps(dict(flags))}</pre>')
+        body, content_type = page.encode(), b"text/html"
     elif scope["path"] == "/threaded-read":
         # The way to read flags in an async view without ever waiting on the loop.
         identity = current_identity()
@@ -616,10 +623,34 @@ def test_an_async_view_reads_remote_flags_off_the_loop_with_to_thread(black_hole
     assert lag < 0.25
 
 
+def test_an_async_view_reads_remote_flags_off_the_loop_with_afeature_flag(
+    black_hole: str,
+) -> None:
+    with posthog_client(black_hole, send=False, **ONE_SECOND_FLAGS) as ph:
+        app = make_site("asgi", settings_for(black_hole, flags_timeout=1.0), ph)
+        status, lag = loop_lag_while(app, "/async-read")
+
+    assert status == 200
+    assert lag < 0.25
+
+
+def test_afeature_flag_reads_the_bootstrapped_variant_and_reports_one_exposure(
+    flag_sink: Sink, local_client: Client
+) -> None:
+    app = make_site("asgi", settings_for(flag_sink.url), local_client)
+    reply = get("asgi", app, "/async-read", X_User="async-reader")
+
+    flags = bootstrap(reply)
+    assert flags is not None
+    assert rendered_variant(reply) == flags["values"][EXPERIMENT]
+    sent = exposures(local_client, flag_sink)
+    assert [e["properties"]["$feature_flag"] for e in sent] == [EXPERIMENT]
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="core limitation: Identity.feature_flag is synchronous; in an async view with "
-    "remote evaluation it waits up to flags_timeout on the event loop",
+    "remote evaluation it waits up to flags_timeout on the event loop (use afeature_flag)",
 )
 def test_an_async_view_reading_remote_flags_directly_does_not_block_the_loop(
     black_hole: str,

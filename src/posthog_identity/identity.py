@@ -7,6 +7,7 @@ by row, lives in `resolve`.
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import functools
 import hmac
@@ -147,6 +148,17 @@ class Identity:
             return default
         self.flags.expose(key, values[key])
         return values[key]
+
+    async def afeature_flag(self, key: str, default: bool | str | None = None) -> bool | str | None:
+        """`feature_flag` for ``async def`` views: a remote evaluation runs in a
+        worker thread, so the event loop keeps serving while it waits."""
+        if self.flags is not None:
+            await asyncio.to_thread(self.flags.values)  # evaluated once, then kept
+        return self.feature_flag(key, default)
+
+    async def afeature_flags(self) -> Mapping[str, bool | str]:
+        """`feature_flags` for ``async def`` views, evaluated off the event loop."""
+        return {} if self.flags is None else await asyncio.to_thread(self.flags.values)
 
     def feature_flag_payload(self, key: str) -> Any:
         """The payload of the flag's matched value, decoded from PostHog's JSON, or None."""
