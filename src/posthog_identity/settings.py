@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 __all__ = ["ENV_VARS", "ConfigurationError", "ConsentMode", "Settings"]
@@ -69,6 +69,7 @@ _DOMAIN = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
 _SAMESITE: dict[str, SameSite] = {"lax": "Lax", "strict": "Strict", "none": "None"}
 _PERSON_PROFILES: tuple[PersonProfiles, ...] = ("identified_only", "always")
 _CONSENT_MODES: tuple[ConsentMode, ...] = ("not-required", "opt-in", "opt-out")
+_Choice = TypeVar("_Choice", bound=str)
 # RFC 6265 cookie-octet: what a consent value may hold so it can be written unquoted.
 _COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
 
@@ -397,28 +398,22 @@ def _samesite(variable: str, raw: str) -> SameSite:
         raise ConfigurationError(variable, f"expected Lax, Strict or None, got {raw!r}") from None
 
 
-def _person_profiles(variable: str, raw: str) -> PersonProfiles:
-    value = raw.lower()
-    for option in _PERSON_PROFILES:
-        if value == option:
-            return option
-    raise ConfigurationError(variable, f"expected identified_only or always, got {raw!r}")
+def _one_of(options: tuple[_Choice, ...]) -> Callable[[str, str], _Choice]:
+    """A parser for one of `options`, in any letter case."""
+    expected = f"{', '.join(options[:-1])} or {options[-1]}"
 
+    def parse(variable: str, raw: str) -> _Choice:
+        value = raw.lower()
+        for option in options:
+            if value == option:
+                return option
+        raise ConfigurationError(variable, f"expected {expected}, got {raw!r}")
 
-def _paths(variable: str, raw: str) -> tuple[str, ...]:
-    return parse_list(raw)
+    return parse
 
 
 def _list(variable: str, raw: str) -> tuple[str, ...]:
     return parse_list(raw)
-
-
-def _consent_mode(variable: str, raw: str) -> ConsentMode:
-    value = raw.lower()
-    for option in _CONSENT_MODES:
-        if value == option:
-            return option
-    raise ConfigurationError(variable, f"expected not-required, opt-in or opt-out, got {raw!r}")
 
 
 _PARSERS: dict[str, Callable[[str, str], Any]] = {
@@ -429,13 +424,13 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "inject": parse_bool,
     "reset_on_logout": parse_bool,
     "disabled": parse_bool,
-    "exclude_paths": _paths,
-    "person_profiles": _person_profiles,
+    "exclude_paths": _list,
+    "person_profiles": _one_of(_PERSON_PROFILES),
     "inject_lookahead": _whole("bytes"),
     "init_options": _json_object,
     "bootstrap_flags": _flag_keys,
     "flags_timeout": _seconds,
-    "consent": _consent_mode,
+    "consent": _one_of(_CONSENT_MODES),
     "consent_granted": _list,
     "consent_denied": _list,
     "respect_gpc": parse_bool,
