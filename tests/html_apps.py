@@ -31,6 +31,7 @@ from starlette.responses import Response, StreamingResponse
 from posthog_identity.asgi import IdentityMiddleware as ASGIIdentityMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.wsgi import IdentityMiddleware as WSGIIdentityMiddleware
+from tests.apps import serve_lifespan
 
 Mode = Literal["fixed", "chunked", "streamed"]
 
@@ -220,13 +221,8 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
 
 async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     assert scope["type"] == "http"
     page = page_for(scope["path"])
     headers = dict(page.headers)

@@ -41,6 +41,7 @@ from posthog_identity.flags import FlagContext
 from posthog_identity.settings import ConfigurationError, Settings
 from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS, Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+from tests.apps import serve_lifespan
 from tests.conftest import API_KEY, SECRET, Reply, call_asgi, call_wsgi
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,13 +124,8 @@ def wsgi_page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
 
 async def asgi_page(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await serve_lifespan(receive, send)
+        return
     if scope["path"] == "/api":
         body, content_type = b'{"ok": true}', b"application/json"
     elif scope["path"] == "/async-read":

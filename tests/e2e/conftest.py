@@ -24,14 +24,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from posthog_identity.sink import Sink
-from tests.servers import (
-    Server,
-    check_errors,
-    check_stopped,
-    server_environment,
-    start_app,
-    stop_process,
-)
+from tests.servers import Server, server_environment, serving, start_app
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Playwright
@@ -126,22 +119,12 @@ def site_environment(sink: Sink, script_url: str) -> dict[str, str]:
     return env
 
 
-def start_site(
+def site(
     kind: str, env: dict[str, str], sink: Sink, log_dir: Path, module: str = "tests.e2e.site"
-) -> Server:
-    """`module` (`tests.e2e.site` unless told) under `kind`, like `tests.servers.start_app`."""
-    server = start_app(kind, sink, log_dir, module, env)  # ready: answers /whoami
-    try:
-        check_errors(server, "while starting")
-    except BaseException:
-        stop_process(server.process)
-        raise
-    return server
-
-
-def stop_site(server: Server) -> None:
-    killed = stop_process(server.process)
-    check_stopped(server.kind, server.log, killed, since=server.log_size_at_teardown)
+) -> Iterator[Server]:
+    """A fixture's body: `module` (`tests.e2e.site` unless told) under `kind`, checked
+    and stopped by `tests.servers.serving`."""
+    return serving(start_app(kind, sink, log_dir, module, env))
 
 
 @pytest.fixture(scope="session", params=SERVER_KINDS)
@@ -151,8 +134,4 @@ def server(
     """The site under one server, loading posthog-js from the sink."""
     kind = str(request.param)
     env = site_environment(sink, f"{sink.url}/static/array.js")
-    running = start_site(kind, env, sink, tmp_path_factory.mktemp(f"e2e-{kind}"))
-    try:
-        yield running
-    finally:
-        stop_site(running)
+    yield from site(kind, env, sink, tmp_path_factory.mktemp(f"e2e-{kind}"))

@@ -46,6 +46,7 @@ from posthog_identity import current_identity, forget_user, identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIIdentityMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.wsgi import IdentityMiddleware as WSGIIdentityMiddleware
+from tests.apps import serve_lifespan
 
 SESSION_COOKIE = "e2e_session"
 #: The site's own secret (not the identity cookie's): it signs the session cookie.
@@ -270,7 +271,7 @@ def _asgi_headers(scope: dict[str, Any]) -> dict[str, str]:
 def make_asgi_app(client: posthog.Client) -> Callable[..., Any]:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
+            await serve_lifespan(receive, send)
             return
         body = b""
         more = True
@@ -310,16 +311,6 @@ async def _pieces(body: bytes | tuple[bytes, ...]) -> AsyncIterator[bytes]:
     for piece in body:
         yield piece
         await asyncio.sleep(STREAM_PAUSE)
-
-
-async def _lifespan(receive: Any, send: Any) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "lifespan.startup":
-            await send({"type": "lifespan.startup.complete"})
-        elif message["type"] == "lifespan.shutdown":
-            await send({"type": "lifespan.shutdown.complete"})
-            return
 
 
 def wsgi_user(environ: dict[str, Any]) -> str | None:

@@ -41,9 +41,8 @@ from tests.conftest import read_cookie
 from tests.e2e.conftest import (
     POSTHOG_JS_VERSION,
     SERVER_KINDS,
+    site,
     site_environment,
-    start_site,
-    stop_site,
 )
 from tests.servers import Server, check_errors, free_port
 from tests.test_servers import COOKIE, distinct_id
@@ -367,11 +366,7 @@ def blocked_server(
     """The site under one server, told to load posthog-js from a port nobody listens on."""
     kind = str(request.param)
     env = site_environment(sink, f"http://127.0.0.1:{free_port()}/static/array.js")
-    running = start_site(kind, env, sink, tmp_path_factory.mktemp(f"e2e-blocked-{kind}"))
-    try:
-        yield running
-    finally:
-        stop_site(running)
+    yield from site(kind, env, sink, tmp_path_factory.mktemp(f"e2e-blocked-{kind}"))
 
 
 def new_user() -> str:

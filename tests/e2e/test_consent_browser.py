@@ -24,9 +24,8 @@ from tests.e2e.conftest import (
     CHROMIUM,
     CHROMIUM_ARGS,
     SERVER_KINDS,
+    site,
     site_environment,
-    start_site,
-    stop_site,
 )
 
 if TYPE_CHECKING:
@@ -51,11 +50,7 @@ def _site(
 ) -> Iterator[Server]:
     env = site_environment(sink, f"{sink.url}/static/array.js")
     env["POSTHOG_IDENTITY_CONSENT"] = mode
-    running = start_site(kind, env, sink, tmp_path_factory.mktemp(f"consent-{mode}-{kind}"))
-    try:
-        yield running
-    finally:
-        stop_site(running)
+    yield from site(kind, env, sink, tmp_path_factory.mktemp(f"consent-{mode}-{kind}"))
 
 
 @pytest.fixture(scope="module", params=SERVER_KINDS)

@@ -32,6 +32,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -44,12 +45,12 @@ from posthog_identity.asgi import IdentityMiddleware as ASGIIdentityMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS, Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIIdentityMiddleware
+from tests.apps import serve_lifespan
 from tests.e2e.conftest import (
     POSTHOG_JS_DIST,
     SERVER_KINDS,
+    site,
     site_environment,
-    start_site,
-    stop_site,
 )
 
 if TYPE_CHECKING:
@@ -128,13 +129,8 @@ def asgi_factory() -> Any:
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            await serve_lifespan(receive, send)
+            return
         status, kind, body = respond(scope["path"])
         headers = [(b"content-type", kind.encode())]
         code = int(status.split()[0])
@@ -237,8 +233,10 @@ def shop(
     kind = str(request.param)
     env = site_environment(flag_sink, f"{flag_sink.url}/static/array.js")
     env.update(POSTHOG_IDENTITY_BOOTSTRAP_FLAGS="true", POSTHOG_PERSONAL_API_KEY=PERSONAL_KEY)
-    server = start_site(kind, env, flag_sink, tmp_path_factory.mktemp(f"flags-{kind}"), MODULE)
-    try:
+    with closing(
+        site(kind, env, flag_sink, tmp_path_factory.mktemp(f"flags-{kind}"), MODULE)
+    ) as running:
+        server = next(running)
         # The definitions load in the background after start-up: wait for a bootstrap.
         deadline = time.monotonic() + 10
         with httpx.Client(base_url=server.url, timeout=5) as http:
@@ -246,8 +244,7 @@ def shop(
                 assert time.monotonic() < deadline, "the server never bootstrapped flags"
                 time.sleep(0.05)
         yield server
-    finally:
-        stop_site(server)
+        next(running, None)  # stops it, and checks its shutdown
 
 
 # -- the test --------------------------------------------------------------------------------
