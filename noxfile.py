@@ -24,6 +24,7 @@ TEST_DEPS = [
     "gunicorn>=27",  # --no-control-socket
     "hypercorn>=0.16",
     "waitress>=3",
+    "granian>=2",  # reads the WSGI head as soon as the application returns
     "httpx>=0.27",
     "html5lib>=1.1",  # a real HTML5 parser checks where the snippet lands
     *FRAMEWORKS,

@@ -40,6 +40,7 @@ LISTENING = {
     "uvicorn": "Uvicorn running on http://127.0.0.1:{port} ",
     "hypercorn": "Running on http://127.0.0.1:{port} ",
     "waitress": "Serving on http://127.0.0.1:{port}\n",
+    "granian": "Listening at: http://127.0.0.1:{port}\n",
 }
 # What they log when the port is taken (lowercased).
 IN_USE = ("address already in use", "connection in use")
@@ -137,10 +138,34 @@ def uvicorn_factory_command(factory: str, port: int) -> list[str]:
     ]
 
 
+def granian_command(target: str, port: int, *, factory: bool = False) -> list[str]:
+    """granian serving the WSGI app `target`: it reads the status and headers as
+    soon as the application returns, before iterating the body."""
+    return [
+        sys.executable,
+        "-m",
+        "granian",
+        "--interface",
+        "wsgi",
+        *(["--factory"] if factory else []),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--blocking-threads",
+        "4",
+        target,
+    ]
+
+
 def app_command(kind: str, port: int, module: str = "tests.apps") -> list[str]:
-    """gunicorn or uvicorn serving `module`'s `wsgi_factory()` or `asgi_factory`."""
+    """gunicorn or granian serving `module`'s `wsgi_factory()`, or uvicorn its `asgi_factory`."""
     if kind == "gunicorn":
         return gunicorn_command(f"{module}:wsgi_factory()", port)
+    if kind == "granian":
+        return granian_command(f"{module}:wsgi_factory", port, factory=True)
     return uvicorn_factory_command(f"{module}:asgi_factory", port)
 
 

@@ -67,22 +67,30 @@ def test_disabled_passes_the_original_send_through(settings: Settings) -> None:
     assert received == [send]
 
 
-def test_excluded_paths_are_matched_below_the_mount_point(settings: Settings) -> None:
-    wrapped = IdentityMiddleware(plain, replace(settings, exclude_paths=("/static",)))
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/app/static/x.css",
-        "root_path": "/app",
-        "headers": [],
-    }
+def _response_headers(
+    settings: Settings, exclude: str, path: str, root_path: str
+) -> list[tuple[bytes, bytes]]:
+    wrapped = IdentityMiddleware(plain, replace(settings, exclude_paths=(exclude,)))
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path, "headers": []}
     messages: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
         messages.append(message)
 
     asyncio.run(wrapped(scope, None, send))  # type: ignore[arg-type]
-    assert messages[0]["headers"] == [(b"x-app", b"1")]
+    headers: list[tuple[bytes, bytes]] = messages[0]["headers"]
+    return headers
+
+
+def test_excluded_paths_are_matched_below_the_mount_point(settings: Settings) -> None:
+    headers = _response_headers(settings, "/static", "/app/static/x.css", root_path="/app")
+    assert headers == [(b"x-app", b"1")]
+
+
+def test_the_mount_point_is_stripped_only_at_a_segment_boundary(settings: Settings) -> None:
+    # Mounted at /app, "/apple/x" is not below the mount point: it stays whole.
+    headers = _response_headers(settings, "/apple", "/apple/x", root_path="/app")
+    assert headers == [(b"x-app", b"1")], "excluded as /apple, not read as 'le/x'"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

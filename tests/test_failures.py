@@ -9,6 +9,7 @@ import posthog
 import pytest
 
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
+from posthog_identity.cookies import CookieWriter
 from posthog_identity.engine import Engine, Exchange
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.conftest import API_KEY, Driver, call_asgi, call_wsgi, driver_for, make_site
@@ -100,10 +101,10 @@ def test_if_finishing_fails_the_response_is_sent_untouched(
 ) -> None:
     caplog.set_level(logging.ERROR, logger="posthog_identity")
 
-    def explode(self: Exchange, resolution: Any) -> str:
+    def explode(self: CookieWriter, value: str, *, secure: bool) -> str:
         raise UnicodeError("cannot encode")
 
-    monkeypatch.setattr(Exchange, "_set_cookie", explode)
+    monkeypatch.setattr(CookieWriter, "identity", explode)
     reply = site.get("/")
     assert reply.status == 200
     assert reply.body == b"home"

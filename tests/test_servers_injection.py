@@ -1,4 +1,4 @@
-"""The HTML snippet injection through real servers: gunicorn (gthread) and uvicorn (h11).
+"""The HTML snippet injection through real servers: gunicorn (gthread), granian and uvicorn.
 
 Each server runs `tests.html_apps` in a subprocess (one per module and server
 kind), configured by environment variables like `tests.test_servers`, and
@@ -53,7 +53,7 @@ def _start_server(kind: str, sink: Sink, log_dir: Path) -> Server:
     return start_app(kind, sink, log_dir, "tests.html_apps")
 
 
-@pytest.fixture(scope="module", params=["gunicorn", "uvicorn"])
+@pytest.fixture(scope="module", params=["gunicorn", "granian", "uvicorn"])
 def server(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Server]:

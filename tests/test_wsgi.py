@@ -347,3 +347,95 @@ def test_a_body_dropped_without_close_leaves_its_context_cleanly(settings: Setti
         sys.unraisablehook = previous
     assert raised == []
     assert current_identity() is None
+
+
+class Page:
+    """An HTML page in chunks that records how far the server had got when each was read."""
+
+    def __init__(self, chunks: list[bytes], started: list[str]) -> None:
+        self.chunks = chunks
+        self.started = started
+        self.read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
+
+
+def _serve_page(settings: Settings, chunks: list[bytes]) -> tuple[list[str], Page, Any]:
+    """Call the wrapped app once; return the statuses the server saw, the page, the body."""
+    started: list[str] = []
+    page = Page(chunks, started)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Page:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return page
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        started.append(status)
+        return lambda data: None
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    return started, page, wrapped(environ, server_start_response)
+
+
+def test_an_injected_pages_head_reaches_the_server_before_the_call_returns(
+    settings: Settings,
+) -> None:
+    # granian and older hypercorn read status and headers when the application
+    # returns: a head still held at that point would be lost.
+    started, page, body = _serve_page(settings, [b"<html><he", b"ad></head><body>", b"x</body>"])
+    assert started == ["200 OK"]
+    assert page.read == 2, "read only as far as the insertion point"
+    assert b"data-posthog-identity" in b"".join(body)
+    body.close()  # type: ignore[attr-defined]
+
+
+def test_a_page_longer_than_the_lookahead_still_streams(settings: Settings) -> None:
+    lookahead = settings.inject_lookahead
+    chunks = [b"<html>" + b"x" * lookahead, *([b"y" * 1024] * 100)]
+    started, page, body = _serve_page(settings, chunks)
+    assert started == ["200 OK"]
+    assert page.read == 1, "the rest of the body is read as the server asks for it"
+    assert b"".join(body) == b"".join(chunks)
+    body.close()  # type: ignore[attr-defined]
+
+
+def test_an_error_while_reading_ahead_closes_the_apps_iterable_and_propagates(
+    settings: Settings,
+) -> None:
+    body = Tracked(fail=True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Tracked:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return body
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    with pytest.raises(RuntimeError, match="broken stream"):
+        wrapped(environ, lambda status, headers, exc_info=None: None)
+    assert body.closed
+    assert current_identity() is None
+
+
+def test_an_app_that_starts_the_response_while_iterated_is_started_before_the_call_returns(
+    settings: Settings,
+) -> None:
+    started: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)  # PEP 3333 allows it on the first iteration
+        yield b"late"
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        started.append(status)
+        return lambda data: None
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    body = wrapped(environ, server_start_response)
+    assert started == ["200 OK"]
+    assert list(body) == [b"late"]
+    body.close()  # type: ignore[attr-defined]

@@ -9,15 +9,14 @@ from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
 from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
-from .html import grown_length
 from .identity import NOTHING, Report
 
 if TYPE_CHECKING:
     from posthog.client import Client
 
-    from .engine import ConsentHook
+    from .consent import ConsentHook
     from .flags import FlagContextHook
-    from .html import HtmlInjector
+    from .response import BodyRewrite
     from .settings import Settings
 
 __all__ = ["IdentityMiddleware"]
@@ -124,13 +123,13 @@ class IdentityMiddleware:
 
 
 class _Responder:
-    """Wraps `send` for one response: identity headers, then the HTML injection.
+    """Wraps `send` for one response: identity headers, then the HTML body rewrite.
 
-    An HTML page's ``http.response.start`` is held only until the injector has
+    An HTML page's ``http.response.start`` is held only until the rewrite has
     decided, so its Content-Length can be corrected; other messages pass through.
     """
 
-    __slots__ = ("exchange", "held", "injector", "middleware", "scope", "send")
+    __slots__ = ("exchange", "held", "middleware", "rewrite", "scope", "send")
 
     def __init__(
         self, middleware: IdentityMiddleware, scope: Scope, exchange: Exchange, send: Send
@@ -139,7 +138,7 @@ class _Responder:
         self.scope = scope
         self.exchange = exchange
         self.send = send
-        self.injector: HtmlInjector | None = None
+        self.rewrite: BodyRewrite | None = None
         self.held: Message | None = None
 
     async def __call__(self, message: Message) -> None:
@@ -157,40 +156,37 @@ class _Responder:
             report = await middleware.read_user(self.scope)
             if exchange.changes(report):
                 rebind(exchange, lambda: exchange.report(report))
-        raw = list(message.get("headers", ()))
+        raw = message.get("headers", ())
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
-        extra = exchange.finish(headers)
         status = message.get("status", 200)
-        if exchange.flags_would_wait(status, headers + extra):
+        if exchange.flags_pending(status, headers) and exchange.flags is not None:
             # A remote flag evaluation must never hold the event loop.
-            await asyncio.to_thread(exchange.flags)
-        if extra:
-            headers += extra
-            message = {
-                **message,
-                "headers": raw + [(k.encode("latin-1"), v.encode("latin-1")) for k, v in extra],
-            }
-        self.injector = exchange.injector(status, headers)
-        if self.injector is None:
+            await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
+        plan = exchange.respond(status, headers)
+        if plan.headers:
+            added = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
+            message = {**message, "headers": [*raw, *added]}
+        self.rewrite = plan.body
+        if plan.body is None:
             await self.send(message)
         else:
             self.held = message
 
     async def _while_holding(self, message: Message) -> None:
-        injector = self.injector
-        assert injector is not None
+        rewrite = self.rewrite
+        assert rewrite is not None
         if message["type"] != "http.response.body":
             # Anything else (a file sent by path, trailers): give up, send as is.
-            held = injector.finish()
-            await self._release()
+            held = rewrite.finish()
+            await self._release(rewrite)
             await self._send_pieces(held)
             await self.send(message)
             return
-        pieces = injector.feed(message.get("body", b""))
+        pieces = rewrite.feed(message.get("body", b""))
         if not message.get("more_body", False):
-            pieces += injector.finish()
-        if injector.decided:
-            await self._release()
+            pieces += rewrite.finish()
+        if not rewrite.holding:
+            await self._release(rewrite)
             # The last piece rides on the app's own message, with its more_body.
             await self._send_pieces(pieces[:-1])
             await self.send({**message, "body": pieces[-1] if pieces else b""})
@@ -199,18 +195,10 @@ class _Responder:
         for piece in pieces:
             await self.send({"type": "http.response.body", "body": piece, "more_body": True})
 
-    async def _release(self) -> None:
+    async def _release(self, rewrite: BodyRewrite) -> None:
         assert self.held is not None
-        assert self.injector is not None
         held, self.held = self.held, None
-        injector = self.injector
-        headers = [
-            (k, grown_length(v.decode("latin-1"), injector).encode("latin-1"))
-            if k.lower() == b"content-length"
-            else (k, v)
-            for k, v in held["headers"]
-        ]
-        await self.send({**held, "headers": headers})
+        await self.send({**held, "headers": rewrite.raw_headers(held["headers"])})
 
 
 def starlette_user(user: object) -> object:
@@ -226,9 +214,12 @@ def starlette_user(user: object) -> object:
 def _path(scope: Scope) -> str:
     path: str = scope.get("path", "")
     root: str = scope.get("root_path", "")
-    # Starlette and recent servers include the mount point in `path`.
+    # Starlette and recent servers include the mount point in `path`; it ends
+    # at a segment boundary (root_path "/app" is not the start of "/apple").
     if root and path.startswith(root):
-        return path[len(root) :] or "/"
+        rest = path[len(root) :]
+        if not rest or rest[0] == "/":
+            return rest or "/"
     return path
 
 

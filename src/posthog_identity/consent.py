@@ -9,19 +9,24 @@ describes the modes and what each state does.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypeAlias
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 if TYPE_CHECKING:
+    from .logs import WarnOnce
     from .settings import Settings
 
 __all__ = [
     "FAILED",
     "CallbackResult",
     "Consent",
+    "ConsentHook",
     "ConsentState",
+    "RequestConsent",
     "Signals",
+    "asker",
     "decide",
     "header_is_set",
     "storage_prefixes",
@@ -68,6 +73,9 @@ class Consent:
         return self.state is ConsentState.GRANTED
 
 
+_BY_MODE = Consent(ConsentState.GRANTED, "mode")
+
+
 def decide(settings: Settings, signals: Signals) -> Consent:
     """Rank the signals: explicit > callable > cookie > GPC/DNT > the mode's default.
 
@@ -76,7 +84,7 @@ def decide(settings: Settings, signals: Signals) -> Consent:
     granted nor denied counts as no decision.
     """
     if settings.consent == "not-required":
-        return Consent(ConsentState.GRANTED, "mode")
+        return _BY_MODE
     if signals.explicit is not None:
         return Consent(_state(signals.explicit), "explicit")
     if signals.callback is FAILED:
@@ -96,6 +104,45 @@ def decide(settings: Settings, signals: Signals) -> Consent:
     if settings.consent == "opt-in":
         return Consent(ConsentState.PENDING, "mode")
     return Consent(ConsentState.GRANTED, "mode")
+
+
+ConsentHook = Callable[[Any], "bool | None"]
+"""``callable(native request) -> True / False / None``: the app's own consent record."""
+
+
+def asker(hook: ConsentHook, native: object, warn: WarnOnce) -> Callable[[], CallbackResult]:
+    """The app's consent callable bound to one request, under the failure policy.
+
+    One that raises, or returns anything but True, False or None, means
+    "unknown" (no tracking, nothing deleted), logged once per kind.
+    """
+
+    def ask() -> CallbackResult:
+        try:
+            value: object = hook(native)
+        except Exception as error:
+            warn(
+                f"consent:{type(error).__name__}",
+                "the consent callable raised %s; no consent for this request",
+                type(error).__name__,
+                exc=error,
+            )
+            return FAILED
+        if value is None or isinstance(value, bool):
+            return value
+        if inspect.isawaitable(value):
+            close = getattr(value, "close", None)
+            if close is not None:
+                close()  # never awaited: closed so it does not warn at collection
+        warn(
+            f"consent-value:{type(value).__name__}",
+            "the consent callable must return True, False or None (a plain function, "
+            "not async), got %s; no consent for this request",
+            type(value).__name__,
+        )
+        return FAILED
+
+    return ask
 
 
 def _state(granted: bool) -> ConsentState:
@@ -142,3 +189,74 @@ def storage_prefixes(token: str, options: Mapping[str, object]) -> tuple[str, ..
         prefixes.append(f"__ph_opt_in_out_{token}")
     prefixes.extend(_UNSCOPED_KEYS)
     return tuple(dict.fromkeys(prefixes))
+
+
+class RequestConsent:
+    """One request's consent: the signals gathered once, the decision kept until one changes.
+
+    :param ask: the app's consent callable, bound to the request; asked at most
+        once until `ask_again` (its source, a framework's request, may not be
+        ready at first); one that raises counts as "unknown" (fail closed).
+    """
+
+    __slots__ = ("_answer", "_ask", "_asked", "_decision", "_explicit", "_signals", "settings")
+
+    def __init__(
+        self,
+        settings: Settings,
+        cookies: Callable[[], Mapping[str, str]],
+        gpc: str,
+        dnt: str,
+        ask: Callable[[], CallbackResult] | None,
+    ) -> None:
+        self.settings = settings
+        self._signals = (cookies, gpc, dnt)
+        self._ask = ask
+        self._asked = False
+        self._answer: CallbackResult = None
+        self._explicit: bool | None = None
+        self._decision: Consent | None = None
+
+    @property
+    def explicit(self) -> bool | None:
+        """grant_consent() (True) / revoke_consent() (False) in this request, else None."""
+        return self._explicit
+
+    @property
+    def decision(self) -> Consent:
+        if self._decision is None:
+            self._decision = self._decide()
+        return self._decision
+
+    def _decide(self) -> Consent:
+        if self.settings.consent == "not-required":
+            return _BY_MODE
+        if self._explicit is None and not self._asked and self._ask is not None:
+            self._asked = True
+            self._answer = self._ask()
+        cookies, gpc, dnt = self._signals
+        signals = Signals(
+            explicit=self._explicit,
+            callback=self._answer,
+            cookie=cookies().get(self.settings.consent_cookie),
+            gpc=header_is_set(gpc),
+            dnt=header_is_set(dnt),
+        )
+        return decide(self.settings, signals)
+
+    def ask_again(self) -> bool:
+        """Forget the callable's answer; True when the decision may change."""
+        if not self._asked:
+            return False
+        self._asked = False
+        self._answer = None
+        self._decision = None
+        return True
+
+    def record(self, granted: bool) -> bool:
+        """grant_consent() / revoke_consent(); False when the mode needs no consent."""
+        if self.settings.consent == "not-required":
+            return False
+        self._explicit = granted
+        self._decision = None
+        return True

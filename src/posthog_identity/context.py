@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import posthog
 
-from .engine import logger
 from .identity import NOBODY
+from .logs import logger
 
 if TYPE_CHECKING:
     from .engine import Exchange

@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from posthog.client import Client
 
-__all__ = ["FlagContext", "FlagSource", "Flags"]
+    from .logs import WarnOnce
+
+__all__ = ["FlagContext", "FlagSource", "Flags", "RequestFlags"]
 
 logger = logging.getLogger("posthog_identity")
 
@@ -32,6 +34,10 @@ class FlagContext:
     person_properties: Mapping[str, Any] = field(default_factory=dict)
     groups: Mapping[str, str] = field(default_factory=dict)
     group_properties: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+FlagContextHook = Callable[[object], FlagContext | None]
+"""``callable(native request) -> FlagContext``: person properties and groups for evaluation."""
 
 
 @dataclass(frozen=True)
@@ -142,4 +148,87 @@ class FlagSource:
         logger.warning("posthog_identity: " + message, *args)
 
 
-FlagContextHook = Callable[[object], FlagContext | None]
+class RequestFlags:
+    """One request's flags: evaluated once per distinct id, exposures reported once per key.
+
+    A login or logout inside the request changes its distinct id, so each
+    evaluation is kept by id; `bound` gives an `Identity` its own view.
+
+    :param context: the app's `flag_context` hook bound to the request; one that
+        raises means no flags for this request (logged once per kind).
+    """
+
+    __slots__ = ("_context", "_evaluated", "_exposed", "_warn", "source")
+
+    def __init__(
+        self,
+        source: FlagSource,
+        context: Callable[[], FlagContext | None] | None,
+        warn: WarnOnce,
+    ) -> None:
+        self.source = source
+        self._context = context
+        self._warn = warn
+        self._evaluated: dict[str, Flags | None] = {}
+        self._exposed: set[str] = set()
+
+    def pending(self, distinct_id: str) -> bool:
+        """True when reading the flags now would wait on the network (remote, not evaluated)."""
+        return not self.source.local and distinct_id not in self._evaluated
+
+    def current(self, distinct_id: str) -> Flags | None:
+        if distinct_id not in self._evaluated:
+            self._evaluated[distinct_id] = self._evaluate(distinct_id)
+        return self._evaluated[distinct_id]
+
+    def _evaluate(self, distinct_id: str) -> Flags | None:
+        context = None
+        if self._context is not None:
+            try:
+                context = self._context()
+            except Exception as error:
+                self._warn(
+                    f"flag-context:{type(error).__name__}",
+                    "the flag_context hook raised %s; no flag bootstrap for this request",
+                    type(error).__name__,
+                    exc=error,
+                )
+                return None
+        return self.source.evaluate(distinct_id, context)
+
+    def expose(self, key: str, value: object) -> None:
+        """Report that the app read `key` on the server, once per request and key."""
+        if key in self._exposed:
+            return
+        self._exposed.add(key)
+        try:
+            self.source.client.capture(
+                "$feature_flag_called",
+                properties={"$feature_flag": key, "$feature_flag_response": value},
+            )
+        except Exception:
+            logger.exception("posthog_identity: reporting a flag exposure failed")
+
+    def bound(self, distinct_id: str) -> BoundFlags:
+        return BoundFlags(self, distinct_id)
+
+
+class BoundFlags:
+    """The request's flags for one distinct id: what `Identity.flags` reads."""
+
+    __slots__ = ("_distinct_id", "_flags")
+
+    def __init__(self, flags: RequestFlags, distinct_id: str) -> None:
+        self._flags = flags
+        self._distinct_id = distinct_id
+
+    def values(self) -> Mapping[str, FlagValue]:
+        flags = self._flags.current(self._distinct_id)
+        return {} if flags is None else flags.values
+
+    def payloads(self) -> Mapping[str, Any]:
+        flags = self._flags.current(self._distinct_id)
+        return {} if flags is None else flags.payloads
+
+    def expose(self, key: str, value: object) -> None:
+        self._flags.expose(key, value)

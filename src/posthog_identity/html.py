@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-__all__ = ["DEFAULT_LOOKAHEAD", "MARKER", "HtmlInjector", "grown_length", "inject", "may_inject"]
+__all__ = ["DEFAULT_LOOKAHEAD", "MARKER", "HtmlInjector", "inject", "may_inject"]
 
 DEFAULT_LOOKAHEAD = 64 * 1024
 #: Attribute carried by our script tag; a page that has it is not injected twice.
@@ -26,7 +26,9 @@ _NO_BODY = frozenset({204, 205, 206, 304})
 
 
 def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> bool:
-    """DESIGN.md's skip rules on the request method and the response head."""
+    """May this response's body get the snippet? Not for HEAD, a status without a
+    page (1xx, 204, 205, 206, 304, redirects), anything but ``text/html``, a
+    compressed body, an attachment, or a Content-Length we could not correct."""
     if method.upper() == "HEAD" or status < 200 or 300 <= status < 400 or status in _NO_BODY:
         return False
     media_type = encoding = disposition = ""
@@ -57,11 +59,6 @@ def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> 
 def _token(value: str) -> str:
     """The first token of a header with parameters (`text/html; charset=...`), lower-cased."""
     return value.split(";", 1)[0].strip().lower()
-
-
-def grown_length(value: str, injector: HtmlInjector) -> str:
-    """A Content-Length value corrected for what the injector added."""
-    return str(int(value) + len(injector.snippet)) if injector.injected else value
 
 
 class HtmlInjector:

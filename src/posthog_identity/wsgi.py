@@ -9,22 +9,20 @@ from typing import TYPE_CHECKING, Any
 
 from .context import bind, rebind
 from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
-from .html import grown_length
 from .identity import NOTHING, Report
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
     from posthog.client import Client
 
-    from .engine import ConsentHook
+    from .consent import ConsentHook
     from .flags import FlagContextHook
-    from .html import HtmlInjector
+    from .response import BodyRewrite
     from .settings import Settings
 
 __all__ = ["IdentityMiddleware"]
 
 UserIdCallback = Callable[["WSGIEnvironment"], object]
-Write = Callable[[bytes], object]
 
 
 class IdentityMiddleware:
@@ -59,11 +57,11 @@ class IdentityMiddleware:
         self.engine = Engine(settings, client, init_options, flag_context, consent)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if self.engine.bypasses(environ.get("PATH_INFO", "")):
+        get = environ.get
+        if self.engine.bypasses(get("PATH_INFO", "")):
             environ[BYPASSED] = True
             return self.app(environ, start_response)
         try:
-            get = environ.get
             request = RequestInfo(
                 get("REQUEST_METHOD", "GET"),
                 get("wsgi.url_scheme", "http"),
@@ -76,19 +74,11 @@ class IdentityMiddleware:
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             return self.app(environ, start_response)
-
-        response = _Response(self, environ, exchange, start_response)
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
-        context = contextvars.copy_context()
-        binding = bind(exchange)
-        context.run(binding.__enter__)
-        try:
-            result = context.run(self.app, environ, response.start_response)
-        except BaseException as error:
-            context.run(binding.__exit__, type(error), error, error.__traceback__)
-            raise
-        return _BoundBody(result, response, context, binding)
+        body = _Body(_Head(self, environ, exchange, start_response), bind(exchange))
+        body.run(self.app, environ)
+        return body
 
     def read_user(self, environ: WSGIEnvironment) -> Report:
         if self.user_id is not None:
@@ -99,32 +89,39 @@ class IdentityMiddleware:
         return NOTHING
 
 
-class _Response:
-    """One response's head: identity headers, and holding it while the HTML is scanned.
+class _Head:
+    """One response's head: identity headers, held while an HTML page's start is scanned."""
 
-    The server's ``start_response`` must see the final Content-Length, so for an
-    HTML page it is called only once the injector has decided; no body byte is
-    passed on before that.
-    """
+    __slots__ = (
+        "environ",
+        "exchange",
+        "held",
+        "middleware",
+        "pending",
+        "rewrite",
+        "server",
+        "write_body",
+    )
 
     def __init__(
         self,
         middleware: IdentityMiddleware,
         environ: WSGIEnvironment,
         exchange: Exchange,
-        start_response: StartResponse,
+        server: StartResponse,
     ) -> None:
         self.middleware = middleware
         self.environ = environ
         self.exchange = exchange
-        self.server_start_response = start_response
-        self.injector: HtmlInjector | None = None
+        self.server = server
+        self.rewrite: BodyRewrite | None = None
         self.held: tuple[str, list[tuple[str, str]], Any] | None = None
-        self.server_write: Write | None = None
+        self.pending = True  # the server's start_response has not been called yet
+        self.write_body: Callable[[bytes], object] | None = None  # the server's write()
 
     def start_response(
         self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
-    ) -> Write:
+    ) -> Callable[[bytes], object]:
         exchange = self.exchange
         if not exchange.explicit:
             # Read again: the app may have authenticated the user by now.
@@ -134,124 +131,121 @@ class _Response:
                     rebind(exchange, lambda: exchange.report(report))
             except Exception:
                 logger.exception("posthog_identity: re-reading the user failed")
-        headers = headers + exchange.finish(headers)
-        if self.server_write is not None:
+        plan = exchange.respond(_status_code(status), headers)
+        headers = headers + list(plan.headers)
+        if not self.pending:
             # Headers already sent: the server re-raises exc_info, as PEP 3333 says.
-            return self.server_start_response(status, headers, exc_info)
-        self.injector = exchange.injector(_status_code(status), headers)
-        if self.injector is None:
-            self.held = None
-            self.server_write = self.server_start_response(status, headers, exc_info)
-        else:
-            self.held = (status, headers, exc_info)
+            return self.server(status, headers, exc_info)
+        # A second call (an error page) replaces the held head and what it held.
+        self.rewrite, self.held = plan.body, (status, headers, exc_info)
+        if plan.body is None:
+            self.release()
         return self.write
 
-    @property
-    def holding(self) -> bool:
-        return self.held is not None
-
     def release(self) -> None:
-        """Send the held head, with Content-Length corrected for the snippet."""
         assert self.held is not None
-        assert self.injector is not None
         status, headers, exc_info = self.held
+        if self.rewrite is not None:
+            headers = self.rewrite.headers(headers)
         self.held = None
-        injector = self.injector
-        headers = [
-            (name, grown_length(value, injector) if name.lower() == "content-length" else value)
-            for name, value in headers
-        ]
-        self.server_write = self.server_start_response(status, headers, exc_info)
+        self.pending = False
+        self.write_body = self.server(status, headers, exc_info)
 
-    def transform(self, chunk: bytes) -> list[bytes]:
-        """Pass a body chunk through the injector; release the head once it decided."""
-        if not self.holding:
+    def pieces(self, chunk: bytes) -> list[bytes]:
+        """A body chunk through the rewrite; the head goes out once it has decided."""
+        rewrite = self.rewrite
+        if rewrite is None or not self.pending:
             return [chunk]
-        assert self.injector is not None
-        pieces = self.injector.feed(chunk)
-        if self.injector.decided:
+        pieces = rewrite.feed(chunk)
+        if not rewrite.holding:
             self.release()
         return pieces
 
     def finish(self) -> list[bytes]:
-        if not self.holding:
+        if self.held is None or self.rewrite is None:
             return []
-        assert self.injector is not None
-        pieces = self.injector.finish()
+        pieces = self.rewrite.finish()
         self.release()
         return pieces
 
     def write(self, data: bytes) -> object:
-        """The app's legacy write(): goes through the injector like any chunk."""
+        """The app's legacy write(): goes through the rewrite like any chunk."""
         result = None
-        for piece in self.transform(data):
-            if self.server_write is not None:
-                result = self.server_write(piece)
+        for piece in self.pieces(data):
+            if self.write_body is not None:
+                result = self.write_body(piece)
         return result
 
 
-class _BoundBody:
-    """The app's iterable, iterated and closed inside the request's context."""
+class _Body:
+    """The app's iterable, iterated and closed inside the request's context.
 
-    def __init__(
-        self,
-        iterable: Iterable[bytes],
-        response: _Response,
-        context: contextvars.Context,
-        binding: bind,
-    ) -> None:
-        self._iterable = iterable
-        self._iterator: Iterator[bytes] | None = None
-        self._response = response
-        self._context = context
-        self._exhausted = False
-        self._pending: deque[bytes] = deque()  # pieces of one chunk, split around the snippet
+    `run` calls the app and reads its body until the head has gone to the
+    server: some servers (granian) read status and headers as soon as the
+    application returns, so the look-ahead is spent inside the call.
+    """
+
+    def __init__(self, head: _Head, binding: bind) -> None:
+        self._head = head
+        self._context = contextvars.copy_context()
         self._binding: bind | None = binding
+        self._iterable: Iterable[bytes] = ()
+        self._iterator: Iterator[bytes] = iter(())
+        self._ready: deque[bytes] = deque()  # pieces read ahead, or split around the snippet
+        self._context.run(binding.__enter__)
+
+    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> None:
+        run, head = self._context.run, self._head
+        try:
+            self._iterable = run(app, environ, head.start_response)
+            self._iterator = run(iter, self._iterable)
+            while head.pending and self._read():
+                pass
+        except BaseException as error:
+            # The server never sees this iterable, so it is closed here.
+            try:
+                self._close_iterable()
+            finally:
+                self._leave(type(error), error, error.__traceback__)
+            raise
+
+    def _read(self) -> bool:
+        """One chunk of the app's into `_ready`; False once the body has ended."""
+        try:
+            chunk = self._context.run(next, self._iterator)
+        except StopIteration:
+            self._ready.extend(self._head.finish())
+            self._iterator = iter(())
+            return False
+        self._ready.extend(self._head.pieces(chunk))
+        return True
 
     def __iter__(self) -> Iterator[bytes]:
         return self
 
     def __next__(self) -> bytes:
-        pending = self._pending
-        if pending:
-            return pending.popleft()
-        if self._exhausted:
-            raise StopIteration
-        if self._iterator is None:
-            self._iterator = self._context.run(iter, self._iterable)
-        response = self._response
-        while True:
-            try:
-                chunk = self._context.run(next, self._iterator)
-            except StopIteration:
-                self._exhausted = True
-                pending.extend(response.finish())
-                if pending:
-                    return pending.popleft()
-                raise
-            pieces = response.transform(chunk)
-            # While the head is held nothing may be yielded, not even b"".
-            if response.holding:
-                continue
-            if len(pieces) == 1:
-                return pieces[0]
-            pending.extend(pieces)
-            if pending:
-                return pending.popleft()
+        ready = self._ready
+        while not ready:
+            if not self._read() and not ready:
+                raise StopIteration
+        return ready.popleft()
 
     def close(self) -> None:
         try:
-            close = getattr(self._iterable, "close", None)
-            if close is not None:
-                self._context.run(close)
+            self._close_iterable()
         finally:
             self._leave()
 
-    def _leave(self) -> None:
+    def _close_iterable(self) -> None:
+        close = getattr(self._iterable, "close", None)
+        if close is not None:
+            self._context.run(close)
+
+    def _leave(self, *exc: Any) -> None:
         """Leave the request's posthog context, inside the request's own context, once."""
         binding, self._binding = self._binding, None
         if binding is not None:
-            self._context.run(binding.__exit__, None, None, None)
+            self._context.run(binding.__exit__, *(exc or (None, None, None)))
 
     def __del__(self) -> None:
         # PEP 3333 servers call close(); a test client that drops the body
