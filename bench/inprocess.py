@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import posthog
+
 from common import (
     COOKIE_NAME,
     JSON_BODY,
@@ -41,6 +43,7 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
 HTML_SIZE = 20 * 1024
+FLOOR_ID = "0190a5b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
 HTML_BODY = html_page(HTML_SIZE)
 USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -231,6 +234,28 @@ def starlette_session_cookie() -> str:
     return TimestampSigner(SECRET).sign(data).decode()
 
 
+def asgi_floor(app: Any) -> Any:
+    """The least a middleware can do to give captures a distinct id with posthog's public API."""
+
+    async def floor(scope: Scope, receive: Any, send: Any) -> None:
+        with posthog.new_context(fresh=True, capture_exceptions=False):
+            posthog.identify_context(FLOOR_ID)
+            await app(scope, receive, send)
+
+    return floor
+
+
+def wsgi_floor(app: Any) -> Any:
+    """`asgi_floor` for WSGI (the body is a list: the context may end with the call)."""
+
+    def floor(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        with posthog.new_context(fresh=True, capture_exceptions=False):
+            posthog.identify_context(FLOOR_ID)
+            return app(environ, start_response)  # type: ignore[no-any-return]
+
+    return floor
+
+
 def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
     from posthog.integrations.asgi import PosthogASGIMiddleware
     from starlette.middleware.sessions import SessionMiddleware
@@ -365,6 +390,14 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
             posthog_context,
             Expect(body=JSON_BODY),
             role="peer",
+        ),
+        case(
+            "posthog_floor",
+            "floor: posthog's public context alone",
+            asgi_floor(bare_json),
+            Expect(body=JSON_BODY),
+            role="reference",
+            note="new_context + identify_context: what any request-scoped identity costs",
         ),
     ]
 
@@ -554,6 +587,14 @@ def wsgi_cases() -> list[Case]:
             Expect(snippet=True),
             baseline="wsgi.bare_html",
             note="snippet rendered and injected, Content-Length fixed",
+        ),
+        case(
+            "posthog_floor",
+            "floor: posthog's public context alone",
+            wsgi_floor(bare_json),
+            Expect(body=JSON_BODY),
+            role="reference",
+            note="new_context + identify_context: what any request-scoped identity costs",
         ),
         case(
             "proxy_fix",

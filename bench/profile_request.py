@@ -91,7 +91,7 @@ def breakdown() -> None:
             posthog.identify_context("x")
 
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("asgi: scope -> RequestInfo (header scan)", lambda: asgi._request_info(scope)),
+        ("asgi: scope -> RequestInfo (header scan)", lambda: asgi._request_info(scope, "/")),
         ("werkzeug parse_cookie(whole Cookie header)", lambda: parse_cookie(header)),
         ("CookieCodec.loads (itsdangerous unsign + parse)", lambda: engine.codec.loads(value)),
         ("Engine.begin: Exchange, cookie read and verified", lambda: engine.begin(request)),
