@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
-from .context import bind, rebind
+from .context import bind, settle
 from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
 from .identity import NOTHING, Report
 
@@ -152,10 +152,7 @@ class _Responder:
     async def _start(self, message: Message) -> None:
         exchange, middleware = self.exchange, self.middleware
         if not exchange.explicit and (middleware.user_id is not None or "user" in self.scope):
-            # Read again: an auth middleware inside this one has run by now.
-            report = await middleware.read_user(self.scope)
-            if exchange.changes(report):
-                rebind(exchange, lambda: exchange.report(report))
+            settle(exchange, await middleware.read_user(self.scope))
         raw = message.get("headers", ())
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         status = message.get("status", 200)

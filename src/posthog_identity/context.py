@@ -12,8 +12,8 @@ from .identity import NOBODY
 from .logs import logger
 
 if TYPE_CHECKING:
-    from .engine import Exchange
-    from .identity import Identity, Resolution
+    from .exchange import Exchange
+    from .identity import Identity, Report, Resolution
 
 __all__ = [
     "bind",
@@ -27,6 +27,7 @@ __all__ = [
     "recheck_consent",
     "report_user",
     "revoke_consent",
+    "settle",
 ]
 
 _PERSONLESS = "$process_person_profile"
@@ -109,6 +110,16 @@ def report_user(user_id: object) -> None:
         return
     report = exchange.engine.coerce(user_id)
     if not exchange.explicit:
+        rebind(exchange, lambda: exchange.report(report))
+
+
+def settle(exchange: Exchange, report: Report) -> None:
+    """For the adapters: the user source's answer when the response starts.
+
+    An authentication middleware inside ours has run by then; when the answer
+    changes who the request is, the posthog context moves along.
+    """
+    if not exchange.explicit and exchange.changes(report):
         rebind(exchange, lambda: exchange.report(report))
 
 

@@ -7,7 +7,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from .context import bind, rebind
+from .context import bind, settle
 from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
 from .identity import NOTHING, Report
 
@@ -124,11 +124,8 @@ class _Head:
     ) -> Callable[[bytes], object]:
         exchange = self.exchange
         if not exchange.explicit:
-            # Read again: the app may have authenticated the user by now.
             try:
-                report = self.middleware.read_user(self.environ)
-                if exchange.changes(report):
-                    rebind(exchange, lambda: exchange.report(report))
+                settle(exchange, self.middleware.read_user(self.environ))
             except Exception:
                 logger.exception("posthog_identity: re-reading the user failed")
         plan = exchange.respond(_status_code(status), headers)

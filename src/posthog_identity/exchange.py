@@ -1,0 +1,298 @@
+"""One request's side of the middleware: what it says, who it is, and its response plan.
+
+An adapter describes the request (`RequestInfo`), `Engine.begin` returns its
+`Exchange`, and at response start `Exchange.respond` returns the
+`ResponsePlan` to apply: the headers to add and, for a page to inject, the
+body rewrite. Identity, consent and flags are decided here or in the modules
+it calls; the adapters only translate.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+from typing import TYPE_CHECKING, NamedTuple
+
+from .consent import Consent, ConsentState, RequestConsent, asker
+from .cookies import all_cookies, find_identity
+from .flags import RequestFlags
+from .html import may_inject
+from .identity import NOTHING, Identity, Report, Resolution, Transition, resolve
+from .linking import send_link
+from .logs import logger
+from .response import UNTOUCHED, BodyRewrite, ResponsePlan, shared_cacheable
+from .snippet import csp_nonce
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .snippet import Snippet
+
+__all__ = ["Exchange", "RequestInfo"]
+
+
+class RequestInfo(NamedTuple):
+    """The little the core needs to know about a request (a tuple: built on every request)."""
+
+    method: str
+    scheme: str
+    path: str  #: below the app's mount point
+    cookie_header: str = ""
+    sec_gpc: str = ""  #: the Sec-GPC header (Global Privacy Control)
+    dnt: str = ""  #: the DNT header (Do Not Track)
+
+
+_GRANTED = Consent(ConsentState.GRANTED, "mode")
+
+
+class Exchange:
+    """One request's identity: resolved lazily, again whenever what the request says changes.
+
+    What can change it: the user source (`report`), the app (`set_explicit`,
+    `set_consent`), and consent asked again (`ask_consent_again`); each drops
+    the cached resolution. `respond` runs at response start.
+    """
+
+    __slots__ = (
+        "_consent",
+        "_ephemeral",
+        "_explicit",
+        "_identity",
+        "_minted",
+        "_reported",
+        "_resolution",
+        "_responded",
+        "_verified",
+        "engine",
+        "flags",
+        "native",
+        "request",
+    )
+
+    def __init__(
+        self, engine: Engine, request: RequestInfo, report: Report, native: object = None
+    ) -> None:
+        self.engine = engine
+        self.request = request
+        self.native = native
+        self._verified = find_identity(
+            request.cookie_header, engine.settings.cookie_name, engine.codec
+        )
+        self._reported = report
+        self._explicit: Report | None = None
+        self._minted: str | None = None
+        self._ephemeral: str | None = None
+        self._resolution: Resolution | None = None
+        self._identity: tuple[Identity, Identity] | None = None
+        self._responded = False
+        # Built only where used: the default mode needs no consent, most apps no flags.
+        self._consent: RequestConsent | None = None
+        if engine.settings.consent != "not-required":
+            hook = engine.consent_hook
+            self._consent = RequestConsent(
+                engine.settings,
+                lambda: all_cookies(request.cookie_header),
+                request.sec_gpc,
+                request.dnt,
+                None if hook is None else asker(hook, native, engine.warn_once),
+            )
+        self.flags: RequestFlags | None = None
+        if engine.flags is not None:
+            context = engine.flag_context
+            self.flags = RequestFlags(
+                engine.flags,
+                None if context is None else lambda: context(native),
+                engine.warn_once,
+            )
+
+    # -- what the request says -------------------------------------------------
+
+    @property
+    def explicit(self) -> bool:
+        """True once the app called identify_user()/forget_user() in this request."""
+        return self._explicit is not None
+
+    def changes(self, report: Report) -> bool:
+        """Would `report(report)` change anything?"""
+        return report is not NOTHING and report != self._reported
+
+    def report(self, report: Report) -> None:
+        """What the user source says now. NOTHING never replaces an earlier report
+        of the same request: reporting nothing changes nothing."""
+        if report is not NOTHING and report != self._reported:
+            self._reported = report
+            self._resolution = None
+
+    def set_explicit(self, report: Report) -> None:
+        """identify_user() / forget_user(): wins over the user source from now on."""
+        self._explicit = report
+        self._resolution = None
+
+    @property
+    def consent(self) -> Consent:
+        """This request's consent decision."""
+        return _GRANTED if self._consent is None else self._consent.decision
+
+    def set_consent(self, granted: bool) -> bool:
+        """grant_consent() / revoke_consent(); False when the mode needs no consent."""
+        if self._consent is None or not self._consent.record(granted):
+            return False
+        self._resolution = None
+        return True
+
+    def ask_consent_again(self) -> None:
+        """Forget the consent callable's answer: its source (a framework's request) is ready now."""
+        if self._consent is not None and self._consent.ask_again():
+            self._resolution = None
+
+    # -- who the request is ----------------------------------------------------
+
+    @property
+    def resolution(self) -> Resolution:
+        if self._resolution is None:
+            self._resolution = self._resolve()
+        return self._resolution
+
+    def _resolve(self) -> Resolution:
+        if not self.consent.granted:
+            # Without consent: one random id per request, never stored or linked,
+            # and not the one a grant later in the request writes to the cookie.
+            if self._ephemeral is None:
+                self._ephemeral = str(uuid.uuid4())
+            return Resolution(Identity(self._ephemeral, consented=False), Transition.NONE)
+        settings = self.engine.settings
+        return resolve(
+            self._verified,
+            self._reported if self._explicit is None else self._explicit,
+            now=int(time.time()),
+            user_hash=self.engine.codec.user_hash,
+            max_age=settings.cookie_max_age,
+            reset_on_logout=settings.reset_on_logout,
+            new_id=self._mint,
+        )
+
+    def _mint(self) -> str:
+        # One new id per request, however many times the request is re-resolved.
+        if self._minted is None:
+            self._minted = str(uuid.uuid4())
+        return self._minted
+
+    @property
+    def identity(self) -> Identity:
+        identity = self.resolution.identity
+        if self.flags is None:
+            return identity
+        # The resolved identity, with a view of the request's flags for its id.
+        cached = self._identity
+        if cached is None or cached[0] is not identity:
+            flags = self.flags.bound(identity.distinct_id)
+            cached = self._identity = (identity, replace(identity, flags=flags))
+        return cached[1]
+
+    def personless(self) -> bool:
+        """Should this request's server captures skip person processing?"""
+        identity = self.resolution.identity
+        if not identity.consented:
+            return True
+        if self.engine.settings.person_profiles != "identified_only" or identity.is_identified:
+            return False
+        # A remembered but unreported user: their anonymous id's events belong to
+        # their person only if it was linked into them (a login); one minted for a
+        # user already signed in (first visit, account switch) never was, and
+        # processing it would make a stray person.
+        if not identity.signed_in:
+            return True
+        state = self.resolution.cookie or (self._verified.state if self._verified else None)
+        return not (state is not None and state.linked)
+
+    # -- the response ------------------------------------------------------------
+
+    def flags_pending(self, status: int, headers: list[tuple[str, str]]) -> bool:
+        """Would `respond` wait on the network for flags (remote, not evaluated yet)?
+
+        The ASGI adapter evaluates them in a thread first, off the event loop.
+        """
+        return (
+            self.flags is not None
+            and self.flags.pending(self.resolution.identity.distinct_id)
+            and self.engine.snippet is not None
+            and self.consent.granted
+            and may_inject(self.request.method, status, headers)
+            and not shared_cacheable(headers)
+        )
+
+    def respond(self, status: int, headers: list[tuple[str, str]]) -> ResponsePlan:
+        """At response start: send the link once, and plan the response.
+
+        A page a shared cache may serve to others gets no Set-Cookie and a
+        snippet without identity. A later call (a WSGI error page after a failed
+        response) plans again without sending the link twice.
+        """
+        try:
+            resolution = self.resolution
+            if not self._responded:
+                self._responded = True
+                self._send_link(resolution)
+            added = self._cookies(resolution)
+            snippet = self.engine.snippet
+            if snippet is not None and may_inject(self.request.method, status, headers):
+                shared = shared_cacheable(headers)
+                rendered = self._snippet(snippet, headers, shared)
+                body = BodyRewrite(rendered, self.engine.settings.inject_lookahead)
+                return ResponsePlan(() if shared else added, body)
+            if added and shared_cacheable(headers):
+                added = ()
+            return ResponsePlan(added, None)
+        except Exception:
+            logger.exception(
+                "posthog_identity: finishing the response failed; it is sent untouched"
+            )
+            return UNTOUCHED
+
+    def _send_link(self, resolution: Resolution) -> None:
+        link, client = resolution.link, self.engine.client
+        if link is None or client is None or not self.engine.links.first_time(link):
+            return
+        try:
+            send_link(client, link)
+        except Exception:
+            logger.exception("posthog_identity: sending the login link failed")
+
+    def _cookies(self, resolution: Resolution) -> tuple[tuple[str, str], ...]:
+        """Set-Cookie for the identity cookie (written, or deleted without consent)
+        and for a consent decision the app recorded in this request."""
+        if resolution.cookie is None and self._consent is None:
+            return ()  # the common case: a returning visitor
+        engine, secure = self.engine, self._secure()
+        added = []
+        if resolution.cookie is not None:
+            value = engine.codec.dumps(resolution.cookie)
+            added.append(("Set-Cookie", engine.cookies.identity(value, secure=secure)))
+        elif self._forgets_cookie():
+            added.append(("Set-Cookie", engine.cookies.delete_identity(secure=secure)))
+        if self._consent is not None and self._consent.explicit is not None:
+            line = engine.cookies.consent(self._consent.explicit, secure=secure)
+            added.append(("Set-Cookie", line))
+        return tuple(added)
+
+    def _secure(self) -> bool:
+        secure = self.engine.settings.secure_cookie
+        return self.request.scheme in ("https", "wss") if secure is None else secure
+
+    def _forgets_cookie(self) -> bool:
+        """No consent (known to be missing, not unknown) and the browser sent our cookie."""
+        state = self.consent.state
+        if state is ConsentState.GRANTED or state is ConsentState.UNKNOWN:
+            return False
+        return self.engine.settings.cookie_name in all_cookies(self.request.cookie_header)
+
+    def _snippet(self, snippet: Snippet, headers: list[tuple[str, str]], shared: bool) -> bytes:
+        """The page's snippet; a page a shared cache may serve to others carries no identity."""
+        consent = self.consent.state
+        if shared:
+            return snippet.render(None, csp_nonce(headers), None, consent)
+        identity = self.identity
+        flags = None
+        if self.flags is not None and consent is ConsentState.GRANTED:
+            flags = self.flags.current(identity.distinct_id)
+        return snippet.render(identity, csp_nonce(headers), flags, consent)
