@@ -63,7 +63,8 @@ def breakdown() -> None:
 
     from posthog_identity import asgi
     from posthog_identity.context import bind, rebind
-    from posthog_identity.engine import Engine, RequestInfo
+    from posthog_identity.engine import Engine
+    from posthog_identity.exchange import Exchange, RequestInfo
     from posthog_identity.html import inject, may_inject
     from posthog_identity.identity import NOTHING
 
@@ -72,11 +73,10 @@ def breakdown() -> None:
     header = f"{OTHER_COOKIES}; {COOKIE_NAME}={value}; session=x"
     scope = inprocess.asgi_scope(header)
     request = RequestInfo("GET", "https", "/", header)
-    exchange = engine.begin(request)
+    exchange = Exchange(engine, request)
     json_headers = [("content-type", "application/json"), ("content-length", "40")]
     html_headers = [("content-type", "text/html; charset=utf-8"), ("content-length", "20480")]
-    snippet = exchange.injector(200, html_headers)
-    assert snippet is not None
+    snippet = engine.snippet.render(exchange.identity)  # type: ignore[union-attr]
 
     def scoped() -> None:
         with bind(exchange):
@@ -94,16 +94,16 @@ def breakdown() -> None:
         ("asgi: scope -> RequestInfo (header scan)", lambda: asgi._request_info(scope, "/")),
         ("werkzeug parse_cookie(whole Cookie header)", lambda: parse_cookie(header)),
         ("CookieCodec.loads (itsdangerous unsign + parse)", lambda: engine.codec.loads(value)),
-        ("Engine.begin: Exchange, cookie read and verified", lambda: engine.begin(request)),
-        ("... and resolve()", lambda: engine.begin(request).resolution),
+        ("Exchange: cookie read and verified", lambda: Exchange(engine, request)),
+        ("... and resolve()", lambda: Exchange(engine, request).resolution),
         ("bind(): ContextVar + posthog context, enter+exit", scoped),
         ("  posthog.new_context + identify_context alone", posthog_context),
         ("bind() + rebind() at response start", scoped_rebind),
-        ("Exchange.finish (no Set-Cookie)", lambda: exchange.finish(json_headers)),
+        ("Exchange.respond(JSON): no Set-Cookie", lambda: exchange.respond(200, json_headers)),
         ("may_inject(JSON response)", lambda: may_inject("GET", 200, json_headers)),
-        ("Exchange.injector(HTML): snippet render", lambda: exchange.injector(200, html_headers)),
+        ("Exchange.respond(HTML): snippet render", lambda: exchange.respond(200, html_headers)),
         ("Snippet.render alone", lambda: engine.snippet.render(exchange.identity)),  # type: ignore[union-attr]
-        ("inject() into a 20 KB page", lambda: inject(inprocess.HTML_BODY, snippet.snippet)),
+        ("inject() into a 20 KB page", lambda: inject(inprocess.HTML_BODY, snippet)),
     ]
     width = max(len(label) for label, _ in steps)
     for label, step in steps:

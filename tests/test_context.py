@@ -14,7 +14,8 @@ from posthog.contexts import get_context_distinct_id
 
 from posthog_identity import current_identity, forget_user, identify_user
 from posthog_identity.context import bind
-from posthog_identity.engine import Engine, RequestInfo
+from posthog_identity.engine import Engine
+from posthog_identity.exchange import Exchange, RequestInfo
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
@@ -36,7 +37,7 @@ def test_outside_a_request_the_calls_warn_and_do_nothing(
 
 
 def test_identify_user_moves_the_identity_and_the_posthog_context(settings: Settings) -> None:
-    exchange = Engine(settings).begin(REQUEST)
+    exchange = Exchange(Engine(settings), REQUEST)
     with bind(exchange):
         anonymous = current_identity()
         assert anonymous is not None
@@ -56,7 +57,7 @@ def test_identify_user_moves_the_identity_and_the_posthog_context(settings: Sett
 
 def test_an_invalid_id_is_ignored(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="posthog_identity")
-    exchange = Engine(settings).begin(REQUEST)
+    exchange = Exchange(Engine(settings), REQUEST)
     with bind(exchange):
         identify_user(["not", "an", "id"])
         identity = current_identity()
@@ -66,7 +67,7 @@ def test_an_invalid_id_is_ignored(settings: Settings, caplog: pytest.LogCaptureF
 
 
 def test_identify_user_works_from_a_thread_that_copied_the_context(settings: Settings) -> None:
-    exchange = Engine(settings).begin(REQUEST)
+    exchange = Exchange(Engine(settings), REQUEST)
     with bind(exchange), ThreadPoolExecutor(1) as pool:
         context = contextvars.copy_context()
         pool.submit(context.run, identify_user, "threaded").result()
@@ -77,7 +78,7 @@ def test_identify_user_works_from_a_thread_that_copied_the_context(settings: Set
 
 
 def test_asyncio_to_thread_sees_and_changes_the_request(settings: Settings) -> None:
-    exchange = Engine(settings).begin(REQUEST)
+    exchange = Exchange(Engine(settings), REQUEST)
 
     async def view() -> str | None:
         await asyncio.to_thread(identify_user, "from-thread")
@@ -92,7 +93,7 @@ def test_concurrent_requests_never_see_each_others_identity(settings: Settings) 
     engine = Engine(settings)
 
     async def request(n: int) -> tuple[str, str | None]:
-        exchange = engine.begin(REQUEST)
+        exchange = Exchange(engine, REQUEST)
         with bind(exchange):
             identify_user(f"user-{n}")
             await asyncio.sleep(0)
@@ -111,7 +112,7 @@ def test_report_user_is_reread_at_response_start_unlike_identify_user(settings: 
 
     assert not has_request()
     report_user("ignored outside a request")
-    exchange = Engine(settings).begin(REQUEST)
+    exchange = Exchange(Engine(settings), REQUEST)
     with bind(exchange):
         assert has_request()
         report_user(5)

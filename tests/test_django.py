@@ -44,7 +44,8 @@ from django.urls import path
 
 from posthog_identity import current_identity
 from posthog_identity.context import bind
-from posthog_identity.engine import Engine, Exchange, RequestInfo
+from posthog_identity.engine import Engine
+from posthog_identity.exchange import Exchange, RequestInfo
 from posthog_identity.identity import Identity, Link, Transition
 from posthog_identity.integrations.django import IdentityMiddleware
 from posthog_identity.settings import Settings
@@ -526,7 +527,7 @@ def middleware_for(mode: str, in_view: Callable[[Any], None] = nothing) -> Ident
 def serve(middleware: IdentityMiddleware, request: Any, cookie: str = "") -> Exchange:
     """One request through the middleware, inside a wrapper's request context."""
     engine = Engine(Settings(secrets=(SECRET,)))
-    exchange = engine.begin(RequestInfo("GET", "http", "/", cookie))
+    exchange = Exchange(engine, RequestInfo("GET", "http", "/", cookie))
 
     async def serve_async() -> object:
         with bind(exchange):

@@ -10,7 +10,8 @@ import pytest
 
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.cookies import CookieWriter
-from posthog_identity.engine import Engine, Exchange
+from posthog_identity.engine import Engine
+from posthog_identity.exchange import Exchange
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.conftest import API_KEY, Driver, call_asgi, call_wsgi, driver_for, make_site
 
@@ -67,10 +68,10 @@ def test_flush_without_a_client_does_nothing(settings: Settings) -> None:
 
 @pytest.fixture
 def failing_begin(monkeypatch: pytest.MonkeyPatch) -> None:
-    def begin(self: Engine, *args: Any) -> Exchange:
+    def begin(self: Exchange, *args: Any) -> None:
         raise MemoryError("cannot allocate")
 
-    monkeypatch.setattr(Engine, "begin", begin)
+    monkeypatch.setattr(Exchange, "__init__", begin)
 
 
 @pytest.mark.usefixtures("failing_begin")

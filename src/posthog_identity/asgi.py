@@ -8,7 +8,8 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, settle
-from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
+from .engine import BYPASSED, Engine, logger
+from .exchange import Exchange, RequestInfo
 from .identity import NOTHING, Report
 
 if TYPE_CHECKING:
@@ -73,8 +74,8 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            exchange = self.engine.begin(
-                _request_info(scope, path), await self.read_user(scope), scope
+            exchange = Exchange(
+                self.engine, _request_info(scope, path), await self.read_user(scope), scope
             )
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")

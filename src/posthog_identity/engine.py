@@ -1,6 +1,6 @@
 """What both adapters share, built once per middleware: settings, cookies, client, snippet.
 
-`Engine.begin` starts one request's `Exchange` (exchange.py).
+Each request then gets an `Exchange` (exchange.py) over the engine.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from posthog.client import Client
 
 from .consent import ConsentHook
 from .cookies import CookieWriter, find_identity
-from .exchange import Exchange, RequestInfo
 from .flags import FlagContextHook, FlagSource
 from .identity import (
     NOTHING,
@@ -31,7 +30,7 @@ from .settings import Settings
 from .signing import CookieCodec, Verified
 from .snippet import Snippet
 
-__all__ = ["BYPASSED", "ConsentHook", "Engine", "Exchange", "RequestInfo", "logger"]
+__all__ = ["BYPASSED", "Engine", "logger"]
 
 #: Key the adapters set in the environ/scope of a request they pass through on
 #: purpose (excluded path, kill switch), so framework glue stays quiet about it.
@@ -148,12 +147,6 @@ class Engine:
             if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
                 return True
         return False
-
-    def begin(
-        self, request: RequestInfo, report: Report = NOTHING, native: object = None
-    ) -> Exchange:
-        """Start a request; `native` (environ or scope) is handed to user hooks."""
-        return Exchange(self, request, report, native)
 
     def coerce(self, value: object) -> Report:
         """A user id from a callback or `identify_user`; invalid ones report nothing."""

@@ -1,7 +1,7 @@
 """One request's side of the middleware: what it says, who it is, and its response plan.
 
-An adapter describes the request (`RequestInfo`), `Engine.begin` returns its
-`Exchange`, and at response start `Exchange.respond` returns the
+An adapter describes the request (`RequestInfo`) and starts its `Exchange`
+over the middleware's `Engine`; at response start `Exchange.respond` returns the
 `ResponsePlan` to apply: the headers to add and, for a page to inject, the
 body rewrite. Identity, consent and flags are decided here or in the modules
 it calls; the adapters only translate.
@@ -70,8 +70,14 @@ class Exchange:
     )
 
     def __init__(
-        self, engine: Engine, request: RequestInfo, report: Report, native: object = None
+        self,
+        engine: Engine,
+        request: RequestInfo,
+        report: Report = NOTHING,
+        native: object = None,
     ) -> None:
+        """`report` is what the user source says at the start; `native` (the
+        environ or scope) is what the app's hooks receive."""
         self.engine = engine
         self.request = request
         self.native = native

@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, settle
-from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
+from .engine import BYPASSED, Engine, logger
+from .exchange import Exchange, RequestInfo
 from .identity import NOTHING, Report
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class IdentityMiddleware:
                 get("HTTP_SEC_GPC", ""),
                 get("HTTP_DNT", ""),
             )
-            exchange = self.engine.begin(request, self.read_user(environ), environ)
+            exchange = Exchange(self.engine, request, self.read_user(environ), environ)
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             return self.app(environ, start_response)
