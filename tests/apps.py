@@ -4,6 +4,7 @@ Routes: `/` (captures "Home Viewed"), `/login?user=U` (identify_user, redirect),
 `/logout` (forget_user, redirect), `/whoami` (current identity as JSON),
 `/module-capture` (module-level posthog.capture), `/public` (Cache-Control:
 public), `/stream` (a streamed body that captures while it streams),
+`/own-properties` (a capture with its own `$current_url` and `$session_id`),
 `/static/app.css` (excluded in the server apps).
 
 Who is logged in comes from the `X-User` request header through the
@@ -83,6 +84,10 @@ def handle(path: str, query: str, client: Any) -> tuple[str, list[tuple[str, str
             yield json.dumps(whoami()).encode()
 
         return "200 OK", text, chunks()
+    if path == "/own-properties":
+        mine = {"$current_url": "https://app.example/mine", "$session_id": "app-session"}
+        client.capture("Own Properties", properties=mine)
+        return "200 OK", text, [b"ok"]
     if path == "/static/app.css":
         return "200 OK", [("Content-Type", "text/css")], [b"body{}"]
     return "404 Not Found", text, [b"not found"]

@@ -141,6 +141,7 @@ def call_wsgi(
         "PATH_INFO": parts.path,
         "QUERY_STRING": parts.query,
         "wsgi.url_scheme": scheme,
+        "REMOTE_ADDR": "127.0.0.1",
     }
     setup_testing_defaults(environ)
     for name, value in headers.items():

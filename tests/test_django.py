@@ -847,3 +847,40 @@ async def django_asgi_status(app: Any) -> int:
 
     await app(scope, receive, send)
     return statuses[0]
+
+
+# posthog's own Django middleware, placed inside ours, trusts X-POSTHOG-DISTINCT-ID:
+# ours replaces the header with the verified distinct id before Django sees it.
+
+_capturing: list[Any] = []  # the client the capturing view sends with
+
+
+def capture_view(request: HttpRequest) -> HttpResponse:
+    _capturing[0].capture("Viewed")
+    return HttpResponse("ok")
+
+
+urlpatterns.append(path("capture", capture_view))
+
+
+def test_posthogs_own_django_middleware_inside_ours_keeps_the_cookies_identity(
+    django_project: None, sink: Sink, client: Any
+) -> None:
+    from django.core.handlers.wsgi import WSGIHandler
+    from django.test.utils import override_settings
+
+    from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+
+    _capturing[:] = [client]
+    inside = [*MIDDLEWARE, "posthog.integrations.django.PosthogContextMiddleware"]
+    with override_settings(MIDDLEWARE=inside):
+        app = WSGIMiddleware(WSGIHandler(), Settings(secrets=(SECRET,)), client=client)
+        headers = {
+            "Host": "testserver",
+            "Cookie": anonymous_cookie(),
+            "X-POSTHOG-DISTINCT-ID": "someone-else",
+        }
+        assert call_wsgi(app, "GET", "/capture", headers).status == 200
+
+    [event] = sink.wait_for(event="Viewed", count=1)
+    assert event["distinct_id"] == ANONYMOUS_ID

@@ -41,9 +41,10 @@ from werkzeug.test import EnvironBuilder, TestResponse
 
 from posthog_identity import NOTHING, ConfigurationError, current_identity, identify_user
 from posthog_identity.integrations.flask import init_app
+from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
 from posthog_identity.wsgi import IdentityMiddleware
-from tests.conftest import read_cookie
+from tests.conftest import SECRET, read_cookie
 from tests.servers import (
     Server,
     check_errors,
@@ -64,7 +65,6 @@ from tests.test_servers_injection import snippet_options
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
-    from posthog_identity.signing import CookieState
 
 ROOT = Path(__file__).resolve().parent.parent
 FLASK_SESSION_KEY = "the-flask-session-key-which-is-not-the-identity-secret"
@@ -857,3 +857,30 @@ def test_example_lifecycle_under_waitress(waitress_example: Server) -> None:
         ]
         assert len(waitress_example.sink.events(event="home viewed", distinct_id=fresh)) == 1
     visitor.check_server_log()
+
+
+def test_posthogs_own_flask_integration_inside_ours_keeps_the_cookies_identity(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    from posthog.integrations.flask import PosthogFlaskIntegration
+
+    app = Flask(__name__)
+
+    @app.get("/")
+    def home() -> str:
+        client.capture("Viewed")
+        return "ok"
+
+    init_app(app, settings=settings, client=client)
+    # Registered last, its before_request runs last: it opens a fresh posthog
+    # context and identifies it from X-POSTHOG-DISTINCT-ID.
+    PosthogFlaskIntegration(app, client=client)
+    anonymous_id = str(uuid.uuid4())
+    cookie = CookieCodec((SECRET,)).dumps(CookieState(anonymous_id, issued_at=2**31))
+    http = app.test_client()
+    http.set_cookie("ph_identity", cookie)
+
+    assert http.get("/", headers={"X-POSTHOG-DISTINCT-ID": "someone-else"}).status_code == 200
+
+    [event] = sink.wait_for(event="Viewed", count=1)
+    assert event["distinct_id"] == anonymous_id

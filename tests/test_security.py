@@ -476,12 +476,6 @@ def test_posthogs_own_asgi_middleware_outside_ours_cannot_override_the_identity(
     assert view["distinct_id"] == anonymous_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="gap: PostHog's own ASGI middleware placed inside ours re-identifies the "
-    "posthog context from X-POSTHOG-DISTINCT-ID (capture_tracing_headers defaults "
-    "to on); ours neither strips the header nor re-binds; see docs/security.md",
-)
 def test_posthogs_own_asgi_middleware_inside_ours_cannot_override_the_identity(
     recording: tuple[posthog.Client, Recorder],
 ) -> None:

@@ -147,7 +147,7 @@ const [script, persisted] = [process.argv[1], JSON.parse(process.argv[2])];
 const calls = [];
 const appended = [];
 const document = {head: {appendChild: (e) => appended.push(e)}, createElement: () => ({})};
-const window = {};
+const window = {location: {hostname: "shop.example"}};
 vm.runInNewContext(script, {window, document});
 const [token, config, name] = window.posthog._i[0];
 // What posthog-js does at init: bootstrap, else the persisted id, else get_device_id.
@@ -198,6 +198,19 @@ def test_after_logout_the_browser_resets_onto_the_cookie_id_with_a_new_device() 
     assert "bootstrap" not in out["config"]
     assert out["calls"] == [["reset", True]], "a plain reset would keep u1's $device_id"
     assert (out["id"], out["state"]) == (ANON, "anonymous")
+
+
+@pytestmark_node
+def test_the_sites_own_requests_carry_posthogs_session_headers() -> None:
+    out = run(SNIPPET.render(Identity(ANON)), FRESH)
+    assert out["config"]["tracing_headers"] == ["shop.example"]
+
+
+@pytestmark_node
+def test_tracing_headers_the_app_configured_are_kept() -> None:
+    snippet = Snippet("phc_key", "https://eu.i.posthog.com", options={"tracing_headers": ["api.x"]})
+    out = run(snippet.render(Identity(ANON)), FRESH)
+    assert out["config"]["tracing_headers"] == ["api.x"]
 
 
 @pytestmark_node

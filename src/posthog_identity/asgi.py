@@ -74,9 +74,10 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         try:
-            exchange = Exchange(
-                self.engine, _request_info(scope, path), await self.read_user(scope), scope
-            )
+            request, distinct = _request_info(scope, path)
+            exchange = Exchange(self.engine, request, await self.read_user(scope), scope)
+            if distinct:
+                _vouch(scope, exchange.identity.distinct_id)
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             await self.app(scope, receive, send)
@@ -221,24 +222,59 @@ def _path(scope: Scope) -> str:
     return path
 
 
-def _request_info(scope: Scope, path: str) -> RequestInfo:
+# Request headers the core reads, by name -> their field in `RequestInfo`.
+_FIELDS = {
+    b"sec-gpc": "sec_gpc",
+    b"dnt": "dnt",
+    b"host": "host",
+    b"user-agent": "user_agent",
+    b"x-forwarded-for": "forwarded_for",
+    b"x-posthog-session-id": "session_header",
+    b"x-posthog-window-id": "window_header",
+}
+_DISTINCT_ID = b"x-posthog-distinct-id"
+
+
+def _request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
+    """The request, and whether it carries X-POSTHOG-DISTINCT-ID."""
     cookies: list[str] = []
-    sec_gpc = dnt = ""
+    found: dict[str, str] = {}
+    distinct = False
     for key, value in scope.get("headers", ()):
-        # Servers send lower-case names (ASGI); the length test keeps the
-        # case-insensitive comparison off the path of every other header.
-        size = len(key)
-        if size == 6 and key.lower() == b"cookie":
+        # Servers send lower-case names; a hand-built scope may not.
+        name = key if key.islower() else key.lower()
+        if name == b"cookie":
             cookies.append(value.decode("latin-1"))
-        elif size == 7 and key.lower() == b"sec-gpc":
-            sec_gpc = value.decode("latin-1")
-        elif size == 3 and key.lower() == b"dnt":
-            dnt = value.decode("latin-1")
-    return RequestInfo(
+        elif name in _FIELDS:
+            found.setdefault(_FIELDS[name], value.decode("latin-1"))
+        elif name == _DISTINCT_ID:
+            distinct = True
+    client = scope.get("client")
+    if "host" not in found:
+        server = scope.get("server")
+        if server:
+            default = server[1] in (None, 443 if scope.get("scheme") == "https" else 80)
+            found["host"] = server[0] if default else f"{server[0]}:{server[1]}"
+    request = RequestInfo(
         scope.get("method", "GET"),
         scope.get("scheme", "http"),
         path,
         cookies[0] if len(cookies) == 1 else "; ".join(cookies),
-        sec_gpc,
-        dnt,
+        url_path=scope.get("path", ""),
+        peer=client[0] if client else "",
+        **found,
     )
+    return request, distinct
+
+
+def _vouch(scope: Scope, distinct_id: str) -> None:
+    """Replace X-POSTHOG-DISTINCT-ID with the verified distinct id, so that a
+    middleware inside ours which trusts the header (posthog's own) agrees."""
+    try:
+        value = distinct_id.encode("latin-1")
+    except UnicodeEncodeError:
+        value = b""  # not representable in a header: the header goes
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != _DISTINCT_ID]
+    if value:
+        headers.append((_DISTINCT_ID, value))
+    scope["headers"] = headers

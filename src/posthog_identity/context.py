@@ -162,6 +162,7 @@ class bind:
             posthog.identify_context(exchange.identity.distinct_id)
             if exchange.personless():
                 posthog.tag(_PERSONLESS, False)
+            _describe(exchange)
         except BaseException:
             _exchange.reset(self._token)
             raise
@@ -184,3 +185,27 @@ def rebind(exchange: Exchange, change: Callable[[], None]) -> None:
         # posthog's contexts cannot remove a tag; an explicit True overrides the
         # False that `bind` set, and means what its absence means.
         posthog.tag(_PERSONLESS, True)
+    _describe(exchange)
+
+
+def _describe(exchange: Exchange) -> None:
+    """Put the browser's session and the request's properties on the posthog context,
+    or take them off again when consent went away (a tag cannot be removed: it is
+    overwritten with None, which PostHog stores as no value)."""
+    described = exchange.described
+    if exchange.consent.granted:
+        if described:
+            return
+        session, properties = exchange.event_context()
+        if session is not None:
+            posthog.set_context_session(session)
+        for key, value in properties.items():
+            posthog.tag(key, value)
+        exchange.described = (session is not None, tuple(properties))
+    elif described:
+        had_session, keys = described
+        if had_session:
+            posthog.set_context_session("")  # an empty session id is not sent
+        for key in keys:
+            posthog.tag(key, None)
+        exchange.described = None

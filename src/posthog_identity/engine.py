@@ -26,6 +26,7 @@ from .identity import (
 )
 from .linking import RecentLinks
 from .logs import WarnOnce, logger
+from .session import persistence_cookie
 from .settings import Settings
 from .signing import CookieCodec, Verified
 from .snippet import Snippet
@@ -114,6 +115,10 @@ class Engine:
                 local=bool(personal),
                 timeout=self.settings.flags_timeout,
             )
+        #: posthog-js's persistence cookie, where the browser keeps its session id.
+        self.persistence_cookie: str | None = None
+        if self.api_key is not None:
+            self.persistence_cookie = persistence_cookie(self.api_key, self.settings.init_options)
         if self.client is None and not self.settings.disabled:
             logger.warning(
                 "posthog_identity: no PostHog API key (POSTHOG_API_KEY): identity is "

@@ -22,6 +22,7 @@ from .identity import NOTHING, Identity, Report, Resolution, Transition, resolve
 from .linking import send_link
 from .logs import logger
 from .response import UNTOUCHED, BodyRewrite, ResponsePlan, shared_cacheable
+from .session import client_ip, request_properties, session_from_cookie, valid_uuid
 from .snippet import csp_nonce
 
 if TYPE_CHECKING:
@@ -40,6 +41,13 @@ class RequestInfo(NamedTuple):
     cookie_header: str = ""
     sec_gpc: str = ""  #: the Sec-GPC header (Global Privacy Control)
     dnt: str = ""  #: the DNT header (Do Not Track)
+    host: str = ""  #: the Host header, else the server's name and port
+    url_path: str = ""  #: the whole path, mount point included
+    user_agent: str = ""
+    peer: str = ""  #: the address the connection came from
+    forwarded_for: str = ""  #: X-Forwarded-For, believed as far as trusted proxies allow
+    session_header: str = ""  #: X-POSTHOG-SESSION-ID, sent by posthog-js
+    window_header: str = ""  #: X-POSTHOG-WINDOW-ID, sent by posthog-js
 
 
 _GRANTED = Consent(ConsentState.GRANTED, "mode")
@@ -63,6 +71,7 @@ class Exchange:
         "_resolution",
         "_responded",
         "_verified",
+        "described",
         "engine",
         "flags",
         "native",
@@ -91,6 +100,8 @@ class Exchange:
         self._resolution: Resolution | None = None
         self._identity: tuple[Identity, Identity] | None = None
         self._responded = False
+        #: What `context` put on the posthog context: (a session id?, property keys).
+        self.described: tuple[bool, tuple[str, ...]] | None = None
         # Built only where used: the default mode needs no consent, most apps no flags.
         self._consent: RequestConsent | None = None
         if engine.settings.consent != "not-required":
@@ -210,6 +221,32 @@ class Exchange:
             return True
         state = self.resolution.cookie or (self._verified.state if self._verified else None)
         return not (state is not None and state.linked)
+
+    def event_context(self) -> tuple[str | None, dict[str, str]]:
+        """The browser session and the request properties server events carry.
+
+        Only with consent: without it nothing of the browser's is read or sent.
+        """
+        if not self.consent.granted:
+            return None, {}
+        request, engine = self.request, self.engine
+        session = valid_uuid(request.session_header) if request.session_header else None
+        if session is None and engine.persistence_cookie is not None:
+            session = session_from_cookie(request.cookie_header, engine.persistence_cookie)
+        ip = client_ip(request.peer, request.forwarded_for, engine.settings.trusted_proxies)
+        properties = request_properties(
+            request.method,
+            request.scheme,
+            request.host,
+            request.url_path or request.path,
+            request.path,
+            request.user_agent,
+            ip,
+        )
+        window = valid_uuid(request.window_header) if request.window_header else None
+        if window is not None:
+            properties["$window_id"] = window
+        return session, properties
 
     # -- the response ------------------------------------------------------------
 

@@ -47,6 +47,7 @@ ENV_VARS: dict[str, str] = {
     "consent_denied": "POSTHOG_IDENTITY_CONSENT_DENIED",
     "respect_gpc": "POSTHOG_IDENTITY_RESPECT_GPC",
     "respect_dnt": "POSTHOG_IDENTITY_RESPECT_DNT",
+    "trusted_proxies": "POSTHOG_IDENTITY_TRUSTED_PROXIES",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -128,6 +129,8 @@ class Settings:
     consent_denied: tuple[str, ...] = ("denied", "false", "no", "0")
     respect_gpc: bool = True
     respect_dnt: bool = False
+    #: Proxies in front of the app whose X-Forwarded-For hop is believed (as ProxyFix).
+    trusted_proxies: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.secrets, str):
@@ -197,6 +200,10 @@ class Settings:
             or not 0 < timeout <= 10
         ):
             raise _fail("flags_timeout", f"must be a number of seconds in (0, 10], got {timeout!r}")
+
+        hops = self.trusted_proxies
+        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
+            raise _fail("trusted_proxies", f"must be a whole number >= 0, got {hops!r}")
 
         paths = tuple(_check_prefix(p) for p in self.exclude_paths)
         object.__setattr__(self, "exclude_paths", paths)
@@ -435,4 +442,5 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "consent_denied": _list,
     "respect_gpc": parse_bool,
     "respect_dnt": parse_bool,
+    "trusted_proxies": _whole("proxies"),
 }

@@ -22,15 +22,20 @@ __all__ = ["NO_CONSENT_OPTIONS", "Snippet", "csp_nonce", "default_script_url", "
 #: sessionStorage *and* from reading an id persisted earlier (seen in Chromium:
 #: `disable_persistence` still reads it; `cookieless_mode` needs PostHog's
 #: server-side hashing). The features that store state of their own (surveys,
-#: product tours, conversations) or record the visitor (replay) stay off.
+#: product tours, conversations) or record the visitor (replay) stay off, and
+#: the site's own requests carry no session headers.
 NO_CONSENT_OPTIONS: dict[str, Any] = {
     "persistence": "memory",
     "disable_session_recording": True,
     "disable_surveys": True,
     "disable_product_tours": True,
     "disable_conversations": True,
+    "tracing_headers": [],
 }
 
+# posthog-js adds its session headers (X-POSTHOG-SESSION-ID, ...) to fetch/XHR
+# calls to the hosts `tracing_headers` lists: by default the page's own, so
+# server events made while answering them join the browser's session.
 # A small queue stands in for posthog-js until the real script (loaded async,
 # never blocking rendering) replays the recorded calls. posthog-js's array.js
 # reads `_i` (init calls) and the pushed `[method, ...args]` arrays.
@@ -53,6 +58,7 @@ if(o.nonce){s.nonce=o.nonce;}\
 (d.head||d.documentElement).appendChild(s);\
 }\
 var c=o.config,id=o.identity,f=o.flags,k=o.consent;\
+if(c.tracing_headers===undefined){c.tracing_headers=[w.location.hostname];}\
 if(k){\
 var st=k.state;\
 if(st==="browser"){st=consent(k);}\

@@ -63,15 +63,27 @@ class IdentityMiddleware:
             environ[BYPASSED] = True
             return self.app(environ, start_response)
         try:
+            path = get("PATH_INFO", "")
             request = RequestInfo(
                 get("REQUEST_METHOD", "GET"),
                 get("wsgi.url_scheme", "http"),
-                get("PATH_INFO", ""),
+                path,
                 get("HTTP_COOKIE", ""),
                 get("HTTP_SEC_GPC", ""),
                 get("HTTP_DNT", ""),
+                get("HTTP_HOST") or _server_host(environ),
+                get("SCRIPT_NAME", "") + path,
+                get("HTTP_USER_AGENT", ""),
+                get("REMOTE_ADDR", ""),
+                get("HTTP_X_FORWARDED_FOR", ""),
+                get("HTTP_X_POSTHOG_SESSION_ID", ""),
+                get("HTTP_X_POSTHOG_WINDOW_ID", ""),
             )
             exchange = Exchange(self.engine, request, self.read_user(environ), environ)
+            if _DISTINCT_ID in environ:
+                # A middleware inside ours that trusts this header (posthog's
+                # own) must agree with the verified distinct id.
+                environ[_DISTINCT_ID] = exchange.identity.distinct_id
         except Exception:
             logger.exception("posthog_identity: could not start; the request passes through")
             return self.app(environ, start_response)
@@ -250,6 +262,16 @@ class _Body:
         # unclosed still leaves the context inside the request's own context,
         # not in whichever one the garbage collector runs in.
         self._leave()
+
+
+_DISTINCT_ID = "HTTP_X_POSTHOG_DISTINCT_ID"
+
+
+def _server_host(environ: WSGIEnvironment) -> str:
+    """The host a request without a Host header was served on (PEP 3333's URL reconstruction)."""
+    name, port = environ.get("SERVER_NAME", ""), str(environ.get("SERVER_PORT", ""))
+    default = "443" if environ.get("wsgi.url_scheme") == "https" else "80"
+    return name if not port or port == default else f"{name}:{port}"
 
 
 def _status_code(status: str) -> int:
