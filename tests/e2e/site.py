@@ -13,6 +13,8 @@ environment, and answer the same routes from one function, `handle`:
   ``?canary=1`` adds an inline script without the nonce, which the policy blocks;
 - ``GET /stream``: a page streamed in small pieces, ``</head>`` split across two;
 - ``GET /nohead``: a page that opens ``<head>`` but never closes it;
+- ``GET /fetching``: a page whose script, once posthog-js has patched ``fetch``,
+  calls ``GET /server-step`` of the same site, which captures "Server Step";
 - ``GET /whoami``: the middleware's identity as JSON (the servers' readiness probe).
 
 A page's forms lead to ``/capture?step=<then>`` when the page has a ``then``
@@ -183,6 +185,20 @@ def _split(data: bytes, size: int) -> tuple[bytes, ...]:
     return tuple(data[i : i + size] for i in range(0, len(data), size))
 
 
+def _fetching_script(request: Request) -> str:
+    """Calls /server-step once posthog-js has loaded its tracing headers (lazily)."""
+    step = json.dumps(request.query.get("step", ""))
+    return (
+        '<p id="fetched">waiting</p><script>(function go(n){'
+        "var x=window.__PosthogExtensions__;"
+        "if(!(x&&x.tracingHeadersPatchFns)&&n<400){return setTimeout(function(){go(n+1);},25);}"
+        f"fetch('/server-step?step='+encodeURIComponent({step}))"
+        ".then(function(r){return r.text();})"
+        ".then(function(t){document.getElementById('fetched').textContent=t;});"
+        "})(0);</script>"
+    )
+
+
 def _whoami() -> Response:
     identity = current_identity()
     data: dict[str, Any] = {"identity": None}
@@ -226,6 +242,13 @@ def handle(request: Request, client: posthog.Client) -> Response:
         return _streamed_page(request)
     if path == "/nohead":
         return _html(_page(request, "No head end", head=False))
+    if path == "/fetching":
+        return _html(_page(request, "Fetching", extra=_fetching_script(request)))
+    if path == "/server-step":
+        tag = _TAG.search(request.user_agent)
+        step = request.query.get("step", "")
+        client.capture("Server Step", properties={"step": step, "e2e_browser": tag and tag[1]})
+        return Response("200 OK", [("Content-Type", "application/json")], b'{"ok": true}')
     if path == "/whoami":
         return _whoami()
     return Response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")], b"")

@@ -599,3 +599,20 @@ def test_posthog_js_blocked_the_page_works_and_the_server_aliases(
     assert visitor.errors == []
     failed = [m for m in visitor.console if m.startswith("error:")]
     assert all("ERR_CONNECTION_REFUSED" in m for m in failed), failed
+
+
+def test_a_server_event_of_the_pages_fetch_joins_the_browsers_session(visitor: Visitor) -> None:
+    step = visitor.visit("/fetching")
+    visitor.wait(lambda e: e["event"] == "Server Step" and step_of(e) == step, web=False)
+    visitor.checkpoint()
+
+    events = visitor.events()
+    [pageview] = [
+        e for e in web_events(events, since=step, until=step) if e["event"] == "$pageview"
+    ]
+    [served] = server_events(events, "Server Step")
+    print(f"\n$pageview: {props(pageview)}\nServer Step: {props(served)}")
+    assert props(served)["$session_id"] == props(pageview)["$session_id"]
+    assert props(served)["$window_id"] == props(pageview)["$window_id"]
+    assert distinct_id(served) == visitor.anonymous_id() == distinct_id(pageview)
+    assert props(served)["$request_path"] == "/server-step"
