@@ -26,6 +26,16 @@ OTHER_COOKIES = "csrftoken=Zp4QeV0nT3sYkq9Xb1LmA7cR2wD8fGhJ; _ga=GA1.1.123456789
 
 JSON_BODY = b'{"ok":true,"items":[1,2,3],"next":null}'
 
+#: posthog-js's persistence cookie as a browser sends it (encodeURIComponent of
+#: its JSON), holding the session id that server events then carry.
+SESSION_ID = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+POSTHOG_JS_COOKIE = (
+    f"ph_{API_KEY}_posthog=%7B%22distinct_id%22%3A%22{ANONYMOUS_ID}%22%2C%22%24sesid%22%3A"
+    f"%5B1733245670123%2C%22{SESSION_ID}%22%2C1733245600000%5D%2C%22%24device_id%22%3A%22"
+    f"{ANONYMOUS_ID}%22%2C%22%24user_state%22%3A%22anonymous%22%2C%22%24initial_person_info"
+    "%22%3A%7B%22r%22%3A%22%24direct%22%2C%22u%22%3A%22https%3A%2F%2Fexample.com%2F%22%7D%7D"
+)
+
 
 def offline_client() -> Client:
     """A real posthog client that sends nothing: every middleware gets the same kind."""

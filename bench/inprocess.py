@@ -27,6 +27,7 @@ from common import (
     COOKIE_NAME,
     JSON_BODY,
     OTHER_COOKIES,
+    POSTHOG_JS_COOKIE,
     SECRET,
     USER_ID,
     html_page,
@@ -269,6 +270,7 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
         f"{OTHER_COOKIES}; {COOKIE_NAME}={identity_cookie(signed_in=True)}; session={session}"
     )
     first_visit = f"{OTHER_COOKIES}; session={session}"
+    in_session = f"{returning}; {POSTHOG_JS_COOKIE}"
     scope = asgi_scope(returning)
 
     bare_json = asgi_app(JSON_BODY, _asgi_json_headers)
@@ -349,6 +351,14 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
             Expect(body=JSON_BODY),
             cookie_scope=asgi_scope(signed_in),
             note="user_id callback; the cookie's user hash is checked",
+        ),
+        case(
+            "ours_in_session",
+            "ours, returning visitor with posthog-js's session cookie, JSON",
+            ours_json,
+            Expect(body=JSON_BODY),
+            cookie_scope=asgi_scope(in_session),
+            note="the session id read from posthog-js's cookie for server events",
         ),
         case(
             "ours_first_visit",
@@ -520,6 +530,7 @@ def wsgi_cases() -> list[Case]:
     )
     first_visit = f"{OTHER_COOKIES}; session={session}"
     without_session = f"{OTHER_COOKIES}; {identity}"
+    in_session = f"{returning}; {POSTHOG_JS_COOKIE}"
     environ = wsgi_environ(returning)
     proxied = {
         **environ,
@@ -570,6 +581,14 @@ def wsgi_cases() -> list[Case]:
             Expect(body=JSON_BODY),
             env=wsgi_environ(signed_in),
             note="user_id callback; the cookie's user hash is checked",
+        ),
+        case(
+            "ours_in_session",
+            "ours, returning visitor with posthog-js's session cookie, JSON",
+            ours(bare_json),
+            Expect(body=JSON_BODY),
+            env=wsgi_environ(in_session),
+            note="the session id read from posthog-js's cookie for server events",
         ),
         case(
             "ours_first_visit",

@@ -26,6 +26,8 @@ OVERHEAD_TARGETS = {
     "ours_html": ("20 KB HTML with the snippet, over the bare page", 25.0),
     "ours_first_visit": ("first-visit overhead", 30.0),
 }
+#: What reading the browser's session from posthog-js's cookie may add.
+SESSION_COST_US = 1.5
 TARGET_SESSION_RATIO = 4.0
 TARGET_POSTHOG_RATIO = 2.5
 TARGET_INJECTION_MBPS = 1000.0
@@ -149,6 +151,19 @@ def targets(summary: dict[str, Any]) -> list[Row]:
                 value = row["overhead_ns"]["median"] / 1000
                 ok = value <= goal
                 add(f"{protocol.upper()} {what}", value, f"≤ {goal:g} µs", ok, f"{value:.1f} µs")
+        row, session = (
+            rows.get(f"{protocol}.ours_returning"),
+            rows.get(f"{protocol}.ours_in_session"),
+        )
+        if row and session:
+            value = (session["overhead_ns"]["median"] - row["overhead_ns"]["median"]) / 1000
+            add(
+                f"{protocol.upper()} added by posthog-js's session cookie",
+                value,
+                f"≤ {SESSION_COST_US:g} µs",
+                value <= SESSION_COST_US,
+                f"{value:.1f} µs",
+            )
         row, floor = rows.get(f"{protocol}.ours_returning"), rows.get(f"{protocol}.posthog_floor")
         if row and floor and floor["overhead_ns"]["median"] / 1000 > FLOOR_SLOW_US:
             value = (row["overhead_ns"]["median"] - floor["overhead_ns"]["median"]) / 1000

@@ -23,14 +23,14 @@ __all__ = [
 ]
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-# `"$sesid":[<number or null>,"<uuid>"` in posthog-js's cookie, which holds
-# JSON through encodeURIComponent (also matched undecoded, as a proxy may pass it).
-_SESID = re.compile(
-    r"(?:%22|\")(?:%24|\$)sesid(?:%22|\")(?:%3A|:)(?:%5B|\[)[0-9a-z.]{0,20}(?:%2C|,)"
-    r"(?:%22|\")([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
-    r"(?:%22|\")",
-    re.IGNORECASE,
+# What follows `"$sesid` in posthog-js's cookie: `":[<number or null>,"<uuid>"`,
+# through encodeURIComponent (also matched undecoded, as a proxy may pass it).
+_AFTER_SESID = re.compile(
+    r"(?:%22|\")(?:%3A|:)(?:%5B|\[)[0-9a-zA-Z.]{0,20}(?:%2C|,)(?:%22|\")"
+    r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(?:%22|\")"
 )
+_BEFORE_SESID = ("%22%24", '"$')
 #: Longer cookie values are not searched (posthog-js's own stays well below).
 MAX_PERSISTENCE_COOKIE = 8192
 
@@ -64,9 +64,20 @@ def session_from_cookie(cookie_header: str, name: str) -> str | None:
             end = len(cookie_header) if end == -1 else end
             if end - begin > MAX_PERSISTENCE_COOKIE:
                 return None
-            found = _SESID.search(cookie_header, begin, end)
-            return None if found is None else found.group(1).lower()
+            return _session_in(cookie_header, begin, end)
         start = cookie_header.find(prefix, start + 1)
+    return None
+
+
+def _session_in(header: str, begin: int, end: int) -> str | None:
+    # A plain search for the key first: it runs at C speed over the whole value.
+    at = header.find("sesid", begin, end)
+    while at != -1:
+        if header.endswith(_BEFORE_SESID, begin, at):
+            found = _AFTER_SESID.match(header, at + 5, end)
+            if found is not None:
+                return found.group(1).lower()
+        at = header.find("sesid", at + 5, end)
     return None
 
 
