@@ -26,6 +26,7 @@ from .identity import (
 )
 from .linking import RecentLinks
 from .logs import WarnOnce, logger
+from .proxy import Proxy, app_host
 from .session import persistence_cookie
 from .settings import Settings
 from .signing import CookieCodec, Verified
@@ -96,15 +97,26 @@ class Engine:
         else:
             _owned_clients.add(client)
         self.client = client
-        self.snippet: Snippet | None = None
-        if self.settings.inject and self.api_key is not None:
-            self.snippet = Snippet(
-                self.api_key,
-                self.settings.host,
-                self.settings.script_url,
-                self.settings.init_options,
-                self.settings,
+        settings = self.settings
+        self.proxy: Proxy | None = None
+        if settings.proxy_path is not None and not settings.disabled:
+            self.proxy = Proxy(
+                settings.proxy_path,
+                settings.host,
+                max_body=settings.proxy_max_body,
+                timeout=settings.proxy_timeout,
+                trusted_proxies=settings.trusted_proxies,
             )
+        self.snippet: Snippet | None = None
+        if settings.inject and self.api_key is not None:
+            api_host, script_url = settings.host, settings.script_url
+            page_options: Mapping[str, Any] = settings.init_options
+            if settings.proxy_path is not None:
+                # posthog-js talks to the site's own origin; links to PostHog's app stay.
+                api_host = settings.proxy_path
+                script_url = script_url or f"{settings.proxy_path}/static/array.js"
+                page_options = {"ui_host": app_host(settings.host), **page_options}
+            self.snippet = Snippet(self.api_key, api_host, script_url, page_options, settings)
         self.flags: FlagSource | None = None
         if self.settings.bootstrap_flags and self.client is not None:
             wanted = self.settings.bootstrap_flags

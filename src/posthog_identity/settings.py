@@ -48,6 +48,9 @@ ENV_VARS: dict[str, str] = {
     "respect_gpc": "POSTHOG_IDENTITY_RESPECT_GPC",
     "respect_dnt": "POSTHOG_IDENTITY_RESPECT_DNT",
     "trusted_proxies": "POSTHOG_IDENTITY_TRUSTED_PROXIES",
+    "proxy_path": "POSTHOG_IDENTITY_PROXY_PATH",
+    "proxy_max_body": "POSTHOG_IDENTITY_PROXY_MAX_BODY",
+    "proxy_timeout": "POSTHOG_IDENTITY_PROXY_TIMEOUT",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -131,6 +134,10 @@ class Settings:
     respect_dnt: bool = False
     #: Proxies in front of the app whose X-Forwarded-For hop is believed (as ProxyFix).
     trusted_proxies: int = 0
+    #: The path the middleware answers as a proxy to PostHog (``/ingest``); None: off.
+    proxy_path: str | None = None
+    proxy_max_body: int = 20 * 1024 * 1024
+    proxy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
         if isinstance(self.secrets, str):
@@ -205,9 +212,23 @@ class Settings:
         if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
             raise _fail("trusted_proxies", f"must be a whole number >= 0, got {hops!r}")
 
+        self._check_proxy()
         paths = tuple(_check_prefix(p) for p in self.exclude_paths)
         object.__setattr__(self, "exclude_paths", paths)
         self._check_consent()
+
+    def _check_proxy(self) -> None:
+        path = self.proxy_path
+        if path is not None:
+            if not isinstance(path, str) or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", path):
+                raise _fail("proxy_path", f"must be a path such as /ingest, got {path!r}")
+            object.__setattr__(self, "proxy_path", path.rstrip("/"))
+        size = self.proxy_max_body
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise _fail("proxy_max_body", f"must be a whole number of bytes >= 1, got {size!r}")
+        timeout = self.proxy_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+            raise _fail("proxy_timeout", f"must be a positive number of seconds, got {timeout!r}")
 
     def _check_consent(self) -> None:
         if self.consent not in _CONSENT_MODES:
@@ -443,4 +464,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "respect_gpc": parse_bool,
     "respect_dnt": parse_bool,
     "trusted_proxies": _whole("proxies"),
+    "proxy_max_body": _whole("bytes"),
+    "proxy_timeout": _seconds,
 }

@@ -11,6 +11,7 @@ from .context import bind, settle
 from .engine import BYPASSED, Engine, logger
 from .exchange import Exchange, RequestInfo
 from .identity import NOTHING, Report
+from .proxy import TOO_LARGE, error_reply, status_line
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
     from .consent import ConsentHook
     from .flags import FlagContextHook
+    from .proxy import Proxy, Reply
     from .response import BodyRewrite
     from .settings import Settings
 
@@ -59,6 +61,9 @@ class IdentityMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         get = environ.get
+        proxy = self.engine.proxy
+        if proxy is not None and proxy.matches(get("PATH_INFO", "")):
+            return _forward(proxy, environ, start_response)
         if self.engine.bypasses(get("PATH_INFO", "")):
             environ[BYPASSED] = True
             return self.app(environ, start_response)
@@ -265,6 +270,43 @@ class _Body:
 
 
 _DISTINCT_ID = "HTTP_X_POSTHOG_DISTINCT_ID"
+
+
+def _forward(
+    proxy: Proxy, environ: WSGIEnvironment, start_response: StartResponse
+) -> Iterable[bytes]:
+    """Answer a request under the proxy path by forwarding it to PostHog."""
+    reply = _proxy_reply(proxy, environ)
+    start_response(status_line(reply.status), reply.headers)
+    return reply.body
+
+
+def _proxy_reply(proxy: Proxy, environ: WSGIEnvironment) -> Reply:
+    declared = environ.get("CONTENT_LENGTH") or None
+    if proxy.too_large(declared):
+        return error_reply(413, TOO_LARGE)
+    stream = environ["wsgi.input"]
+    if declared is not None:
+        body = stream.read(int(declared))
+    elif environ.get("wsgi.input_terminated"):
+        body = stream.read(proxy.max_body + 1)  # a chunked body: its end is marked
+    else:
+        body = b""  # PEP 3333: without a length, reading could block
+    if len(body) > proxy.max_body:
+        return error_reply(413, TOO_LARGE)
+    headers = [
+        (key[5:].replace("_", "-").title(), value)
+        for key, value in environ.items()
+        if key.startswith("HTTP_")
+    ]
+    if environ.get("CONTENT_TYPE"):
+        headers.append(("Content-Type", environ["CONTENT_TYPE"]))
+    url = proxy.upstream(environ.get("PATH_INFO", ""), environ.get("QUERY_STRING", ""))
+    sent = proxy.request_headers(
+        headers, environ.get("REMOTE_ADDR", ""), environ.get("HTTP_X_FORWARDED_FOR", "")
+    )
+    method = environ.get("REQUEST_METHOD", "GET")
+    return proxy.forward(method, url, sent, body if body or method != "GET" else None)
 
 
 def _server_host(environ: WSGIEnvironment) -> str:
