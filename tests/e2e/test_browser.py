@@ -616,3 +616,55 @@ def test_a_server_event_of_the_pages_fetch_joins_the_browsers_session(visitor: V
     assert props(served)["$window_id"] == props(pageview)["$window_id"]
     assert distinct_id(served) == visitor.anonymous_id() == distinct_id(pageview)
     assert props(served)["$request_path"] == "/server-step"
+
+
+# ---------------------------------------------------------------------------
+# The first-party proxy: PostHog reachable only through the site's own origin
+
+
+@pytest.fixture(scope="session", params=SERVER_KINDS)
+def proxied_server(
+    request: pytest.FixtureRequest, sink: Sink, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    """The site under one server, with POSTHOG_IDENTITY_PROXY_PATH=/ingest: the
+    snippet loads posthog-js from the site, which forwards to the sink."""
+    kind = str(request.param)
+    env = site_environment(sink, "")
+    del env["POSTHOG_IDENTITY_SCRIPT_URL"]
+    env["POSTHOG_IDENTITY_PROXY_PATH"] = "/ingest"
+    yield from site(kind, env, sink, tmp_path_factory.mktemp(f"e2e-proxied-{kind}"))
+
+
+def test_through_the_proxy_pageviews_autocapture_and_flags_arrive_with_posthog_blocked(
+    proxied_server: Server, new_visitor: Callable[..., Visitor]
+) -> None:
+    visitor = new_visitor(proxied_server)
+    to_posthog: list[str] = []
+
+    def blocked(route: Route) -> None:
+        to_posthog.append(route.request.url)
+        route.abort()
+
+    # As an ad blocker would: PostHog's own origin is unreachable from the page.
+    visitor.context.route(f"{visitor.sink.url}/**", blocked)
+    step = visitor.visit("/capture")
+    anonymous = visitor.anonymous_id()
+    visitor.page.evaluate(
+        "document.body.insertAdjacentHTML('beforeend', '<button id=\"buy\">Buy</button>')"
+    )
+    visitor.page.click("#buy")
+    visitor.wait(lambda e: e["event"] == "$autocapture" and step_of(e) == step, web=True)
+    # The sink's project has no flags, so posthog-js skips /flags at load; ask.
+    visitor.page.evaluate("window.posthog.reloadFeatureFlags()")
+    visitor.checkpoint()
+    deadline = time.monotonic() + EVENT_TIMEOUT
+    while not (flags := [r for r in visitor.sink.flag_requests() if anonymous in str(r)]):
+        assert time.monotonic() < deadline, "posthog-js's /flags did not arrive through the proxy"
+        visitor.page.wait_for_timeout(WAIT_SLICE * 1000)
+
+    browser = web_events(visitor.events())
+    assert {"$pageview", "$autocapture"} <= {e["event"] for e in browser}
+    assert {distinct_id(e) for e in browser} == {anonymous}
+    assert {props(e).get("$lib_custom_api_host") for e in browser} == {"/ingest"}
+    assert flags
+    assert to_posthog == [], "the page asked PostHog's origin directly"
