@@ -379,6 +379,24 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 body,
             )
         )
+    proxy = summary.get("proxy")
+    if proxy:
+        out.append(
+            (
+                f"First-party proxy: one gzip event POST, ms ({proxy['requests']} each way, "
+                "interleaved)",
+                ["", "direct to PostHog (the sink)", "through /ingest", "added"],
+                [
+                    [
+                        q,
+                        f"{proxy['direct_ms'][q]:.2f}",
+                        f"{proxy['proxied_ms'][q]:.2f}",
+                        f"{proxy['added_ms'][q]:.2f}",
+                    ]
+                    for q in ("p50", "p95")
+                ],
+            )
+        )
     servers = summary.get("servers", [])
     if servers:
         body = []

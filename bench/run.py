@@ -29,6 +29,7 @@ from typing import Any
 
 import injection
 import inprocess
+import proxy_latency
 import report
 import servers
 from measure import Plan
@@ -36,7 +37,7 @@ from measure import Plan
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results.json"
 DOCS = ROOT / "docs" / "performance.md"
-PARTS = ("inprocess", "injection", "memory", "servers")
+PARTS = ("inprocess", "injection", "memory", "servers", "proxy")
 MiB = injection.MiB
 KiB = injection.KiB
 
@@ -50,6 +51,7 @@ class Scale:
     injection_sizes: list[int]
     memory_sizes: list[int]
     servers: servers.Load
+    proxy_requests: int
 
 
 FULL = Scale(
@@ -58,6 +60,7 @@ FULL = Scale(
     injection_sizes=[MiB, 100 * MiB],
     memory_sizes=[MiB, 10 * MiB, 100 * MiB],
     servers=servers.Load(duration=4.0, warmup=0.5, rounds=5),
+    proxy_requests=500,
 )
 QUICK = Scale(
     inprocess=Plan(rounds=3, round_seconds=0.01, warmup_seconds=0.01),
@@ -65,6 +68,7 @@ QUICK = Scale(
     injection_sizes=[MiB],
     memory_sizes=[MiB, 2 * MiB],
     servers=servers.Load(duration=0.3, warmup=0.1, rounds=1),
+    proxy_requests=20,
 )
 CHUNKS = [4 * KiB, 16 * KiB, 64 * KiB]
 VERSIONS = (
@@ -193,6 +197,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("real servers ...")
         results = servers.measure(["uvicorn", "gunicorn"], plan.servers, args.load_tool, log)
         summary["servers"] = report.server_rows(results)
+
+    if "proxy" in parts:
+        log("first-party proxy latency ...")
+        latency = proxy_latency.measure(plan.proxy_requests)
+        summary["proxy"] = {
+            "requests": latency.requests,
+            "direct_ms": latency.direct_ms,
+            "proxied_ms": latency.proxied_ms,
+            "added_ms": {q: latency.added(q) for q in ("p50", "p95")},
+        }
 
     summary["meta"]["load_after"] = _load_average()
     summary["targets"] = report.targets(summary)
