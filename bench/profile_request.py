@@ -61,7 +61,7 @@ def breakdown() -> None:
     import posthog
     from werkzeug.http import parse_cookie
 
-    from posthog_identity import asgi
+    from posthog_identity import asgi_scope
     from posthog_identity.context import bind, rebind
     from posthog_identity.engine import Engine
     from posthog_identity.exchange import Exchange, RequestInfo
@@ -91,7 +91,7 @@ def breakdown() -> None:
             posthog.identify_context("x")
 
     steps: list[tuple[str, Callable[[], Any]]] = [
-        ("asgi: scope -> RequestInfo (header scan)", lambda: asgi._request_info(scope, "/")),
+        ("asgi: scope -> RequestInfo (header scan)", lambda: asgi_scope.request_info(scope, "/")),
         ("werkzeug parse_cookie(whole Cookie header)", lambda: parse_cookie(header)),
         ("CookieCodec.loads (itsdangerous unsign + parse)", lambda: engine.codec.loads(value)),
         ("Exchange: cookie read and verified", lambda: Exchange(engine, request)),

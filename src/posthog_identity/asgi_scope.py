@@ -1,0 +1,87 @@
+"""Reading an ASGI scope: where the request is, and what the core needs of it."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .exchange import RequestInfo
+
+__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "mount_path", "request_info", "vouch"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def mount_path(scope: Scope) -> str:
+    """The path below the app's mount point, as the app routes it."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    # Starlette and recent servers include the mount point in `path`; it ends
+    # at a segment boundary (root_path "/app" is not the start of "/apple").
+    if root and path.startswith(root):
+        rest = path[len(root) :]
+        if not rest or rest[0] == "/":
+            return rest or "/"
+    return path
+
+
+# Request headers the core reads, by name -> their field in `RequestInfo`.
+_FIELDS = {
+    b"sec-gpc": "sec_gpc",
+    b"dnt": "dnt",
+    b"host": "host",
+    b"user-agent": "user_agent",
+    b"x-forwarded-for": "forwarded_for",
+    b"x-posthog-session-id": "session_header",
+    b"x-posthog-window-id": "window_header",
+}
+_DISTINCT_ID = b"x-posthog-distinct-id"
+
+
+def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
+    """The request, and whether it carries X-POSTHOG-DISTINCT-ID."""
+    cookies: list[str] = []
+    found: dict[str, str] = {}
+    distinct = False
+    for key, value in scope.get("headers", ()):
+        # Servers send lower-case names; a hand-built scope may not.
+        name = key if key.islower() else key.lower()
+        if name == b"cookie":
+            cookies.append(value.decode("latin-1"))
+        elif name in _FIELDS:
+            found.setdefault(_FIELDS[name], value.decode("latin-1"))
+        elif name == _DISTINCT_ID:
+            distinct = True
+    client = scope.get("client")
+    if "host" not in found:
+        server = scope.get("server")
+        if server:
+            default = server[1] in (None, 443 if scope.get("scheme") == "https" else 80)
+            found["host"] = server[0] if default else f"{server[0]}:{server[1]}"
+    request = RequestInfo(
+        scope.get("method", "GET"),
+        scope.get("scheme", "http"),
+        path,
+        cookies[0] if len(cookies) == 1 else "; ".join(cookies),
+        url_path=scope.get("path", ""),
+        peer=client[0] if client else "",
+        **found,
+    )
+    return request, distinct
+
+
+def vouch(scope: Scope, distinct_id: str) -> None:
+    """Replace X-POSTHOG-DISTINCT-ID with the verified distinct id, so that a
+    middleware inside ours which trusts the header (posthog's own) agrees."""
+    try:
+        value = distinct_id.encode("latin-1")
+    except UnicodeEncodeError:
+        value = b""  # not representable in a header: the header goes
+    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != _DISTINCT_ID]
+    if value:
+        headers.append((_DISTINCT_ID, value))
+    scope["headers"] = headers

@@ -1,0 +1,186 @@
+"""The WSGI response side: the head held while an HTML page's start is scanned, and the
+body iterated inside the request's own context."""
+
+from __future__ import annotations
+
+import contextvars
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from .context import settle
+from .logs import logger
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
+
+    from .context import bind
+    from .exchange import Exchange
+    from .identity import Report
+    from .response import BodyRewrite
+
+__all__ = ["Body", "Head"]
+
+
+class Head:
+    """One response's head: identity headers, held while an HTML page's start is scanned."""
+
+    __slots__ = (
+        "exchange",
+        "held",
+        "pending",
+        "reread",
+        "rewrite",
+        "server",
+        "write_body",
+    )
+
+    def __init__(
+        self, exchange: Exchange, server: StartResponse, reread: Callable[[], Report]
+    ) -> None:
+        """`reread` asks the user source again when the app starts its response."""
+        self.exchange = exchange
+        self.server = server
+        self.reread = reread
+        self.rewrite: BodyRewrite | None = None
+        self.held: tuple[str, list[tuple[str, str]], Any] | None = None
+        self.pending = True  # the server's start_response has not been called yet
+        self.write_body: Callable[[bytes], object] | None = None  # the server's write()
+
+    def start_response(
+        self, status: str, headers: list[tuple[str, str]], exc_info: Any = None
+    ) -> Callable[[bytes], object]:
+        exchange = self.exchange
+        if not exchange.explicit:
+            try:
+                settle(exchange, self.reread())
+            except Exception:
+                logger.exception("posthog_identity: re-reading the user failed")
+        plan = exchange.respond(_status_code(status), headers)
+        headers = headers + list(plan.headers)
+        if not self.pending:
+            # Headers already sent: the server re-raises exc_info, as PEP 3333 says.
+            return self.server(status, headers, exc_info)
+        # A second call (an error page) replaces the held head and what it held.
+        self.rewrite, self.held = plan.body, (status, headers, exc_info)
+        if plan.body is None:
+            self.release()
+        return self.write
+
+    def release(self) -> None:
+        assert self.held is not None
+        status, headers, exc_info = self.held
+        if self.rewrite is not None:
+            headers = self.rewrite.headers(headers)
+        self.held = None
+        self.pending = False
+        self.write_body = self.server(status, headers, exc_info)
+
+    def pieces(self, chunk: bytes) -> list[bytes]:
+        """A body chunk through the rewrite; the head goes out once it has decided."""
+        rewrite = self.rewrite
+        if rewrite is None or not self.pending:
+            return [chunk]
+        pieces = rewrite.feed(chunk)
+        if not rewrite.holding:
+            self.release()
+        return pieces
+
+    def finish(self) -> list[bytes]:
+        if self.held is None or self.rewrite is None:
+            return []
+        pieces = self.rewrite.finish()
+        self.release()
+        return pieces
+
+    def write(self, data: bytes) -> object:
+        """The app's legacy write(): goes through the rewrite like any chunk."""
+        result = None
+        for piece in self.pieces(data):
+            if self.write_body is not None:
+                result = self.write_body(piece)
+        return result
+
+
+class Body:
+    """The app's iterable, iterated and closed inside the request's context.
+
+    `run` calls the app and reads its body until the head has gone to the
+    server: some servers (granian) read status and headers as soon as the
+    application returns, so the look-ahead is spent inside the call.
+    """
+
+    def __init__(self, head: Head, binding: bind) -> None:
+        self._head = head
+        self._context = contextvars.copy_context()
+        self._binding: bind | None = binding
+        self._iterable: Iterable[bytes] = ()
+        self._iterator: Iterator[bytes] = iter(())
+        self._ready: deque[bytes] = deque()  # pieces read ahead, or split around the snippet
+        self._context.run(binding.__enter__)
+
+    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> None:
+        run, head = self._context.run, self._head
+        try:
+            self._iterable = run(app, environ, head.start_response)
+            self._iterator = run(iter, self._iterable)
+            while head.pending and self._read():
+                pass
+        except BaseException as error:
+            # The server never sees this iterable, so it is closed here.
+            try:
+                self._close_iterable()
+            finally:
+                self._leave(type(error), error, error.__traceback__)
+            raise
+
+    def _read(self) -> bool:
+        """One chunk of the app's into `_ready`; False once the body has ended."""
+        try:
+            chunk = self._context.run(next, self._iterator)
+        except StopIteration:
+            self._ready.extend(self._head.finish())
+            self._iterator = iter(())
+            return False
+        self._ready.extend(self._head.pieces(chunk))
+        return True
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self
+
+    def __next__(self) -> bytes:
+        ready = self._ready
+        while not ready:
+            if not self._read() and not ready:
+                raise StopIteration
+        return ready.popleft()
+
+    def close(self) -> None:
+        try:
+            self._close_iterable()
+        finally:
+            self._leave()
+
+    def _close_iterable(self) -> None:
+        close = getattr(self._iterable, "close", None)
+        if close is not None:
+            self._context.run(close)
+
+    def _leave(self, *exc: Any) -> None:
+        """Leave the request's posthog context, inside the request's own context, once."""
+        binding, self._binding = self._binding, None
+        if binding is not None:
+            self._context.run(binding.__exit__, *(exc or (None, None, None)))
+
+    def __del__(self) -> None:
+        # PEP 3333 servers call close(); a test client that drops the body
+        # unclosed still leaves the context inside the request's own context,
+        # not in whichever one the garbage collector runs in.
+        self._leave()
+
+
+def _status_code(status: str) -> int:
+    try:
+        return int(status.split(" ", 1)[0])
+    except ValueError:
+        return 0
