@@ -6,13 +6,11 @@ everything about identity (cookie, resolver, link, failure policy) happens here.
 
 from __future__ import annotations
 
-import atexit
 import inspect
 import logging
 import threading
 import time
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from typing import Any, NamedTuple
@@ -20,6 +18,7 @@ from typing import Any, NamedTuple
 from posthog.client import Client
 from werkzeug.http import dump_cookie, parse_cookie, parse_dict_header
 
+from .client import FLUSH_TIMEOUT, process_client
 from .consent import FAILED, CallbackResult, Consent, ConsentState, Signals, decide, header_is_set
 from .flags import FlagContext, FlagContextHook, Flags, FlagSource
 from .html import HtmlInjector, may_inject
@@ -45,37 +44,6 @@ logger = logging.getLogger("posthog_identity")
 #: Key the adapters set in the environ/scope of a request they pass through on
 #: purpose (excluded path, kill switch), so framework glue stays quiet about it.
 BYPASSED = "posthog_identity.bypassed"
-
-#: How long a shutdown waits for queued events to reach PostHog.
-FLUSH_TIMEOUT = 5.0
-
-
-# Clients the middlewares use, flushed together at process exit (WSGI has no
-# shutdown event); posthog's own exit hook waits one second in all.
-_owned_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def _flush_at_exit() -> None:
-    deadline = time.monotonic() + FLUSH_TIMEOUT
-    for client in list(_owned_clients):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            client.flush(timeout_seconds=remaining)
-        except Exception:
-            logger.exception("posthog_identity: flushing events at exit failed")
-
-
-atexit.register(_flush_at_exit)
-
-# posthog 7.x renamed `personal_api_key` to `secret_key`; the old name warns.
-_SECRET_KEY = (
-    "secret_key"
-    if "secret_key" in inspect.signature(Client.__init__).parameters
-    else "personal_api_key"
-)
-
 
 class RequestInfo(NamedTuple):
     """The little the core needs to know about a request (a tuple: built on every request)."""
@@ -117,10 +85,7 @@ class Engine:
         self._warned: set[str] = set()
         self._warned_lock = threading.Lock()
         self.owns_client = client is None
-        if client is None:
-            client = self._build_client()
-        else:
-            _owned_clients.add(client)
+        client = process_client(self.settings, client)
         self.client = client
         self.snippet: Snippet | None = None
         if self.settings.inject and self.api_key is not None:
@@ -146,19 +111,6 @@ class Engine:
                 "posthog_identity: no PostHog API key (POSTHOG_API_KEY): identity is "
                 "resolved but no events are sent and no snippet is injected"
             )
-
-    def _build_client(self) -> Client | None:
-        if self.settings.api_key is None or self.settings.disabled:
-            return None
-        credentials: dict[str, Any] = {_SECRET_KEY: self.settings.personal_api_key}
-        client = Client(
-            self.settings.api_key,
-            host=self.settings.host,
-            feature_flags_request_timeout_seconds=self.settings.flags_timeout,
-            **credentials,
-        )
-        _owned_clients.add(client)
-        return client
 
     @property
     def api_key(self) -> str | None:
