@@ -11,6 +11,7 @@ from .context import bind, rebind
 from .engine import BYPASSED, Engine, Exchange, RequestInfo, logger
 from .html import grown_length
 from .identity import NOTHING, Report
+from .lifespan import serve_lifespan
 
 if TYPE_CHECKING:
     from posthog.client import Client
@@ -103,24 +104,11 @@ class IdentityMiddleware:
         return self.engine.read_user(lambda: starlette_user(scope["user"]))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass lifespan through; deliver queued events before shutdown completes."""
-        flushed = False
-
-        async def flush() -> None:
-            nonlocal flushed
-            if not flushed:
-                flushed = True
-                await asyncio.to_thread(self.engine.flush)
-
-        async def send_after_flush(message: Message) -> None:
-            if message["type"] in (
-                "lifespan.shutdown.complete",
-                "lifespan.shutdown.failed",
-            ):
-                await flush()
-            await send(message)
-
-        await self.app(scope, receive, send_after_flush)
+        """The app's lifespan (or ours, if it refuses it); queued events go out before shutdown."""
+        flush = self.engine.flush
+        await serve_lifespan(
+            self.app, scope, receive, send, on_shutdown=lambda: asyncio.to_thread(flush)
+        )
 
 
 class _Responder:
