@@ -26,7 +26,11 @@ _NO_BODY = frozenset({204, 205, 206, 304})
 
 
 def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> bool:
-    """DESIGN.md's skip rules on the request method and the response head."""
+    """May the snippet go into this response, judging by the method and the head alone?
+
+    Not for HEAD, a status without a body (1xx, 204, 205, 206, 304) or a
+    redirect, anything but text/html, an encoded body, or an attachment.
+    """
     if method.upper() == "HEAD" or status < 200 or 300 <= status < 400 or status in _NO_BODY:
         return False
     media_type = encoding = disposition = ""
