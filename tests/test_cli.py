@@ -163,7 +163,9 @@ def test_the_printed_configuration_has_every_setting_and_masks_the_personal_key(
 # The command line as a user runs it
 
 
-def posthog_identity(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def posthog_identity(
+    *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m posthog_identity`` with `arguments`, in `env` (default: GOOD)."""
     return subprocess.run(
         [sys.executable, "-m", "posthog_identity", *arguments],
@@ -181,7 +183,13 @@ def test_version_prints_the_package_version() -> None:
     assert done.stdout == f"posthog-identity {__version__}\n"
 
 
-BAD_PORTS = [("demo", "99999"), ("demo", "-1"), ("demo", "http"), ("sink", "99999"), ("sink", "65536")]
+BAD_PORTS = [
+    ("demo", "99999"),
+    ("demo", "-1"),
+    ("demo", "http"),
+    ("sink", "99999"),
+    ("sink", "65536"),
+]
 
 
 @pytest.mark.parametrize(

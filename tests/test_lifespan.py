@@ -58,7 +58,9 @@ def run_lifespan(app: Any, sink: Sink, client: posthog.Client) -> list[tuple[str
         async def send(message: dict[str, Any]) -> None:
             got.append((message["type"], len(sink.events())))
 
-        task = asyncio.create_task(app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send))
+        task = asyncio.create_task(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+        )
         await inbox.put({"type": "lifespan.startup"})
         while not got:
             await asyncio.sleep(0.01)

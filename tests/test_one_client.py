@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 import posthog
@@ -27,8 +27,8 @@ from tests.module_client_apps import HOME_VIEWED
 from tests.servers import (
     Server,
     gunicorn_command,
-    serving,
     server_environment,
+    serving,
     start_process,
     uvicorn_factory_command,
     wait_until_ready,

@@ -45,6 +45,7 @@ logger = logging.getLogger("posthog_identity")
 #: purpose (excluded path, kill switch), so framework glue stays quiet about it.
 BYPASSED = "posthog_identity.bypassed"
 
+
 class RequestInfo(NamedTuple):
     """The little the core needs to know about a request (a tuple: built on every request)."""
 

@@ -258,7 +258,9 @@ class Settings:
         if not isinstance(flags, bool):
             keys = tuple(flags)
             if not keys or not all(isinstance(k, str) and k for k in keys):
-                errors.append(_fail("bootstrap_flags", "must be true, false or a list of flag keys"))
+                errors.append(
+                    _fail("bootstrap_flags", "must be true, false or a list of flag keys")
+                )
             else:
                 object.__setattr__(self, "bootstrap_flags", keys)
         timeout = self.flags_timeout
