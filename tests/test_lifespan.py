@@ -23,6 +23,8 @@ from posthog_identity.sink import Sink
 from tests.conftest import API_KEY
 
 EVENT = "Queued Before Shutdown"
+#: How long the server waits for each lifespan answer; generous, it comes at once.
+ANSWER_TIMEOUT = 30.0
 
 
 @pytest.fixture
@@ -54,19 +56,28 @@ def run_lifespan(app: Any, sink: Sink, client: posthog.Client) -> list[tuple[str
 
     async def main() -> None:
         inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        answered = asyncio.Event()
 
         async def send(message: dict[str, Any]) -> None:
             got.append((message["type"], len(sink.events())))
+            answered.set()
 
         task = asyncio.create_task(
             app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
         )
         await inbox.put({"type": "lifespan.startup"})
-        while not got:
-            await asyncio.sleep(0.01)
+        # Bounded: a middleware that leaves lifespan unanswered must fail, not hang.
+        waiter = asyncio.ensure_future(answered.wait())
+        await asyncio.wait(
+            {task, waiter}, timeout=ANSWER_TIMEOUT, return_when=asyncio.FIRST_COMPLETED
+        )
+        waiter.cancel()
+        if not answered.is_set():
+            task.cancel()
+            return
         client.capture(EVENT, distinct_id="someone")
         await inbox.put({"type": "lifespan.shutdown"})
-        await asyncio.wait_for(task, timeout=30)
+        await asyncio.wait_for(task, timeout=ANSWER_TIMEOUT)
 
     asyncio.run(main())
     return got
