@@ -36,13 +36,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 Headers = list[tuple[bytes, bytes]]
 
-# posthog's module-level client, for the app's own captures. The middleware is
-# given it too: one client (one queue) per process, flushed at shutdown.
-posthog.project_api_key = os.environ.get("POSTHOG_API_KEY") or os.environ.get(
-    "POSTHOG_PROJECT_API_KEY"
-)
-posthog.host = os.environ.get("POSTHOG_HOST") or None
-
 # The session's own secret. A random one logs everybody out on restart and
 # breaks with several workers: set SESSION_SECRET in production.
 SESSION_SECRET = os.environ.get("SESSION_SECRET") or secrets.token_hex(32)
@@ -187,4 +180,6 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
     # No websockets here: returning without accepting refuses one.
 
 
-application = IdentityMiddleware(app, user_id=user_id, client=posthog.setup())
+# Its posthog client, built from POSTHOG_API_KEY and POSTHOG_HOST, becomes
+# posthog's default client: the posthog.capture() calls above go through it.
+application = IdentityMiddleware(app, user_id=user_id)

@@ -11,7 +11,7 @@ is still resolved, but nothing is sent and no snippet is injected;
 ``python -m posthog_identity sink`` gives you a local PostHog to point
 POSTHOG_HOST at. Log in with any name: the session only remembers the name.
 
-``IdentityMiddleware`` is added last, so it runs *outside* the authentication
+``install(app)`` adds ``IdentityMiddleware`` last, so it runs *outside* the authentication
 middleware: when a request starts, nobody has been authenticated yet. The
 ``CurrentIdentity`` dependency reports the authenticated user to it, so the
 server-side capture in ``home`` carries the user id anyway.
@@ -34,15 +34,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from starlette.requests import HTTPConnection
 
 from posthog_identity import forget_user, identify_user
-from posthog_identity.asgi import IdentityMiddleware
-from posthog_identity.integrations.fastapi import CurrentIdentity
-
-# posthog's module-level client, for the app's own captures. The middleware is
-# given it too: one client (one queue) per process, flushed at shutdown.
-posthog.project_api_key = os.environ.get("POSTHOG_API_KEY") or os.environ.get(
-    "POSTHOG_PROJECT_API_KEY"
-)
-posthog.host = os.environ.get("POSTHOG_HOST") or None
+from posthog_identity.integrations.fastapi import CurrentIdentity, install
 
 # The session's own secret. A random one logs everybody out on restart and
 # breaks with several workers: set SESSION_SECRET in production.
@@ -60,8 +52,11 @@ class SessionBackend(AuthenticationBackend):
 app = FastAPI()
 app.add_middleware(AuthenticationMiddleware, backend=SessionBackend())
 app.add_middleware(SessionMiddleware, secret_key=SESSION_SECRET)
-# Added last: the outermost middleware, around the session and authentication.
-app.add_middleware(IdentityMiddleware, client=posthog.setup())
+# Last: the outermost middleware, around the session and authentication. It
+# reads the settings now, so a bad configuration stops the server before it
+# serves. Its posthog client becomes posthog's default client: the
+# posthog.capture() calls below go through it, one queue flushed at shutdown.
+install(app)
 
 PAGE = """<!doctype html>
 <html lang="en">

@@ -32,7 +32,10 @@ from werkzeug.wrappers import Response
 
 from posthog_identity.integrations.flask import init_app
 
-# The module-level client, for server-side captures in views.
+# posthog's module configured by the app, as posthog's docs show: the
+# middleware then uses this client (posthog.setup()) and builds none. Without
+# these two lines it would build one from the same variables and make it
+# posthog's default client.
 posthog.api_key = os.environ.get("POSTHOG_API_KEY") or os.environ.get("POSTHOG_PROJECT_API_KEY")
 posthog.host = os.environ.get("POSTHOG_HOST") or None
 

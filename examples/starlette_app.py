@@ -34,16 +34,9 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse
 from starlette.routing import Route
 
-from posthog_identity import forget_user, identify_user
+from posthog_identity import Settings, forget_user, identify_user
 from posthog_identity.asgi import IdentityMiddleware
 from posthog_identity.integrations.starlette import request_identity
-
-# posthog's module-level client, for the app's own captures. The middleware is
-# given it too: one client (one queue) per process, flushed at shutdown.
-posthog.project_api_key = os.environ.get("POSTHOG_API_KEY") or os.environ.get(
-    "POSTHOG_PROJECT_API_KEY"
-)
-posthog.host = os.environ.get("POSTHOG_HOST") or None
 
 # The session's own secret. A random one logs everybody out on restart and
 # breaks with several workers: set SESSION_SECRET in production.
@@ -136,9 +129,13 @@ app = Starlette(
         Route("/whoami", whoami),
     ],
     # Outermost first: IdentityMiddleware comes after authentication, inside it.
+    # Starlette builds middleware on its first call; Settings.from_env() here
+    # reads the settings at import, so a bad configuration stops the server
+    # before it serves. The middleware's posthog client becomes posthog's
+    # default client: the posthog.capture() calls above go through it.
     middleware=[
         Middleware(SessionMiddleware, secret_key=SESSION_SECRET),
         Middleware(AuthenticationMiddleware, backend=SessionBackend()),
-        Middleware(IdentityMiddleware, client=posthog.setup()),
+        Middleware(IdentityMiddleware, Settings.from_env()),
     ],
 )

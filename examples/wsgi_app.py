@@ -32,13 +32,6 @@ from posthog_identity.wsgi import IdentityMiddleware
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
-# posthog's module-level client, for the app's own captures. The middleware is
-# given it too: one client (one queue) per process, flushed at shutdown.
-posthog.project_api_key = os.environ.get("POSTHOG_API_KEY") or os.environ.get(
-    "POSTHOG_PROJECT_API_KEY"
-)
-posthog.host = os.environ.get("POSTHOG_HOST") or None
-
 # The session's own secret. A random one logs everybody out on restart and
 # breaks with several workers: set SESSION_SECRET in production.
 SESSION_SECRET = os.environ.get("SESSION_SECRET") or secrets.token_hex(32)
@@ -144,4 +137,6 @@ def app(request: Request) -> Response:
     return Response("not found", status=404, content_type="text/plain")
 
 
-application = IdentityMiddleware(app, user_id=user_id, client=posthog.setup())
+# Its posthog client, built from POSTHOG_API_KEY and POSTHOG_HOST, becomes
+# posthog's default client: the posthog.capture() calls above go through it.
+application = IdentityMiddleware(app, user_id=user_id)

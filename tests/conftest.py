@@ -14,7 +14,7 @@ from wsgiref.validate import validator
 import posthog
 import pytest
 
-from posthog_identity import engine
+from posthog_identity import client as client_module
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
@@ -26,9 +26,12 @@ API_KEY = "phc_test_project_key"
 
 @pytest.fixture(autouse=True)
 def _forget_built_clients() -> Iterator[None]:
-    """Clients built by a test's middleware post to that test's sink, gone at exit."""
+    """Clients built by a test's middleware post to that test's sink, gone at exit;
+    one that became posthog's default client must not serve the next test."""
+    default = posthog.default_client
     yield
-    engine._owned_clients.clear()
+    client_module._flushed_at_exit.clear()
+    posthog.default_client = default
 
 
 @pytest.fixture

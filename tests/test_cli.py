@@ -1,4 +1,5 @@
-"""`posthog-identity check`: the effective configuration and the mistakes it flags."""
+"""`posthog-identity`: `check`'s effective configuration and the mistakes it flags;
+ports, `--version`, stderr and exit codes of every command."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import sys
 
 import pytest
 
-from posthog_identity.cli import INVALID, OK, PROBLEMS, check, main
+from posthog_identity import __version__
+from posthog_identity.cli import INVALID, OK, PROBLEMS, USAGE, check, main
 from posthog_identity.sink import Sink
 
 GOOD = {
@@ -20,7 +22,7 @@ GOOD = {
 
 def run(env: dict[str, str], **options: object) -> tuple[int, str]:
     out = io.StringIO()
-    code = check(env, out=out, **options)  # type: ignore[arg-type]
+    code = check(env, out=out, err=out, **options)  # type: ignore[arg-type]
     return code, out.getvalue()
 
 
@@ -128,7 +130,7 @@ def test_the_console_entry_point_reads_the_process_environment() -> None:
         timeout=60,
     )
     assert done.returncode == PROBLEMS
-    assert "the newest secret has 4 characters" in done.stdout
+    assert "the newest secret has 4 characters" in done.stderr
 
 
 def test_main_dispatches_check(
@@ -143,7 +145,7 @@ def test_main_dispatches_check(
 def test_an_unknown_command_is_a_usage_error() -> None:
     with pytest.raises(SystemExit) as info:
         main(["frobnicate"])
-    assert info.value.code == 2
+    assert info.value.code == USAGE
 
 
 def test_the_printed_configuration_has_every_setting_and_masks_the_personal_key() -> None:
@@ -155,3 +157,119 @@ def test_the_printed_configuration_has_every_setting_and_masks_the_personal_key(
     assert missing == []
     assert "phx_private_value" not in text
     assert "POSTHOG_PERSONAL_API_KEY" in text
+
+
+# ---------------------------------------------------------------------------
+# The command line as a user runs it
+
+
+def posthog_identity(
+    *arguments: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m posthog_identity`` with `arguments`, in `env` (default: GOOD)."""
+    return subprocess.run(
+        [sys.executable, "-m", "posthog_identity", *arguments],
+        env={"PATH": "/usr/bin:/bin", **(GOOD if env is None else env)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_version_prints_the_package_version() -> None:
+    done = posthog_identity("--version")
+
+    assert done.returncode == OK
+    assert done.stdout == f"posthog-identity {__version__}\n"
+
+
+BAD_PORTS = [
+    ("demo", "99999"),
+    ("demo", "-1"),
+    ("demo", "http"),
+    ("sink", "99999"),
+    ("sink", "65536"),
+]
+
+
+@pytest.mark.parametrize(
+    ("command", "port"), BAD_PORTS, ids=[f"{command}-{port}" for command, port in BAD_PORTS]
+)
+def test_a_port_out_of_range_is_a_usage_error_in_one_line(command: str, port: str) -> None:
+    done = posthog_identity(command, f"--port={port}")
+
+    assert done.returncode == USAGE
+    assert "Traceback" not in done.stderr
+    *_, last = done.stderr.splitlines()
+    assert last == (
+        f"posthog-identity {command}: error: argument --port: "
+        f"{port!r} is not a port number (1-65535, or 0 for any free port)"
+    )
+
+
+def test_check_prints_the_configuration_on_stdout_and_problems_on_stderr() -> None:
+    done = posthog_identity("check", env={**GOOD, "POSTHOG_IDENTITY_SECRET": "tiny"})
+
+    assert "Effective configuration" in done.stdout
+    assert "error:" not in done.stdout
+    assert "error: POSTHOG_IDENTITY_SECRET: the newest secret has 4 characters" in done.stderr
+
+
+def test_an_invalid_configuration_exits_apart_from_a_usage_error() -> None:
+    invalid = posthog_identity("check", env={**GOOD, "POSTHOG_IDENTITY_INJECT": "maybe"})
+    usage = posthog_identity("check", "--frobnicate")
+
+    assert (invalid.returncode, usage.returncode) == (INVALID, USAGE)
+    assert INVALID != USAGE
+
+
+def test_check_lists_every_invalid_variable() -> None:
+    env = {
+        **GOOD,
+        "POSTHOG_IDENTITY_INJECT": "maybe",
+        "POSTHOG_IDENTITY_COOKIE_MAX_AGE": "a year",
+        "POSTHOG_IDENTITY_COOKIE_SAMESITE": "sideways",
+    }
+
+    code, text = run(env)
+
+    assert code == INVALID
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert [line.split(":")[1].strip() for line in errors] == [
+        "POSTHOG_IDENTITY_COOKIE_MAX_AGE",
+        "POSTHOG_IDENTITY_COOKIE_SAMESITE",
+        "POSTHOG_IDENTITY_INJECT",
+    ]
+
+
+@pytest.mark.parametrize("command", [(), ("check",), ("demo",), ("sink",)], ids=repr)
+def test_help_documents_the_exit_codes(command: tuple[str, ...]) -> None:
+    done = posthog_identity(*command, "--help")
+
+    assert done.returncode == OK
+    assert "exit codes:" in done.stdout
+    assert "  2  usage error" in done.stdout
+
+
+def test_the_demo_refuses_an_invalid_configuration_in_one_line_per_variable() -> None:
+    done = posthog_identity("demo", "--port=0", env={"POSTHOG_IDENTITY_COOKIE_MAX_AGE": "soon"})
+
+    assert done.returncode == INVALID
+    assert done.stderr.splitlines() == [
+        "posthog-identity demo: error: POSTHOG_IDENTITY_COOKIE_MAX_AGE: "
+        "expected a whole number of seconds, got 'soon'"
+    ]
+
+
+def test_the_demo_on_a_taken_port_says_so_without_a_traceback() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = posthog_identity("demo", f"--port={port}", env={})
+
+    assert done.returncode == PROBLEMS
+    assert "Traceback" not in done.stderr
+    assert f"Port {port} is in use" in done.stderr

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import sqlite3
 import sys
 import threading
@@ -53,6 +54,7 @@ from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.sink import Sink
 from tests.conftest import SECRET, call_asgi, call_wsgi, read_cookie
 from tests.servers import (
+    STOP_TIMEOUT,
     NoCookies,
     Server,
     check_errors,
@@ -363,6 +365,36 @@ def test_nothing_after_logout_lands_on_the_user(walk: Walk) -> None:
     assert sorted(e["event"] for e in walk.events_of(walk.pk)) == [ALIAS, PAGE_VIEWED]
     linked = [e["properties"]["alias"] for e in walk.events if e["event"] == ALIAS]
     assert walk.logged_out.anonymous_id not in linked
+
+
+#: How long the slow sink below takes to answer each event it receives.
+SLOW_ANSWER = 1.0
+
+
+def test_sigterm_right_after_a_login_under_uvicorn_still_delivers_the_login_link(
+    tmp_path: Path,
+) -> None:
+    """Django's ASGI handler refuses lifespan; uvicorn re-raises SIGTERM after its
+    graceful shutdown, so no exit hook runs: only the lifespan shutdown the
+    middleware answers itself flushes the queue. The sink answers each event
+    after a second, so the link is still queued when SIGTERM arrives."""
+    with Sink(on_event=lambda event: time.sleep(SLOW_ANSWER)) as sink:
+        example = _start("uvicorn", sink, tmp_path)
+        process = example.server.process
+        try:
+            with Browser(example.server.url) as browser:
+                browser.request("GET", "/page/")
+                # Its page view has reached the sink, which holds the client's
+                # only sending thread for a second: the link queues behind it.
+                sink.wait_for(event=PAGE_VIEWED, timeout=EVENT_TIMEOUT)
+                _, pk = _log_in(browser, example)
+            process.send_signal(signal.SIGTERM)
+            process.wait(timeout=STOP_TIMEOUT)
+        finally:
+            killed = stop_process(process)
+        assert not killed
+        links = [e for e in sink.events(event=ALIAS) if distinct_id(e) == pk]
+    assert [link["properties"]["alias"] for link in links] == [browser.state.anonymous_id]
 
 
 # ---------------------------------------------------------------------------

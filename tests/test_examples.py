@@ -5,7 +5,7 @@ port, configured by environment variables (`tests.servers`' helpers),
 with PostHog pointed at one `Sink` for the module. An httpx client with its
 own cookie jar walks it like a browser: anonymous visit, login form, page,
 logout, page. The server is then stopped the way its operator would stop it
-(which flushes both the middleware's client and the module-level one), so the
+(which flushes the one posthog client they share), so the
 events at the sink are complete and absence can be asserted without sleeping.
 
 The in-process tests drive Starlette and FastAPI apps with `call_asgi`, in
@@ -40,16 +40,18 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from posthog_identity import identify_user
+from posthog_identity import ConfigurationError, identify_user
 from posthog_identity.asgi import IdentityMiddleware
 from posthog_identity.identity import Identity
-from posthog_identity.integrations.fastapi import CurrentIdentity
+from posthog_identity.integrations.fastapi import CurrentIdentity, install
 from posthog_identity.integrations.starlette import request_identity
 from posthog_identity.settings import Settings
 from posthog_identity.sink import Sink
 from tests.conftest import API_KEY, Driver, call_asgi, read_cookie
 from tests.servers import (
+    ROOT,
     check_stopped,
+    free_port,
     read_log,
     server_environment,
     start_process,
@@ -285,6 +287,42 @@ def test_example_walk_under_its_server(
     assert sorted(e["event"] for e in events if distinct_id(e) == user) == [ALIAS, PAGE_VIEWED]
 
 
+#: Time for a server to import the app and exit; generous, on a loaded machine.
+EXIT_TIMEOUT = 30.0
+
+
+@pytest.mark.parametrize("example", ["fastapi_app", "starlette_app"])
+def test_without_the_secret_the_example_exits_under_uvicorn_before_serving_naming_it(
+    example: str, tmp_path: Path
+) -> None:
+    """uvicorn's default lifespan mode ("auto") takes an error raised while
+    Starlette builds its middleware for "lifespan unsupported" and serves 500s:
+    the documented set-up reads the settings at import instead."""
+    env = server_environment("http://127.0.0.1:9")
+    del env["POSTHOG_IDENTITY_SECRET"]
+    command = [sys.executable, "-m", "uvicorn", TARGETS[example], "--host", "127.0.0.1"]
+    log = tmp_path / "uvicorn.log"
+    with log.open("ab") as output:
+        process = subprocess.Popen(
+            [*command, "--port", str(free_port())],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        returncode = process.wait(timeout=EXIT_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"still running after {EXIT_TIMEOUT}s:\n{read_log(log)}")
+    finally:
+        stop_process(process)
+    logged = read_log(log)
+    assert returncode != 0, logged
+    assert "Uvicorn running on" not in logged
+    assert "POSTHOG_IDENTITY_SECRET: is required" in logged
+
+
 # ---------------------------------------------------------------------------
 # In-process: request_identity and CurrentIdentity in both middleware orders
 
@@ -500,3 +538,40 @@ def test_base_http_middleware_around_ours_is_fine(
     assert logged_in["distinct_id"] == "grace"
     (alias,) = sink.wait_for(event=ALIAS, count=1)
     assert (alias["distinct_id"], alias["properties"]["alias"]) == ("grace", anonymous_id)
+
+
+# ---------------------------------------------------------------------------
+# In-process: install()
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+def test_install_raises_on_a_bad_configuration_before_the_app_is_first_called(
+    framework: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("POSTHOG_IDENTITY_SECRET", raising=False)
+    app = Starlette() if framework == "starlette" else FastAPI()
+
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SECRET"):
+        install(app)
+
+
+def test_install_validates_init_options_before_the_app_is_first_called(settings: Settings) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_INIT_OPTIONS"):
+        install(FastAPI(), settings=settings, init_options={"bootstrap": {}})
+
+
+def test_install_adds_the_middleware_around_everything_added_before(
+    settings: Settings, client: Client, sink: Sink
+) -> None:
+    app = fastapi_site(client, identity=None)
+
+    installed = install(app, settings=settings, client=client, init_options={"debug": True})
+    driver = drive(app)
+    anonymous = json.loads(driver.get("/async").body)
+    login = json.loads(driver.get("/async", user="grace").body)
+
+    assert installed.init_options == {"debug": True}
+    assert anonymous == {"distinct_id": driver.state.anonymous_id, "user_id": None}
+    assert login == {"distinct_id": "grace", "user_id": "grace"}
+    (alias,) = sink.wait_for(event=ALIAS, count=1)
+    assert alias["distinct_id"] == "grace"

@@ -702,11 +702,11 @@ def bootstrap(reply: httpx.Response) -> dict[str, Any]:
 
 
 def flush_events(server: Server) -> None:
-    """Return once everything both of the server's clients enqueued reached the sink.
+    """Return once everything the server's client enqueued reached the sink.
 
-    A fresh visitor's page view goes through the module-level client, its login
-    link through the middleware's; each client sends in order from one thread.
-    Both wait out the same batching interval (posthog's default, 5 s).
+    A fresh visitor's page view and its login link go through the one client
+    (posthog's module-level client, which the middleware uses too), which
+    sends in order from one thread.
     """
     name = new_name()
     with Visitor(server) as marker:

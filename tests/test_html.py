@@ -207,7 +207,7 @@ def test_memory_stays_within_the_lookahead_and_one_chunk_for_a_100_mb_page(
         tracemalloc.stop()
     assert seen >= total
     # Held chunks are kept as they are, never copied: at most the look-ahead
-    # and the chunk in hand (DESIGN.md's bound), plus small change.
+    # and the chunk in hand (the injector's memory bound), plus small change.
     assert peak <= DEFAULT_LOOKAHEAD + chunk_size + 2 * 1024
 
 

@@ -1,4 +1,4 @@
-"""The identity core: DESIGN.md's transition table, row by row, plus properties."""
+"""The identity core: the transition table, row by row, plus properties."""
 
 from __future__ import annotations
 

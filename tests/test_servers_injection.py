@@ -233,7 +233,7 @@ def html5_parent_of_snippet(body: bytes) -> str:
 
 
 def insertion_point(document: bytes) -> int:
-    """Where DESIGN.md puts the snippet: before the first ``</head>``, else ``<body``."""
+    """Where the snippet belongs: before the first ``</head>``, else ``<body``."""
     found = re.search(rb"</head[\s>]|<body[\s>/]", document, re.IGNORECASE)
     assert found is not None
     return found.start()

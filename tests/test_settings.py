@@ -1,4 +1,4 @@
-"""Settings: every variable of DESIGN.md, parsed strictly and validated once."""
+"""Settings: every variable, parsed strictly and validated once; all problems reported together."""
 
 from __future__ import annotations
 
@@ -368,3 +368,146 @@ def test_every_settings_field_has_a_variable() -> None:
     from posthog_identity.settings import ENV_VARS
 
     assert {f.name for f in dataclasses.fields(Settings)} == set(ENV_VARS)
+
+
+# ---------------------------------------------------------------------------
+# Every problem at once
+
+
+def test_every_invalid_variable_is_reported_in_one_error_one_line_each() -> None:
+    env = {
+        "POSTHOG_IDENTITY_COOKIE_MAX_AGE": "a year",
+        "POSTHOG_IDENTITY_COOKIE_SAMESITE": "sideways",
+        "POSTHOG_IDENTITY_INJECT": "maybe",
+        "POSTHOG_HOST": "us.i.posthog.com",
+        "POSTHOG_IDENTITY_CONSENT": "always",
+    }
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(env)
+
+    named = [variable for variable, _ in info.value.errors]
+    assert sorted(named) == sorted([*env, "POSTHOG_IDENTITY_SECRET"])
+    lines = str(info.value).splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == named
+
+
+def test_the_first_problem_is_also_the_errors_variable_and_message() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({"POSTHOG_IDENTITY_COOKIE_MAX_AGE": "-"})
+
+    assert (info.value.variable, info.value.message) == info.value.errors[0]
+
+
+def test_api_keys_that_differ_are_reported_with_the_other_problems() -> None:
+    env = {**BASE, "POSTHOG_API_KEY": "phc_a", "POSTHOG_PROJECT_API_KEY": "phc_b"}
+
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env({**env, "POSTHOG_IDENTITY_COOKIE_NAME": "no spaces"})
+
+    assert [v for v, _ in info.value.errors] == [
+        "POSTHOG_API_KEY",
+        "POSTHOG_IDENTITY_COOKIE_NAME",
+    ]
+
+
+def test_invalid_values_given_directly_are_all_reported() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings(
+            secrets=(),
+            api_key=" phc_padded ",
+            personal_api_key=" ",
+            host="ftp://example.com",
+            script_url="nowhere",
+            cookie_name="a b",
+            cookie_domain="-bad-",
+            cookie_max_age=0,
+            cookie_secure="yes",  # type: ignore[arg-type]
+            cookie_samesite="lax",  # type: ignore[arg-type]
+            person_profiles="sometimes",  # type: ignore[arg-type]
+            inject="yes",  # type: ignore[arg-type]
+            inject_lookahead=10,
+            init_options={"bootstrap": {}},
+            bootstrap_flags=(),
+            flags_timeout=0,
+            exclude_paths=("static",),
+            consent="maybe",  # type: ignore[arg-type]
+            consent_cookie="a b",
+            consent_granted=(),
+            respect_gpc="yes",  # type: ignore[arg-type]
+        )
+
+    assert [v for v, _ in info.value.errors] == [
+        "POSTHOG_IDENTITY_SECRET",
+        "POSTHOG_API_KEY",
+        "POSTHOG_PERSONAL_API_KEY",
+        "POSTHOG_HOST",
+        "POSTHOG_IDENTITY_SCRIPT_URL",
+        "POSTHOG_IDENTITY_COOKIE_NAME",
+        "POSTHOG_IDENTITY_COOKIE_DOMAIN",
+        "POSTHOG_IDENTITY_COOKIE_MAX_AGE",
+        "POSTHOG_IDENTITY_COOKIE_SECURE",
+        "POSTHOG_IDENTITY_COOKIE_SAMESITE",
+        "POSTHOG_IDENTITY_PERSON_PROFILES",
+        "POSTHOG_IDENTITY_INJECT",
+        "POSTHOG_IDENTITY_INJECT_LOOKAHEAD",
+        "POSTHOG_IDENTITY_INIT_OPTIONS",
+        "POSTHOG_IDENTITY_BOOTSTRAP_FLAGS",
+        "POSTHOG_IDENTITY_FLAGS_TIMEOUT",
+        "POSTHOG_IDENTITY_EXCLUDE_PATHS",
+        "POSTHOG_IDENTITY_CONSENT",
+        "POSTHOG_IDENTITY_CONSENT_COOKIE",
+        "POSTHOG_IDENTITY_CONSENT_GRANTED",
+        "POSTHOG_IDENTITY_RESPECT_GPC",
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Overrides accept what the variables accept
+
+OVERRIDE_TEXTS = [
+    ("cookie_samesite", "lax", "Lax"),
+    ("cookie_samesite", "STRICT", "Strict"),
+    ("cookie_max_age", "3600", 3600),
+    ("cookie_secure", "auto", None),
+    ("cookie_secure", "on", True),
+    ("inject", "off", False),
+    ("exclude_paths", "/static, /media/", ("/static", "/media")),
+    ("person_profiles", "Always", "always"),
+    ("secrets", "new-secret, old-secret", ("new-secret", "old-secret")),
+    ("bootstrap_flags", "checkout,beta", ("checkout", "beta")),
+    ("flags_timeout", "0.5", 0.5),
+    ("init_options", '{"debug": true}', {"debug": True}),
+    ("consent", "OPT-IN", "opt-in"),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "text", "expected"),
+    OVERRIDE_TEXTS,
+    ids=[f"{field}={text}" for field, text, _ in OVERRIDE_TEXTS],
+)
+def test_an_override_accepts_the_text_its_variable_accepts(
+    field: str, text: str, expected: object
+) -> None:
+    assert getattr(Settings.from_env(BASE, **{field: text}), field) == expected
+
+
+def test_an_override_the_variable_would_refuse_is_reported_under_the_variable() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        Settings.from_env(BASE, cookie_samesite="sideways", cookie_max_age="soon")
+
+    assert [v for v, _ in info.value.errors] == [
+        "POSTHOG_IDENTITY_COOKIE_MAX_AGE",
+        "POSTHOG_IDENTITY_COOKIE_SAMESITE",
+    ]
+
+
+def test_python_value_overrides_win_over_the_variables() -> None:
+    settings = Settings.from_env(
+        {**BASE, "POSTHOG_API_KEY": "phc_env", "POSTHOG_IDENTITY_INJECT": "true"},
+        api_key=None,
+        inject=False,
+    )
+
+    assert (settings.api_key, settings.inject) == (None, False)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import posthog
 from django.core.asgi import get_asgi_application
 
 from posthog_identity.asgi import IdentityMiddleware
@@ -17,8 +16,7 @@ django_application = get_asgi_application()
 migrate()
 
 # Around the whole Django app: the identity cookie, the login link, the snippet.
-# It shares posthog's module-level client (settings.py configures it), so one
-# queue sends the views' captures and the login links.
-application = IdentityMiddleware(
-    django_application, client=posthog.setup() if posthog.api_key else None
-)
+# Its posthog client, built from POSTHOG_API_KEY and POSTHOG_HOST, becomes
+# posthog's default client: the views' posthog.capture() calls and the login
+# links share one queue.
+application = IdentityMiddleware(django_application)

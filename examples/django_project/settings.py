@@ -18,8 +18,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import posthog
-
 BASE_DIR = Path(__file__).resolve().parent
 
 # An example: never deploy with this key or with DEBUG on.
@@ -70,8 +68,3 @@ DATABASES = {
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 USE_TZ = True
-
-# Server-side events go through posthog's module-level client, configured from
-# the same variables as posthog_identity (no key: captures are no-ops).
-posthog.api_key = os.environ.get("POSTHOG_API_KEY") or os.environ.get("POSTHOG_PROJECT_API_KEY")
-posthog.host = os.environ.get("POSTHOG_HOST") or "https://us.i.posthog.com"

@@ -9,12 +9,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .asgi_proxy import forward
-from .asgi_scope import ASGIApp, Message, Receive, Scope, Send, mount_path, request_info, vouch
+from .asgi_scope import ASGIApp, Receive, Scope, Send, mount_path, request_info, vouch
 from .asgi_send import Responder
 from .context import bind
 from .engine import BYPASSED, Engine, logger
 from .exchange import Exchange
 from .identity import NOTHING, Report
+from .lifespan import serve_lifespan
 
 if TYPE_CHECKING:
     from posthog.client import Client
@@ -108,24 +109,11 @@ class IdentityMiddleware:
         return self.engine.read_user(lambda: starlette_user(scope["user"]))
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Pass lifespan through; deliver queued events before shutdown completes."""
-        flushed = False
-
-        async def flush() -> None:
-            nonlocal flushed
-            if not flushed:
-                flushed = True
-                await asyncio.to_thread(self.engine.flush)
-
-        async def send_after_flush(message: Message) -> None:
-            if message["type"] in (
-                "lifespan.shutdown.complete",
-                "lifespan.shutdown.failed",
-            ):
-                await flush()
-            await send(message)
-
-        await self.app(scope, receive, send_after_flush)
+        """The app's lifespan (or ours, if it refuses it); queued events go out before shutdown."""
+        flush = self.engine.flush
+        await serve_lifespan(
+            self.app, scope, receive, send, on_shutdown=lambda: asyncio.to_thread(flush)
+        )
 
 
 def starlette_user(user: object) -> object:

@@ -14,12 +14,22 @@ from dataclasses import dataclass, field, fields
 from typing import TextIO
 from urllib.parse import urlsplit
 
+from . import __version__
 from .settings import ENV_VARS, ConfigurationError, Settings
 
-__all__ = ["check", "main"]
+__all__ = ["EXIT_CODES", "check", "main", "port_number"]
 
-#: Exit codes of `check`.
-OK, PROBLEMS, INVALID = 0, 1, 2
+#: Exit codes: success; problems `check` found, or a server that could not
+#: start; a usage error (argparse's own code); a configuration the middleware
+#: would refuse.
+OK, PROBLEMS, USAGE, INVALID = 0, 1, 2, 3
+EXIT_CODES = f"""\
+exit codes:
+  {OK}  success
+  {PROBLEMS}  check found problems; demo or sink could not start (port in use)
+  {USAGE}  usage error: unknown command, bad option or port number
+  {INVALID}  invalid configuration: the middleware would refuse to start
+"""
 MIN_SECRET_LENGTH = 32
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _PREFIX = "POSTHOG_IDENTITY_"
@@ -31,15 +41,31 @@ class Report:
     warnings: list[str] = field(default_factory=list)
 
 
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535, or 0 for any free one."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number (1-65535, or 0 for any free port)"
+        )
+    return port
+
+
 def check(
     environ: Mapping[str, str] | None = None,
     *,
     ping: bool = False,
     timeout: float = 5.0,
     out: TextIO | None = None,
+    err: TextIO | None = None,
 ) -> int:
-    """Read the environment as the middleware does; print it and what is wrong."""
+    """Read the environment as the middleware does; print it (on `out`) and what
+    is wrong (on `err`)."""
     out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     env = os.environ if environ is None else environ
     report = Report()
     known = set(ENV_VARS.values())
@@ -51,16 +77,17 @@ def check(
     try:
         settings = Settings.from_env(env)
     except ConfigurationError as error:
-        print(f"error: {error}", file=out)
-        _print_problems(report, out)
-        print("The middleware would refuse to start with this configuration.", file=out)
+        for variable, message in error.errors:
+            print(f"error: {variable}: {message}", file=err)
+        _print_problems(report, err)
+        print("The middleware would refuse to start with this configuration.", file=err)
         return INVALID
 
     _print_settings(settings, out)
     _audit(settings, report)
     if ping:
         _ping(settings.host, timeout, report)
-    _print_problems(report, out)
+    _print_problems(report, err)
     if report.errors:
         return PROBLEMS
     print("ok: the configuration looks right.", file=out)
@@ -162,16 +189,7 @@ def _print_problems(report: Report, out: TextIO) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="posthog-identity", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="run the demo site with a local event sink")
-    demo.add_argument("--host", default="127.0.0.1")
-    demo.add_argument("--port", type=int, default=8000)
-    commands.add_parser("sink", help="run a local PostHog ingestion sink", add_help=False)
-    doctor = commands.add_parser("check", help="check the configuration in the environment")
-    doctor.add_argument("--ping", action="store_true", help="check that POSTHOG_HOST answers")
-    doctor.add_argument("--timeout", type=float, default=5.0)
-
+    parser = _parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["sink"]:
         from .sink import main as sink_main
@@ -179,7 +197,49 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sink_main(arguments[1:])
     options = parser.parse_args(arguments)
     if options.command == "demo":
-        from .demo import serve
-
-        return serve(options.host, options.port)
+        return _demo(options.host, options.port)
     return check(ping=options.ping, timeout=options.timeout)
+
+
+def _parser() -> argparse.ArgumentParser:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="posthog-identity", description=__doc__, epilog=EXIT_CODES, formatter_class=formatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser(
+        "demo",
+        help="run the demo site with a local event sink",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
+    demo.add_argument(
+        "--port", type=port_number, default=8000, help="0 picks one (default: %(default)s)"
+    )
+    commands.add_parser("sink", help="run a local PostHog ingestion sink", add_help=False)
+    doctor = commands.add_parser(
+        "check",
+        help="check the configuration in the environment",
+        epilog=EXIT_CODES,
+        formatter_class=formatter,
+    )
+    doctor.add_argument("--ping", action="store_true", help="check that POSTHOG_HOST answers")
+    doctor.add_argument("--timeout", type=float, default=5.0)
+    return parser
+
+
+def _demo(host: str, port: int) -> int:
+    """Run the demo; a configuration it cannot use is one line per variable.
+
+    A port in use is werkzeug's to report: it says so on stderr and exits 1.
+    """
+    from .demo import serve
+
+    try:
+        return serve(host, port)
+    except ConfigurationError as error:
+        for variable, message in error.errors:
+            print(f"posthog-identity demo: error: {variable}: {message}", file=sys.stderr)
+        return INVALID

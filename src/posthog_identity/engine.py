@@ -5,16 +5,13 @@ Each request then gets an `Exchange` (exchange.py) over the engine.
 
 from __future__ import annotations
 
-import atexit
-import inspect
-import time
-import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
 from posthog.client import Client
 
+from .client import FLUSH_TIMEOUT, process_client
 from .consent import ConsentHook
 from .cookies import CookieWriter, find_identity
 from .flags import FlagContextHook, FlagSource
@@ -37,36 +34,6 @@ __all__ = ["BYPASSED", "Engine", "logger"]
 #: Key the adapters set in the environ/scope of a request they pass through on
 #: purpose (excluded path, kill switch), so framework glue stays quiet about it.
 BYPASSED = "posthog_identity.bypassed"
-
-#: How long a shutdown waits for queued events to reach PostHog.
-FLUSH_TIMEOUT = 5.0
-
-
-# Clients the middlewares use, flushed together at process exit (WSGI has no
-# shutdown event); posthog's own exit hook waits one second in all.
-_owned_clients: weakref.WeakSet[Client] = weakref.WeakSet()
-
-
-def _flush_at_exit() -> None:
-    deadline = time.monotonic() + FLUSH_TIMEOUT
-    for client in list(_owned_clients):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
-        try:
-            client.flush(timeout_seconds=remaining)
-        except Exception:
-            logger.exception("posthog_identity: flushing events at exit failed")
-
-
-atexit.register(_flush_at_exit)
-
-# posthog 7.x renamed `personal_api_key` to `secret_key`; the old name warns.
-_SECRET_KEY = (
-    "secret_key"
-    if "secret_key" in inspect.signature(Client.__init__).parameters
-    else "personal_api_key"
-)
 
 
 class Engine:
@@ -92,10 +59,7 @@ class Engine:
         self.links = RecentLinks()
         self.warn_once = WarnOnce()
         self.owns_client = client is None
-        if client is None:
-            client = self._build_client()
-        else:
-            _owned_clients.add(client)
+        client = process_client(self.settings, client)
         self.client = client
         settings = self.settings
         self.proxy: Proxy | None = None
@@ -136,19 +100,6 @@ class Engine:
                 "posthog_identity: no PostHog API key (POSTHOG_API_KEY): identity is "
                 "resolved but no events are sent and no snippet is injected"
             )
-
-    def _build_client(self) -> Client | None:
-        if self.settings.api_key is None or self.settings.disabled:
-            return None
-        credentials: dict[str, Any] = {_SECRET_KEY: self.settings.personal_api_key}
-        client = Client(
-            self.settings.api_key,
-            host=self.settings.host,
-            feature_flags_request_timeout_seconds=self.settings.flags_timeout,
-            **credentials,
-        )
-        _owned_clients.add(client)
-        return client
 
     @property
     def api_key(self) -> str | None:

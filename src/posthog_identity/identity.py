@@ -1,8 +1,8 @@
 """The identity core: (verified cookie, what the request reports) -> Resolution.
 
 Pure code: no I/O, no framework, no clock and no randomness of its own (the
-caller passes `now` and a `new_id` source). DESIGN.md's transition table, row
-by row, lives in `resolve`.
+caller passes `now` and a `new_id` source). The transition table (first visit,
+login, logout, account switch; docs/identity.md), row by row, lives in `resolve`.
 """
 
 from __future__ import annotations
@@ -227,7 +227,7 @@ def resolve(
     reset_on_logout: bool = True,
     new_id: Callable[[], str] = _new_id,
 ) -> Resolution:
-    """Apply DESIGN.md's transition table to one request."""
+    """Apply the transition table (cookie held, user now -> action, cookie after) to a request."""
     if verified is None or verified.state.issued_at + max_age <= now:
         anonymous_id = new_id()
         if isinstance(report, str):

@@ -79,12 +79,25 @@ _COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
 
 
 class ConfigurationError(ValueError):
-    """A setting has an invalid value; `variable` names the environment variable."""
+    """Settings with invalid values, each named by its environment variable.
 
-    def __init__(self, variable: str, message: str) -> None:
+    `variable` and `message` are the first problem's; `errors` lists every
+    ``(variable, message)`` pair, and the text has one line per problem, so a
+    configuration with several mistakes is fixed in one go.
+    """
+
+    def __init__(self, variable: str, message: str, *more: tuple[str, str]) -> None:
         self.variable = variable
         self.message = message
-        super().__init__(f"{variable}: {message}")
+        self.errors: tuple[tuple[str, str], ...] = ((variable, message), *more)
+        super().__init__("\n".join(f"{name}: {text}" for name, text in self.errors))
+
+    @classmethod
+    def combine(cls, errors: Iterable[ConfigurationError]) -> ConfigurationError:
+        """One error listing the problems of all `errors` (at least one), in order."""
+        pairs = [pair for error in errors for pair in error.errors]
+        (variable, message), *more = pairs
+        return cls(variable, message, *more)
 
 
 def _fail(name: str, message: str) -> ConfigurationError:
@@ -140,6 +153,30 @@ class Settings:
     proxy_timeout: float = 10.0
 
     def __post_init__(self) -> None:
+        # One check per variable, all run: the error lists every bad one.
+        errors: list[ConfigurationError] = []
+        for check in (
+            self._check_secrets,
+            self._check_api_key,
+            self._check_personal_api_key,
+            self._check_urls,
+            self._check_cookie,
+            self._check_samesite,
+            self._check_person_profiles,
+            self._check_injection,
+            self._check_flags,
+            self._check_exclude_paths,
+            self._check_consent,
+            self._check_proxy,
+        ):
+            try:
+                check()
+            except ConfigurationError as error:
+                errors.append(error)
+        if errors:
+            raise ConfigurationError.combine(errors)
+
+    def _check_secrets(self) -> None:
         if isinstance(self.secrets, str):
             raise _fail("secrets", "expected a tuple of secrets, got a single string")
         secrets = tuple(self.secrets)
@@ -149,26 +186,45 @@ class Settings:
             raise _fail("secrets", "every secret must be a non-empty string")
         object.__setattr__(self, "secrets", secrets)
 
+    def _check_api_key(self) -> None:
         if self.api_key is not None and (not self.api_key or self.api_key.strip() != self.api_key):
             raise _fail("api_key", "must be a non-empty key without surrounding spaces")
 
-        object.__setattr__(self, "host", _check_url("host", self.host))
+    def _check_personal_api_key(self) -> None:
+        if self.personal_api_key is not None and not self.personal_api_key.strip():
+            raise _fail("personal_api_key", "must not be empty")
+
+    def _check_urls(self) -> None:
+        errors = []
+        try:
+            object.__setattr__(self, "host", _check_url("host", self.host))
+        except ConfigurationError as error:
+            errors.append(error)
         if self.script_url is not None:
-            object.__setattr__(
-                self,
-                "script_url",
-                _check_url("script_url", self.script_url, allow_path=True),
-            )
+            try:
+                url = _check_url("script_url", self.script_url, allow_path=True)
+                object.__setattr__(self, "script_url", url)
+            except ConfigurationError as error:
+                errors.append(error)
+        if errors:
+            raise ConfigurationError.combine(errors)
 
-        if not _TOKEN.match(self.cookie_name):
-            raise _fail("cookie_name", f"{self.cookie_name!r} is not a valid cookie name")
+    def _check_cookie(self) -> None:
+        errors = []
+        if not isinstance(self.cookie_name, str) or not _TOKEN.match(self.cookie_name):
+            errors.append(_fail("cookie_name", f"{self.cookie_name!r} is not a valid cookie name"))
         if self.cookie_domain is not None and not _DOMAIN.match(self.cookie_domain):
-            raise _fail("cookie_domain", f"{self.cookie_domain!r} is not a valid domain")
+            errors.append(_fail("cookie_domain", f"{self.cookie_domain!r} is not a valid domain"))
         if isinstance(self.cookie_max_age, bool) or not isinstance(self.cookie_max_age, int):
-            raise _fail("cookie_max_age", "must be a whole number of seconds")
-        if self.cookie_max_age <= 0:
-            raise _fail("cookie_max_age", f"must be positive, got {self.cookie_max_age}")
+            errors.append(_fail("cookie_max_age", "must be a whole number of seconds"))
+        elif self.cookie_max_age <= 0:
+            errors.append(_fail("cookie_max_age", f"must be positive, got {self.cookie_max_age}"))
+        if self.cookie_secure not in (None, True, False):
+            errors.append(_fail("cookie_secure", "must be None (auto), True or False"))
+        if errors:
+            raise ConfigurationError.combine(errors)
 
+    def _check_samesite(self) -> None:
         if self.cookie_samesite not in _SAMESITE.values():
             raise _fail(
                 "cookie_samesite",
@@ -179,80 +235,125 @@ class Settings:
                 ENV_VARS["cookie_samesite"],
                 f"SameSite=None requires a Secure cookie, but {ENV_VARS['cookie_secure']} is false",
             )
+
+    def _check_person_profiles(self) -> None:
         if self.person_profiles not in _PERSON_PROFILES:
             raise _fail(
                 "person_profiles",
                 f"must be identified_only or always, got {self.person_profiles!r}",
             )
 
+    def _check_injection(self) -> None:
+        errors = []
+        for name in ("inject", "reset_on_logout", "disabled"):
+            if not isinstance(getattr(self, name), bool):
+                errors.append(_fail(name, "must be true or false"))
         lookahead = self.inject_lookahead
         if isinstance(lookahead, bool) or not isinstance(lookahead, int) or lookahead < 1024:
-            raise _fail(
-                "inject_lookahead", f"must be a whole number of bytes >= 1024, got {lookahead!r}"
+            errors.append(
+                _fail(
+                    "inject_lookahead",
+                    f"must be a whole number of bytes >= 1024, got {lookahead!r}",
+                )
             )
-        object.__setattr__(self, "init_options", _check_init_options(self.init_options))
+        try:
+            object.__setattr__(self, "init_options", _check_init_options(self.init_options))
+        except ConfigurationError as error:
+            errors.append(error)
+        if errors:
+            raise ConfigurationError.combine(errors)
 
+    def _check_flags(self) -> None:
+        errors = []
         flags = self.bootstrap_flags
         if not isinstance(flags, bool):
             keys = tuple(flags)
             if not keys or not all(isinstance(k, str) and k for k in keys):
-                raise _fail("bootstrap_flags", "must be true, false or a list of flag keys")
-            object.__setattr__(self, "bootstrap_flags", keys)
-        if self.personal_api_key is not None and not self.personal_api_key.strip():
-            raise _fail("personal_api_key", "must not be empty")
+                errors.append(
+                    _fail("bootstrap_flags", "must be true, false or a list of flag keys")
+                )
+            else:
+                object.__setattr__(self, "bootstrap_flags", keys)
         timeout = self.flags_timeout
         if (
             isinstance(timeout, bool)
             or not isinstance(timeout, int | float)
             or not 0 < timeout <= 10
         ):
-            raise _fail("flags_timeout", f"must be a number of seconds in (0, 10], got {timeout!r}")
+            errors.append(
+                _fail("flags_timeout", f"must be a number of seconds in (0, 10], got {timeout!r}")
+            )
+        if errors:
+            raise ConfigurationError.combine(errors)
 
-        hops = self.trusted_proxies
-        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
-            raise _fail("trusted_proxies", f"must be a whole number >= 0, got {hops!r}")
-
-        self._check_proxy()
+    def _check_exclude_paths(self) -> None:
         paths = tuple(_check_prefix(p) for p in self.exclude_paths)
         object.__setattr__(self, "exclude_paths", paths)
-        self._check_consent()
 
     def _check_proxy(self) -> None:
+        errors = []
+        hops = self.trusted_proxies
+        if isinstance(hops, bool) or not isinstance(hops, int) or hops < 0:
+            errors.append(_fail("trusted_proxies", f"must be a whole number >= 0, got {hops!r}"))
         path = self.proxy_path
         if path is not None:
             if not isinstance(path, str) or not re.fullmatch(r"(/[A-Za-z0-9._~-]+)+/?", path):
-                raise _fail("proxy_path", f"must be a path such as /ingest, got {path!r}")
-            object.__setattr__(self, "proxy_path", path.rstrip("/"))
+                errors.append(_fail("proxy_path", f"must be a path such as /ingest, got {path!r}"))
+            else:
+                object.__setattr__(self, "proxy_path", path.rstrip("/"))
         size = self.proxy_max_body
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise _fail("proxy_max_body", f"must be a whole number of bytes >= 1, got {size!r}")
+            errors.append(
+                _fail("proxy_max_body", f"must be a whole number of bytes >= 1, got {size!r}")
+            )
         timeout = self.proxy_timeout
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
-            raise _fail("proxy_timeout", f"must be a positive number of seconds, got {timeout!r}")
+            errors.append(
+                _fail("proxy_timeout", f"must be a positive number of seconds, got {timeout!r}")
+            )
+        if errors:
+            raise ConfigurationError.combine(errors)
 
     def _check_consent(self) -> None:
+        errors = []
         if self.consent not in _CONSENT_MODES:
-            raise _fail("consent", f"must be not-required, opt-in or opt-out, got {self.consent!r}")
+            errors.append(
+                _fail("consent", f"must be not-required, opt-in or opt-out, got {self.consent!r}")
+            )
         if not isinstance(self.consent_cookie, str) or not _TOKEN.match(self.consent_cookie):
-            raise _fail("consent_cookie", f"{self.consent_cookie!r} is not a valid cookie name")
-        if self.consent_cookie == self.cookie_name:
-            raise _fail(
-                "consent_cookie",
-                f"must differ from {ENV_VARS['cookie_name']} ({self.cookie_name!r})",
+            errors.append(
+                _fail("consent_cookie", f"{self.consent_cookie!r} is not a valid cookie name")
             )
-        granted = _consent_values("consent_granted", self.consent_granted)
-        denied = _consent_values("consent_denied", self.consent_denied)
-        both = sorted(set(granted) & set(denied))
-        if both:
-            raise _fail(
-                "consent_denied",
-                f"{', '.join(both)} also grants consent ({ENV_VARS['consent_granted']})",
+        elif self.consent_cookie == self.cookie_name:
+            errors.append(
+                _fail(
+                    "consent_cookie",
+                    f"must differ from {ENV_VARS['cookie_name']} ({self.cookie_name!r})",
+                )
             )
-        object.__setattr__(self, "consent_granted", granted)
-        object.__setattr__(self, "consent_denied", denied)
+        values: dict[str, tuple[str, ...]] = {}
+        for name in ("consent_granted", "consent_denied"):
+            try:
+                values[name] = _consent_values(name, getattr(self, name))
+            except ConfigurationError as error:
+                errors.append(error)
+        if len(values) == 2:
+            granted, denied = values["consent_granted"], values["consent_denied"]
+            both = sorted(set(granted) & set(denied))
+            if both:
+                errors.append(
+                    _fail(
+                        "consent_denied",
+                        f"{', '.join(both)} also grants consent ({ENV_VARS['consent_granted']})",
+                    )
+                )
+        for name, checked in values.items():
+            object.__setattr__(self, name, checked)
         for name in ("respect_gpc", "respect_dnt"):
             if not isinstance(getattr(self, name), bool):
-                raise _fail(name, "must be true or false")
+                errors.append(_fail(name, "must be true or false"))
+        if errors:
+            raise ConfigurationError.combine(errors)
 
     def __repr__(self) -> str:
         shown = ", ".join(
@@ -270,7 +371,10 @@ class Settings:
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         """Read the settings from `environ` (default `os.environ`); overrides win.
 
-        Overrides take `Settings` field names and Python values.
+        Overrides take `Settings` field names, with Python values or with the
+        text the environment variable would hold (``cookie_samesite="lax"``,
+        ``cookie_max_age="3600"``, ``exclude_paths="/static,/media"``).
+        Every invalid value is reported, in one `ConfigurationError`.
         """
         env = os.environ if environ is None else environ
         unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
@@ -278,18 +382,38 @@ class Settings:
             raise TypeError(f"unknown Settings field(s): {', '.join(sorted(unknown))}")
 
         values: dict[str, Any] = {}
-        for name, variable in ENV_VARS.items():
-            raw = env.get(variable, "").strip()
-            if name == "api_key":
-                raw = _api_key(env)
-            if raw:
-                values[name] = _PARSERS.get(name, _text)(variable, raw)
-        values.update(overrides)
-        if "secrets" not in values:
-            raise ConfigurationError(
-                ENV_VARS["secrets"], "is required (a random string of 32+ characters)"
-            )
-        return cls(**values)
+        errors: list[ConfigurationError] = []
+        texts = {name: env.get(variable, "") for name, variable in ENV_VARS.items()}
+        try:
+            texts["api_key"] = _api_key(env)
+        except ConfigurationError as error:
+            errors.append(error)
+            texts["api_key"] = ""
+        for name, value in overrides.items():
+            if isinstance(value, str) and name in _PARSERS:
+                texts[name] = value
+            else:
+                texts.pop(name)
+                values[name] = value
+        for name, text in texts.items():
+            raw = text.strip()
+            if not raw:
+                continue
+            try:
+                values[name] = _PARSERS.get(name, _text)(ENV_VARS[name], raw)
+            except ConfigurationError as error:
+                errors.append(error)
+        if "secrets" not in values and not any(e.variable == ENV_VARS["secrets"] for e in errors):
+            errors.append(_fail("secrets", "is required (a random string of 32+ characters)"))
+        try:
+            # A stand-in secret when it is missing, so the other values are
+            # still checked and reported together.
+            settings = cls(**{"secrets": ("-",), **values})
+        except ConfigurationError as error:
+            errors.append(error)
+        if errors:
+            raise ConfigurationError.combine(errors)
+        return settings
 
 
 def _api_key(env: Mapping[str, str]) -> str:

@@ -1244,12 +1244,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     event and per flags request as they arrive. Returns 0 once stopped, 1 when
     it cannot start (port taken, JSONL file or static directory unusable).
     """
+    from .cli import port_number
+
     parser = argparse.ArgumentParser(
         prog="posthog-identity sink",
         description="A local stand-in for PostHog's ingestion: prints what it receives.",
+        epilog="exit codes:\n  0  stopped\n  1  could not start (port in use, unusable file)\n"
+        "  2  usage error: bad option or port number",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=8010, help="0 picks one (default: %(default)s)")
+    parser.add_argument(
+        "--port", type=port_number, default=8010, help="0 picks one (default: %(default)s)"
+    )
     parser.add_argument("--jsonl", metavar="FILE", help="also append each event to FILE")
     parser.add_argument("--static-dir", metavar="DIR", help="serve DIR at /static/")
     parser.add_argument(

@@ -1,0 +1,126 @@
+"""The process's one posthog client, and its flush when the process exits.
+
+The module-level ``posthog.capture()`` a view calls and the middleware's own
+events (the login link) go through one client: one queue, one sending thread,
+one flush at shutdown. A second client for the same project would compete with
+the first and make posthog warn about "Multiple active PostHog clients".
+"""
+
+from __future__ import annotations
+
+import atexit
+import inspect
+import logging
+import time
+import weakref
+from typing import Any
+
+import posthog
+from posthog.client import Client
+
+from .settings import ENV_VARS, Settings
+
+__all__ = ["FLUSH_TIMEOUT", "process_client"]
+
+logger = logging.getLogger("posthog_identity")
+
+#: How long a shutdown waits for queued events to reach PostHog.
+FLUSH_TIMEOUT = 5.0
+
+# posthog 7.x renamed `personal_api_key` to `secret_key`; the old name warns.
+_SECRET_KEY = (
+    "secret_key"
+    if "secret_key" in inspect.signature(Client.__init__).parameters
+    else "personal_api_key"
+)
+
+# Clients the middlewares use, flushed together at process exit (WSGI has no
+# shutdown event); posthog's own exit hook waits one second in all.
+_flushed_at_exit: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def process_client(settings: Settings, given: Client | None = None) -> Client | None:
+    """The client the middleware sends through; None when there is nothing to send.
+
+    In order: the client passed in (``client=``); posthog's module-level client
+    when the app configured it (``posthog.api_key`` or ``posthog.project_api_key``
+    set, or a default client with a key); else, with an API key in the settings
+    and the middleware not disabled, a new client that also becomes posthog's
+    default client, so a view's ``posthog.capture()`` reaches PostHog with the
+    request's identity. Whichever it is, it is flushed at process exit.
+    """
+    if given is not None:
+        client: Client | None = given
+    elif settings.disabled:
+        return None
+    else:
+        client = _module_client(settings)
+        if client is None and settings.api_key is not None:
+            client = _build(settings)
+            _become_default(client)
+    if client is not None:
+        _flushed_at_exit.add(client)
+    return client
+
+
+def _module_client(settings: Settings) -> Client | None:
+    """posthog's module-level client, when the app configured one; else None."""
+    existing = posthog.default_client
+    if existing is not None and existing.api_key:
+        client: Client = existing
+    elif _stripped(posthog.project_api_key) or _stripped(posthog.api_key):
+        # posthog's own constructor for its module client, from the app's settings.
+        client = posthog.setup()
+    else:
+        return None
+    if settings.api_key is not None and client.api_key != settings.api_key:
+        logger.warning(
+            "posthog_identity: %s differs from the API key posthog's module is "
+            "configured with; events go through posthog's module client, with its key",
+            ENV_VARS["api_key"],
+        )
+    return client
+
+
+def _build(settings: Settings) -> Client:
+    assert settings.api_key is not None
+    credentials: dict[str, Any] = {_SECRET_KEY: settings.personal_api_key}
+    return Client(
+        settings.api_key,
+        host=settings.host,
+        feature_flags_request_timeout_seconds=settings.flags_timeout,
+        **credentials,
+    )
+
+
+def _become_default(client: Client) -> None:
+    """Make `client` the one posthog's module-level functions use.
+
+    Every module-level function (``posthog.capture``, ``posthog.flush``...) goes
+    through ``posthog.setup()``, which builds a client only while
+    ``posthog.default_client`` is None and otherwise reuses it. Assigning that
+    attribute therefore hands posthog the client exactly as the settings built
+    it (host, flag timeout, personal key). Setting ``posthog.api_key`` and
+    ``posthog.host`` instead would have posthog build its client from its own
+    defaults (a 3 s flag timeout, no personal key).
+    """
+    posthog.default_client = client
+
+
+def _stripped(value: object) -> str:
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _flush_at_exit() -> None:
+    deadline = time.monotonic() + FLUSH_TIMEOUT
+    for client in list(_flushed_at_exit):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        try:
+            client.flush(timeout_seconds=remaining)
+        except Exception:
+            logger.exception("posthog_identity: flushing events at exit failed")
+
+
+atexit.register(_flush_at_exit)
