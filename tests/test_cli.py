@@ -273,3 +273,36 @@ def test_the_demo_on_a_taken_port_says_so_without_a_traceback() -> None:
     assert done.returncode == PROBLEMS
     assert "Traceback" not in done.stderr
     assert f"Port {port} is in use" in done.stderr
+
+
+def test_check_describes_the_proxy() -> None:
+    code, text = run({**GOOD, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"})
+    assert code == OK, text
+    assert (
+        "proxy: /ingest/static/* and /ingest/array/* go to https://eu-assets.i.posthog.com" in text
+    )
+
+
+def test_check_ping_tries_posthog_through_the_proxy() -> None:
+    with Sink() as sink:
+        env = {**GOOD, "POSTHOG_HOST": sink.url, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"}
+        code, text = run(env, ping=True, timeout=5.0)
+    assert code == OK, text
+    assert f"proxy: /ingest/flags/?v=2 -> {sink.url}/flags/?v=2:" in text
+
+
+def test_check_ping_through_the_proxy_names_an_unreachable_upstream() -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {
+        **GOOD,
+        "POSTHOG_HOST": f"http://127.0.0.1:{port}",
+        "POSTHOG_IDENTITY_PROXY_PATH": "/ingest",
+    }
+    code, text = run(env, ping=True, timeout=2.0)
+    assert code == PROBLEMS
+    assert "POSTHOG_IDENTITY_PROXY_PATH: " in text
+    assert "gave no answer through the proxy (502: unreachable)" in text

@@ -15,6 +15,7 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from . import __version__
+from .proxy import Proxy, assets_host
 from .settings import ENV_VARS, ConfigurationError, Settings
 
 __all__ = ["EXIT_CODES", "check", "main", "port_number"]
@@ -85,8 +86,12 @@ def check(
 
     _print_settings(settings, out)
     _audit(settings, report)
+    if settings.proxy_path is not None:
+        _describe_proxy(settings, out)
     if ping:
         _ping(settings.host, timeout, report)
+        if settings.proxy_path is not None:
+            _ping_through_proxy(settings, timeout, out, report)
     _print_problems(report, err)
     if report.errors:
         return PROBLEMS
@@ -144,6 +149,40 @@ def _ping(host: str, timeout: float, report: Report) -> None:
         report.errors.append(
             f"{ENV_VARS['host']}: {host} did not answer within {timeout:g}s ({reason})"
         )
+
+
+def _describe_proxy(settings: Settings, out: TextIO) -> None:
+    prefix = settings.proxy_path
+    assert prefix is not None
+    print(
+        f"proxy: {prefix}/static/* and {prefix}/array/* go to {assets_host(settings.host)}, "
+        f"the rest of {prefix}/* to {settings.host}; the snippet loads posthog-js from "
+        f"{settings.script_url or prefix + '/static/array.js'} and sends to {prefix}",
+        file=out,
+    )
+
+
+def _ping_through_proxy(settings: Settings, timeout: float, out: TextIO, report: Report) -> None:
+    """Ask both upstreams through the proxy itself, as posthog-js will."""
+    assert settings.proxy_path is not None
+    proxy = Proxy(
+        settings.proxy_path,
+        settings.host,
+        max_body=settings.proxy_max_body,
+        timeout=min(timeout, settings.proxy_timeout),
+    )
+    for path in ("/static/array.js", "/flags/?v=2"):
+        local, _, query = f"{settings.proxy_path}{path}".partition("?")
+        url = proxy.upstream(local, query)
+        reply = proxy.forward("GET", url, {}, None)
+        reply.body.close()
+        if reply.own:
+            report.errors.append(
+                f"{ENV_VARS['proxy_path']}: {url} gave no answer through the proxy "
+                f"({reply.status}: {'timed out' if reply.status == 504 else 'unreachable'})"
+            )
+        else:
+            print(f"proxy: {settings.proxy_path}{path} -> {url}: {reply.status}", file=out)
 
 
 #: How an unset value reads, where "none" would not say what happens.

@@ -70,6 +70,7 @@ class Reply(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: Generator[bytes, None, None]
+    own: bool = False  #: the proxy's own answer (413, 502, 504), not PostHog's
 
 
 def assets_host(host: str) -> str:
@@ -100,7 +101,7 @@ def error_reply(status: int, text: str) -> Reply:
     """A short plain-text answer of the proxy's own (413, 502, 504)."""
     body = text.encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    return Reply(status, headers, (piece for piece in (body,)))
+    return Reply(status, headers, (piece for piece in (body,)), own=True)
 
 
 class Proxy:
