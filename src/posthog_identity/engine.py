@@ -58,7 +58,6 @@ class Engine:
         self.cookies = CookieWriter(self.settings)
         self.links = RecentLinks()
         self.warn_once = WarnOnce()
-        self.owns_client = client is None
         client = process_client(self.settings, client)
         self.client = client
         settings = self.settings
