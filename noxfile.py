@@ -138,7 +138,7 @@ def e2e(session: nox.Session) -> None:
         "--no-fund",
         external=True,
     )
-    session.run("pytest", "tests/e2e", *session.posargs)
+    session.run("pytest", *PARALLEL, "tests/e2e", *session.posargs)
 
 
 # opentelemetry-api: without it, posthog's PosthogASGIMiddleware retries a failing
