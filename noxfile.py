@@ -17,6 +17,7 @@ FRAMEWORKS = [
 ]
 TEST_DEPS = [
     "pytest>=8",
+    "pytest-xdist>=3.6",
     "coverage[toml]>=7.10",
     "hypothesis>=6.100",
     # real servers and frameworks the integration tests run under
@@ -30,6 +31,10 @@ TEST_DEPS = [
     *FRAMEWORKS,
 ]
 DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
+# Two pytest-xdist workers: most tests wait on servers and sockets, not on the CPU.
+# Each module goes to one worker whole (loadscope), so its module-scoped servers
+# start once. Coverage measures the workers as subprocesses (patch = subprocess).
+PARALLEL = ["--numprocesses=2", "--dist=loadscope"]
 
 nox.options.sessions = ["lint", "typecheck", "docs", "tests", "coverage", "e2e", "bench_smoke"]
 nox.options.reuse_existing_virtualenvs = True
@@ -46,11 +51,22 @@ def tests(session: nox.Session) -> None:
         "run",
         "-m",
         "pytest",
+        *PARALLEL,
         # The browser scenarios have their own session (they need Chromium).
         "--ignore=tests/e2e",
         *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{session.python}"},
     )
+
+
+@nox.session(python="3.11")
+def quick(session: nox.Session) -> None:
+    """The inner loop: the suite on one Python, no coverage, no browser.
+
+    Arguments after `--` go to pytest: `nox -s quick -- tests/test_wsgi.py -k cookie`.
+    """
+    session.install("-e", ".", *TEST_DEPS)
+    session.run("pytest", *PARALLEL, "--ignore=tests/e2e", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -123,7 +139,7 @@ def e2e(session: nox.Session) -> None:
         "--no-fund",
         external=True,
     )
-    session.run("pytest", "tests/e2e", *session.posargs)
+    session.run("pytest", *PARALLEL, "tests/e2e", *session.posargs)
 
 
 # opentelemetry-api: without it, posthog's PosthogASGIMiddleware retries a failing

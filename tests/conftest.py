@@ -50,9 +50,15 @@ def client(sink: Sink) -> Iterator[posthog.Client]:
 
 @pytest.fixture
 def module_posthog(sink: Sink) -> Iterator[None]:
-    """Point the module-level `posthog.capture` at the sink for one test."""
+    """Point the module-level `posthog.capture` at the sink for one test.
+
+    The module's client is built here rather than by `posthog.setup()`, which
+    batches events for 5 s: this one sends them at once, so the test waits on
+    their arrival, not on the batch window.
+    """
     saved = posthog.api_key, posthog.host, posthog.default_client
-    posthog.api_key, posthog.host, posthog.default_client = API_KEY, sink.url, None
+    posthog.api_key, posthog.host = API_KEY, sink.url
+    posthog.default_client = posthog.Client(API_KEY, host=sink.url, flush_interval=0.05)
     yield
     if posthog.default_client is not None:
         posthog.default_client.shutdown()
