@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from posthog_identity.cli import INVALID, OK, PROBLEMS, check, main
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 
 GOOD = {
     "POSTHOG_IDENTITY_SECRET": "k" * 40,

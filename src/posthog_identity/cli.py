@@ -174,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["sink"]:
-        from .sink import main as sink_main
+        from .testing.cli import main as sink_main
 
         return sink_main(arguments[1:])
     options = parser.parse_args(arguments)
