@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-import mimetypes
 import os
 import re
 import secrets
-import socket
 import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from http import HTTPStatus
@@ -21,16 +19,16 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import quote, unquote, urlsplit
 
-from werkzeug.serving import LISTEN_QUEUE, ThreadedWSGIServer, WSGIRequestHandler
-from werkzeug.serving import select_address_family as _address_family
+from werkzeug.serving import ThreadedWSGIServer
 from werkzeug.wrappers import Request, Response
-from werkzeug.wsgi import wrap_file
 
 from . import protocol
 from .flags import FlagBook, FlagValue, LocalEvaluator, flags_reply
 from .protocol import DEFAULT_MAX_BODY_SIZE, Event, Rejected, error_reply
 from .recorder import Predicate, Recorder
 from .remote_config import remote_config, remote_config_script
+from .serving import make_server
+from .static import file_response, static_file
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -43,21 +41,7 @@ logger = logging.getLogger("posthog_identity.testing")
 
 # posthog-js's remote config: a script first, JSON when the script gave nothing.
 _CONFIG_PATH = re.compile(r"/array/([^/]+)/config(\.js)?/?")
-# posthog-js asks for `/static/<its version>/surveys.js` first.
-_VERSION_SEGMENT = re.compile(r"v?\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.+-]+)?")
 _STATIC_PREFIX = "/static/"
-# werkzeug adds `; charset=utf-8` to the text and script types.
-_MIMETYPES = {
-    ".js": "application/javascript",
-    ".mjs": "application/javascript",
-    ".cjs": "application/javascript",
-    ".json": "application/json",
-    ".map": "application/json",
-    ".css": "text/css",
-    ".html": "text/html",
-    ".txt": "text/plain",
-    ".wasm": "application/wasm",
-}
 # A body over the cap is still read (and dropped) up to this size so the client
 # gets the 413 instead of a connection reset.
 _MAX_DRAIN = 4 * DEFAULT_MAX_BODY_SIZE
@@ -124,38 +108,6 @@ def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
-def _static_file(root: Path, relative: str) -> Path | None:
-    """The file under `root` that a (decoded) `/static/` path names, if any.
-
-    `..`, `.`, empty segments (so absolute paths) and backslashes are refused,
-    and so is any file that resolves, through symlinks, outside `root`. A
-    leading version segment (`1.449.2/surveys.js`) is dropped when the
-    versioned file does not exist.
-    """
-    parts = relative.split("/")
-    if any(part in ("", ".", "..") or "\\" in part or "\0" in part for part in parts):
-        return None
-    candidates = [parts]
-    if len(parts) > 1 and _VERSION_SEGMENT.fullmatch(parts[0]):
-        candidates.append(parts[1:])
-    for candidate in candidates:
-        try:
-            path = root.joinpath(*candidate).resolve()
-        except (OSError, RuntimeError):  # a symlink loop
-            continue
-        if path.is_relative_to(root) and path.is_file():
-            return path
-    return None
-
-
-def _mimetype(path: Path) -> str:
-    known = _MIMETYPES.get(path.suffix.lower())
-    if known is not None:
-        return known
-    guessed, _ = mimetypes.guess_type(path.name)
-    return guessed or "application/octet-stream"
-
-
 def _add_cors_headers(request: Request, response: Response) -> None:
     # posthog-js posts without credentials and loads its scripts with
     # crossorigin="anonymous": echoing the Origin covers both.
@@ -177,56 +129,6 @@ def _preflight(request: Request) -> Response:
         response.headers["Access-Control-Allow-Private-Network"] = "true"
     response.headers["Access-Control-Max-Age"] = "600"
     return response
-
-
-class _Handler(WSGIRequestHandler):
-    """werkzeug's handler, logging to our logger at debug and erring in JSON."""
-
-    server_version = "posthog-identity-sink"
-    # HTTP/1.0: one request per connection, so no idle keep-alive connection
-    # outlives stop() on either side.
-    protocol_version = "HTTP/1.0"
-    timeout = 10.0
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        logger.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        logger.debug("%s " + message, self.address_string(), *args)
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """Answer the server's own errors (a bad request line...) in JSON."""
-        status = HTTPStatus(code)
-        detail = explain or message or status.phrase
-        body = json.dumps(error_reply(code, status.name.lower(), detail)).encode()
-        self.log_error("code %d, message %s", code, message)
-        self.send_response(code, message)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Connection", "close")
-        self.end_headers()
-        if getattr(self, "command", None) != "HEAD":
-            self.wfile.write(body)
-
-
-class _Server(ThreadedWSGIServer):
-    # Handler threads are joined by server_close(), so a stopped sink has no
-    # request still writing; each is bounded by the handler's socket timeout.
-    daemon_threads = False
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        logger.debug(message, *args)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # A client that went away mid-request; the default prints to stderr.
-        logger.debug("connection from %s failed", client_address, exc_info=True)
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    # Bound here, not by werkzeug, whose bind failure prints and exits.
-    return socket.create_server(
-        (host, port), family=_address_family(host, port), backlog=LISTEN_QUEUE
-    )
 
 
 class Sink:
@@ -329,7 +231,7 @@ class Sink:
         self._flags_lock = threading.Lock()
         self._evaluator_lock = threading.Lock()
         self._lifecycle = threading.Lock()
-        self._running: tuple[_Server, threading.Thread] | None = None
+        self._running: tuple[ThreadedWSGIServer, threading.Thread] | None = None
         self._jsonl: IO[str] | None = None
         self._bound: tuple[str, int] | None = None
 
@@ -349,8 +251,7 @@ class Sink:
             if self._bound is not None:
                 raise RuntimeError("a Sink can be started only once")
             host, port = self._address
-            with _listen(host, port) as listener:
-                server = _Server(host, port, self, handler=_Handler, fd=listener.fileno())
+            server = make_server(host, port, self)
             try:
                 if self._jsonl_path is not None:
                     self._jsonl = open(self._jsonl_path, "a", encoding="utf-8")  # noqa: SIM115
@@ -679,20 +580,8 @@ class Sink:
         return _json_response(HTTPStatus.OK, config)
 
     def _static_response(self, request: Request, relative: str) -> Response:
-        found = None if self._static_dir is None else _static_file(self._static_dir, relative)
-        if found is None:
+        found = None if self._static_dir is None else static_file(self._static_dir, relative)
+        response = None if found is None else file_response(request, found)
+        if response is None:
             raise _not_found(_STATIC_PREFIX + relative)
-        try:
-            opened = found.open("rb")
-        except OSError:  # gone since it was found
-            raise _not_found(_STATIC_PREFIX + relative) from None
-        stat = os.fstat(opened.fileno())
-        response = Response(
-            wrap_file(request.environ, opened), mimetype=_mimetype(found), direct_passthrough=True
-        )
-        response.content_length = stat.st_size
-        response.last_modified = stat.st_mtime  # type: ignore[assignment]
-        response.set_etag(f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
-        response.cache_control.no_cache = True
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        return response.make_conditional(request, accept_ranges=True, complete_length=stat.st_size)
+        return response
