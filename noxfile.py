@@ -88,7 +88,7 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".", "mypy>=1.10", *FRAMEWORKS)
+    session.install("-e", ".", "mypy>=1.10", "pytest>=8", *FRAMEWORKS)
     session.run("mypy", "--strict", "src")
 
 

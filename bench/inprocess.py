@@ -261,7 +261,7 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
     from posthog.integrations.asgi import PosthogASGIMiddleware
     from starlette.middleware.sessions import SessionMiddleware
 
-    from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS
+    from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS
 
     client = offline_client()
     session = starlette_session_cookie()

@@ -24,7 +24,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 
 from common import API_KEY, SECRET
 from posthog_identity.settings import Settings
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware
 
 BATCH = gzip.compress(

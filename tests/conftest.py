@@ -17,7 +17,7 @@ import pytest
 from posthog_identity import client as client_module
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests import apps
 
 SECRET = "test-secret-0123456789abcdef0123456789"

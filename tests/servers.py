@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import API_KEY, SECRET
 
 ROOT = Path(__file__).resolve().parent.parent

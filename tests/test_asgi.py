@@ -24,7 +24,7 @@ from tests.conftest import API_KEY, Driver, call_asgi, read_cookie
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 
 async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from posthog_identity import __version__
 from posthog_identity.cli import INVALID, OK, PROBLEMS, USAGE, check, main
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 
 GOOD = {
     "POSTHOG_IDENTITY_SECRET": "k" * 40,

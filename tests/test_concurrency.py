@@ -46,7 +46,7 @@ import httpx
 import pytest
 
 from posthog_identity.signing import CookieCodec, CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.concurrency_app import READY_TOKEN_VARIABLE, WHO_CLOSE, WHO_OPEN
 from tests.conftest import SECRET
 from tests.servers import (

@@ -40,7 +40,7 @@ from tests import apps
 from tests.conftest import SECRET, Driver, Reply, driver_for
 
 if TYPE_CHECKING:
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 GRANTED, PENDING, DENIED, UNKNOWN = (
     ConsentState.GRANTED,

@@ -51,7 +51,7 @@ from posthog_identity.identity import Identity, Link, Transition
 from posthog_identity.integrations.django import IdentityMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import SECRET, call_asgi, call_wsgi, read_cookie
 from tests.servers import (
     STOP_TIMEOUT,

@@ -46,7 +46,7 @@ from posthog_identity.identity import Identity
 from posthog_identity.integrations.fastapi import CurrentIdentity, install
 from posthog_identity.integrations.starlette import request_identity
 from posthog_identity.settings import Settings
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import API_KEY, Driver, call_asgi, read_cookie
 from tests.servers import (
     ROOT,

@@ -17,7 +17,7 @@ from tests.conftest import API_KEY, Driver, call_asgi, call_wsgi, driver_for, ma
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 
 class BrokenClient(posthog.Client):

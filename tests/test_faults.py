@@ -42,7 +42,7 @@ import pytest
 
 from posthog_identity.engine import FLUSH_TIMEOUT
 from posthog_identity.settings import Settings
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests import apps
 from tests.concurrency_app import CLIENT_VARIABLE
 from tests.conftest import API_KEY, SECRET, Driver, driver_for, make_site

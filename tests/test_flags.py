@@ -39,7 +39,7 @@ from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.flags import FlagContext
 from posthog_identity.settings import ConfigurationError, Settings
-from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS, Sink
+from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS, Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.apps import serve_lifespan
 from tests.conftest import API_KEY, SECRET, Reply, call_asgi, call_wsgi

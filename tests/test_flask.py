@@ -42,7 +42,7 @@ from werkzeug.test import EnvironBuilder, TestResponse
 from posthog_identity import NOTHING, ConfigurationError, current_identity, identify_user
 from posthog_identity.integrations.flask import init_app
 from posthog_identity.signing import CookieCodec, CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware
 from tests.conftest import SECRET, read_cookie
 from tests.servers import (

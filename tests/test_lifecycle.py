@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import posthog
 
     from posthog_identity.settings import Settings
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 
 def whoami(site: Driver, **kwargs: str) -> dict[str, object]:

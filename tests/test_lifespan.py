@@ -19,7 +19,7 @@ import pytest
 
 from posthog_identity.asgi import IdentityMiddleware
 from posthog_identity.settings import Settings
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import API_KEY
 
 EVENT = "Queued Before Shutdown"

@@ -11,7 +11,7 @@ from posthog_identity.identity import Link
 from posthog_identity.linking import RecentLinks, send_link
 
 if TYPE_CHECKING:
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 ANONYMOUS = "0f8fad5b-d9cb-469f-a165-70867728950e"
 

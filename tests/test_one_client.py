@@ -20,7 +20,7 @@ import pytest
 
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.settings import Settings
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.conftest import API_KEY, read_cookie
 from tests.module_client_apps import HOME_VIEWED

@@ -28,7 +28,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from posthog_identity import NOBODY
 from posthog_identity.settings import ConfigurationError, Settings
 from posthog_identity.signing import CookieCodec, CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import API_KEY, SECRET
 from tests.servers import NoCookies, stop_process
 from tests.test_concurrency import start_server

@@ -27,7 +27,7 @@ import httpx
 import pytest
 
 from posthog_identity.signing import CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import API_KEY, read_cookie
 from tests.servers import (
     NoCookies,

@@ -29,7 +29,7 @@ from xml.etree import ElementTree
 import html5lib
 import pytest
 
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests import html_apps
 from tests.conftest import API_KEY, read_cookie
 from tests.html_apps import PAGES, RAW, READY_BODY, READY_PATH

@@ -19,7 +19,7 @@ from posthog_identity.session import (
     valid_uuid,
 )
 from posthog_identity.signing import CookieCodec, CookieState
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.conftest import API_KEY, SECRET, Driver, driver_for, make_site
 
 SESSION = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"

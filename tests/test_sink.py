@@ -29,13 +29,13 @@ from typing import Any, NamedTuple
 import pytest
 from posthog.client import Client
 
-from posthog_identity.sink import (
+from posthog_identity.testing import (
     DEFAULT_MAX_BODY_SIZE,
     EXAMPLE_FLAG_DEFINITIONS,
     Sink,
     format_event,
-    main,
 )
+from posthog_identity.testing.cli import main
 
 KEY = "phc_test"
 EVENT = {"event": "signup", "distinct_id": "user-1", "properties": {"plan": "pro"}}
@@ -600,7 +600,7 @@ def test_on_event_errors_are_logged_and_do_not_break_the_sink(
         assert sink.events() == [EVENT, OTHER]
 
     assert (first.status, second.status) == (200, 200)
-    errors = [r for r in caplog.records if r.name == "posthog_identity.sink"]
+    errors = [r for r in caplog.records if r.name == "posthog_identity.testing"]
     assert [r.levelno for r in errors] == [logging.ERROR, logging.ERROR]
     assert "callback bug" in caplog.text
 
@@ -608,7 +608,7 @@ def test_on_event_errors_are_logged_and_do_not_break_the_sink(
 def test_requests_are_logged_at_debug_and_nothing_reaches_stderr(
     sink: Sink, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="posthog_identity.sink"):
+    with caplog.at_level(logging.DEBUG, logger="posthog_identity.testing"):
         post_json(sink.url + "/e/", EVENT)
         send(sink.url + "/e/", b"{not json")
         send_raw(sink, b"GET /a b HTTP/1.1\r\n\r\n")
@@ -623,7 +623,7 @@ def test_connection_errors_are_logged_at_debug(
 ) -> None:
     assert sink._running is not None
     server, _thread = sink._running
-    with caplog.at_level(logging.DEBUG, logger="posthog_identity.sink"):
+    with caplog.at_level(logging.DEBUG, logger="posthog_identity.testing"):
         try:
             raise ConnectionResetError("client went away")
         except ConnectionResetError:
@@ -1420,7 +1420,7 @@ def test_main_that_cannot_start_says_why_and_returns_1(
 
 
 def test_main_subprocess_prints_events_and_stops_on_sigterm() -> None:
-    code = "from posthog_identity.sink import main; raise SystemExit(main(['--port','0']))"
+    code = "from posthog_identity.testing.cli import main; raise SystemExit(main(['--port','0']))"
     with subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,

@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import subprocess
+from importlib import resources
 from typing import Any
 
 import pytest
@@ -278,3 +279,17 @@ def test_the_nonce_reaches_the_loader_and_posthogs_own_scripts() -> None:
 def test_calls_made_before_posthog_js_loads_are_queued() -> None:
     out = run(SNIPPET.render(Identity(ANON)), FRESH)
     assert out["hasCapture"] == "function"
+
+
+@pytestmark_node
+def test_the_loader_is_package_data_that_parses_as_javascript_on_its_own() -> None:
+    source = (resources.files("posthog_identity") / "snippet.js").read_text(encoding="utf-8")
+    # A function expression of (window, document, options), as a linter reads the file.
+    checked = subprocess.run(
+        [str(NODE), "-e", "new Function('return ' + process.argv[1]);", source],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "".join(source.splitlines()) in SNIPPET.render(Identity(ANON)).decode()

@@ -16,7 +16,7 @@ from tests.conftest import SECRET, Driver, call_wsgi, read_cookie
 if TYPE_CHECKING:
     import posthog
 
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 TEXT = [("Content-Type", "text/plain")]
 

@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["sink"]:
-        from .sink import main as sink_main
+        from .testing.cli import main as sink_main
 
         return sink_main(arguments[1:])
     options = parser.parse_args(arguments)

@@ -20,7 +20,7 @@ from posthog.client import Client
 
 from .settings import ENV_VARS, Settings
 
-__all__ = ["FLUSH_TIMEOUT", "process_client"]
+__all__ = ["FLUSH_TIMEOUT", "process_client", "process_clients"]
 
 logger = logging.getLogger("posthog_identity")
 
@@ -109,6 +109,11 @@ def _become_default(client: Client) -> None:
 
 def _stripped(value: object) -> str:
     return value.strip() if isinstance(value, str) else ""
+
+
+def process_clients() -> list[Client]:
+    """The clients the middlewares of this process send with (flushed at exit)."""
+    return list(_flushed_at_exit)
 
 
 def _flush_at_exit() -> None:

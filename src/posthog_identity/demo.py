@@ -26,7 +26,8 @@ from werkzeug.wrappers import Request, Response
 
 from .context import current_identity, current_resolution, forget_user, identify_user
 from .settings import Settings
-from .sink import Sink, format_event
+from .testing.cli import format_event
+from .testing.server import Sink
 from .wsgi import IdentityMiddleware
 
 if TYPE_CHECKING:

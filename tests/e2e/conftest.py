@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from posthog_identity.sink import Sink
+from posthog_identity.testing import Sink
 from tests.servers import Server, server_environment, serving, start_app
 
 if TYPE_CHECKING:

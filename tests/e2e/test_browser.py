@@ -50,7 +50,7 @@ from tests.test_servers import COOKIE, distinct_id
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, ConsoleMessage, Page, Route
 
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
 
 EVENT_TIMEOUT = 10.0
 WAIT_SLICE = 0.02

@@ -31,7 +31,7 @@ from tests.e2e.conftest import (
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright
 
-    from posthog_identity.sink import Sink
+    from posthog_identity.testing import Sink
     from tests.test_servers import Server
 
 HOST = "www.consent.test"

@@ -43,7 +43,7 @@ from werkzeug.http import parse_cookie
 from posthog_identity import current_identity
 from posthog_identity.asgi import IdentityMiddleware as ASGIIdentityMiddleware
 from posthog_identity.settings import Settings
-from posthog_identity.sink import EXAMPLE_FLAG_DEFINITIONS, Sink
+from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS, Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIIdentityMiddleware
 from tests.apps import serve_lifespan
 from tests.e2e.conftest import (
