@@ -77,7 +77,11 @@ def asgi_factory() -> Any:
                     return
         body = _route(middleware, scope["path"], scope["query_string"].decode())
         await send(
-            {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]}
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"text/plain")],
+            }
         )
         await send({"type": "http.response.body", "body": body})
 

@@ -14,6 +14,7 @@ another length, to measure longer ones).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -77,7 +78,9 @@ def log_in(url: str, user: str) -> tuple[str, str]:
     """A new visitor logs in as `user`; returns the link it makes: (user, anonymous id)."""
     with httpx.Client(base_url=url, timeout=10.0, cookies=NoCookies()) as http:
         cookie = http.get("/whoami").cookies["ph_identity"]
-        reply = http.get("/login", params={"user": user}, headers={"Cookie": f"ph_identity={cookie}"})
+        reply = http.get(
+            "/login", params={"user": user}, headers={"Cookie": f"ph_identity={cookie}"}
+        )
         reply.raise_for_status()
     return user, read_cookie(cookie).anonymous_id
 
@@ -105,10 +108,8 @@ def links(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
 def arrived(sink: Sink, expected: list[tuple[str, str]], timeout: float) -> list[dict[str, Any]]:
     """The links in `expected` that reached the sink within `timeout`."""
     wanted = set(expected)
-    try:
+    with contextlib.suppress(TimeoutError):
         sink.wait_for(lambda events: wanted <= set(links(events)), event=ALIAS, timeout=timeout)
-    except TimeoutError:
-        pass
     return [e for e in sink.events(ALIAS) if (e["distinct_id"], e["properties"]["alias"]) in wanted]
 
 
@@ -117,7 +118,9 @@ def check_wire(events: list[dict[str, Any]], expected: list[tuple[str, str]]) ->
     first_seen: dict[tuple[str, str], str] = {}
     for event in events:
         pair = (event["distinct_id"], event["properties"]["alias"])
-        assert first_seen.setdefault(pair, event["uuid"]) == event["uuid"], "a repeat is the same message"
+        assert first_seen.setdefault(pair, event["uuid"]) == event["uuid"], (
+            "a repeat is the same message"
+        )
         assert event["properties"]["distinct_id"] == event["distinct_id"]
         assert "$process_person_profile" not in event["properties"]
     assert list(first_seen) == expected
@@ -193,7 +196,9 @@ def test_a_shutdown_during_an_outage_is_bounded_and_counts_the_lost_links(
 
     check_stopped(kind, server.log, killed)
     assert took < FLUSH_TIMEOUT + EXIT_SLACK
-    assert "3 login link(s) not yet accepted by PostHog at shutdown are lost" in read_log(server.log)
+    assert "3 login link(s) not yet accepted by PostHog at shutdown are lost" in read_log(
+        server.log
+    )
 
 
 @pytest.mark.slow

@@ -87,7 +87,9 @@ def test_a_link_that_failed_arrives_once_posthog_is_back_with_its_original_uuid_
     down: str, clients: list[posthog.Client]
 ) -> None:
     kept_uuids: list[str] = []
-    client = failing_client(down, on_error=lambda e, batch: kept_uuids.extend(m["uuid"] for m in batch))
+    client = failing_client(
+        down, on_error=lambda e, batch: kept_uuids.extend(m["uuid"] for m in batch)
+    )
     clients.append(client)
     protect(client)
     send_link(client, link(0))
