@@ -306,3 +306,21 @@ def test_check_ping_through_the_proxy_names_an_unreachable_upstream() -> None:
     assert code == PROBLEMS
     assert "POSTHOG_IDENTITY_PROXY_PATH: " in text
     assert "gave no answer through the proxy (502: unreachable)" in text
+
+
+def test_check_says_which_events_are_kept_while_posthog_is_down_and_for_how_long() -> None:
+    code, text = run(GOOD)
+    assert code == OK, text
+    assert (
+        "delivery: login links PostHog does not accept are kept in memory and sent again "
+        "(after 1 s, backing off to every 30 s) for up to 24 h, at most 10000 at a time "
+        "(the oldest dropped first, with a warning); at shutdown they get up to 5 s, then "
+        "those still pending are logged as lost. Other events get posthog's own retries, "
+        "then are dropped."
+    ) in text
+
+
+def test_check_says_nothing_of_delivery_when_nothing_is_sent() -> None:
+    code, text = run({k: v for k, v in GOOD.items() if k != "POSTHOG_API_KEY"})
+    assert code == OK, text
+    assert "delivery:" not in text

@@ -40,7 +40,7 @@ import httpx
 import posthog
 import pytest
 
-from posthog_identity.engine import FLUSH_TIMEOUT
+from posthog_identity.client import FLUSH_TIMEOUT
 from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from tests import apps

@@ -15,7 +15,9 @@ from typing import TextIO
 from urllib.parse import urlsplit
 
 from . import __version__
+from .client import FLUSH_TIMEOUT
 from .proxy import Proxy, assets_host
+from .resend import POLICY
 from .settings import ENV_VARS, ConfigurationError, Settings
 
 __all__ = ["EXIT_CODES", "check", "main", "port_number"]
@@ -88,6 +90,8 @@ def check(
     _audit(settings, report)
     if settings.proxy_path is not None:
         _describe_proxy(settings, out)
+    if settings.api_key is not None and not settings.disabled:
+        _describe_delivery(out)
     if ping:
         _ping(settings.host, timeout, report)
         if settings.proxy_path is not None:
@@ -135,6 +139,20 @@ def _audit(settings: Settings, report: Report) -> None:
         report.warnings.append(
             f"{ENV_VARS['disabled']} is on: the middleware passes everything through"
         )
+
+
+def _describe_delivery(out: TextIO) -> None:
+    """What happens to events PostHog does not accept (it is down, or answers 429/5xx)."""
+    policy = POLICY
+    print(
+        f"delivery: login links PostHog does not accept are kept in memory and sent again "
+        f"(after {policy.first_delay:g} s, backing off to every {policy.max_delay:g} s) "
+        f"for up to {policy.max_age / 3600:g} h, at most {policy.max_pending} at a time "
+        f"(the oldest dropped first, with a warning); at shutdown they get up to "
+        f"{FLUSH_TIMEOUT:g} s, then those still pending are logged as lost. Other events "
+        "get posthog's own retries, then are dropped.",
+        file=out,
+    )
 
 
 def _ping(host: str, timeout: float, report: Report) -> None:

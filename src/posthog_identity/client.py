@@ -18,13 +18,14 @@ from typing import Any
 import posthog
 from posthog.client import Client
 
+from .resend import LinkResender, protect, resender_for
 from .settings import ENV_VARS, Settings
 
-__all__ = ["FLUSH_TIMEOUT", "process_client", "process_clients"]
+__all__ = ["FLUSH_TIMEOUT", "flush", "process_client", "process_clients"]
 
 logger = logging.getLogger("posthog_identity")
 
-#: How long a shutdown waits for queued events to reach PostHog.
+#: How long a shutdown waits for queued events, and kept login links, to reach PostHog.
 FLUSH_TIMEOUT = 5.0
 
 # posthog 7.x renamed `personal_api_key` to `secret_key`; the old name warns.
@@ -47,7 +48,8 @@ def process_client(settings: Settings, given: Client | None = None) -> Client | 
     set, or a default client with a key); else, with an API key in the settings
     and the middleware not disabled, a new client that also becomes posthog's
     default client, so a view's ``posthog.capture()`` reaches PostHog with the
-    request's identity. Whichever it is, it is flushed at process exit.
+    request's identity. Whichever it is, it is flushed at process exit, and
+    the login links it fails to deliver are kept and sent again (resend.py).
     """
     if given is not None:
         client: Client | None = given
@@ -60,6 +62,11 @@ def process_client(settings: Settings, given: Client | None = None) -> Client | 
             _become_default(client)
     if client is not None:
         _flushed_at_exit.add(client)
+        if protect(client) is None:
+            logger.warning(
+                "posthog_identity: this posthog client gives no way to see failed uploads: "
+                "login links it fails to deliver are not kept to send again"
+            )
     return client
 
 
@@ -85,12 +92,16 @@ def _module_client(settings: Settings) -> Client | None:
 def _build(settings: Settings) -> Client:
     assert settings.api_key is not None
     credentials: dict[str, Any] = {_SECRET_KEY: settings.personal_api_key}
-    return Client(
+    resender = LinkResender()
+    client = Client(
         settings.api_key,
         host=settings.host,
         feature_flags_request_timeout_seconds=settings.flags_timeout,
+        on_error=resender,
         **credentials,
     )
+    protect(client, resender)
+    return client
 
 
 def _become_default(client: Client) -> None:
@@ -116,16 +127,26 @@ def process_clients() -> list[Client]:
     return list(_flushed_at_exit)
 
 
-def _flush_at_exit() -> None:
-    deadline = time.monotonic() + FLUSH_TIMEOUT
-    for client in list(_flushed_at_exit):
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            break
+def flush(clients: list[Client], timeout: float = FLUSH_TIMEOUT) -> None:
+    """Shutdown: deliver queued events, then kept login links, within `timeout` in all.
+
+    What is still undelivered then is given up: posthog logs its count of
+    queued events, the resender its count of lost login links. Never raises.
+    """
+    deadline = time.monotonic() + timeout
+    for client in clients:
         try:
-            client.flush(timeout_seconds=remaining)
+            client.flush(timeout_seconds=max(deadline - time.monotonic(), 0.0))
         except Exception:
-            logger.exception("posthog_identity: flushing events at exit failed")
+            logger.exception("posthog_identity: flushing events failed")
+    for client in clients:
+        resender = resender_for(client)
+        if resender is not None:
+            resender.close(max(deadline - time.monotonic(), 0.0))
+
+
+def _flush_at_exit() -> None:
+    flush(list(_flushed_at_exit))
 
 
 atexit.register(_flush_at_exit)

@@ -11,7 +11,7 @@ from typing import Any
 
 from posthog.client import Client
 
-from .client import FLUSH_TIMEOUT, process_client
+from .client import flush, process_client
 from .consent import ConsentHook
 from .cookies import CookieWriter, find_identity
 from .flags import FlagContextHook, FlagSource
@@ -151,9 +151,5 @@ class Engine:
 
     def flush(self) -> None:
         """Deliver queued events (shutdown); never raises, never waits unbounded."""
-        if self.client is None:
-            return
-        try:
-            self.client.flush(timeout_seconds=FLUSH_TIMEOUT)
-        except Exception:
-            logger.exception("posthog_identity: flushing events failed")
+        if self.client is not None:
+            flush([self.client])
