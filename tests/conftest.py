@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,13 @@ from tests import apps
 
 SECRET = "test-secret-0123456789abcdef0123456789"
 API_KEY = "phc_test_project_key"
+
+# A shell starts background commands (`nox &`) with SIGINT ignored, and an
+# ignored signal stays ignored in every server the tests start: waitress and
+# the demo, stopped with Ctrl-C's SIGINT, would then have to be killed. A
+# handled signal is reset to its default in a child, so handle it here.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)
