@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .context import current_identity as current_identity
@@ -48,17 +49,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # PEP 562: the pytest plugin (`posthog_identity.testing.plugin`) is loaded by
-    # every pytest run in an environment that has this package, which imports
-    # this module; posthog (~150 ms) waits until a name here is used.
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())

@@ -8,8 +8,9 @@ Names are imported on first use, so loading the plugin costs nothing.
 
 from __future__ import annotations
 
-from importlib import import_module
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from posthog_identity.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from .cli import format_event as format_event
@@ -44,16 +45,4 @@ _HOMES = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    # PEP 562: the pytest plugin is a submodule, so this package is imported
-    # whenever pytest starts; its names wait until someone uses them.
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+__getattr__, __dir__ = lazy_exports(__name__, _HOMES, globals())
