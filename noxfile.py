@@ -144,7 +144,14 @@ def e2e(session: nox.Session) -> None:
 
 # opentelemetry-api: without it, posthog's PosthogASGIMiddleware retries a failing
 # `import opentelemetry` on every request; the peer is measured at its best.
-BENCH_DEPS = ["starlette>=0.37", "flask>=3", "uvicorn>=0.30", "gunicorn>=27", "opentelemetry-api"]
+BENCH_DEPS = [
+    "starlette>=0.37",
+    "flask>=3",
+    "uvicorn>=0.30",
+    "gunicorn>=27",
+    "opentelemetry-api",
+    "matplotlib>=3.8",  # the performance page's chart
+]
 
 
 @nox.session(python="3.11")

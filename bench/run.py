@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import chart
 import injection
 import inprocess
 import proxy_latency
@@ -216,6 +217,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def write(summary: dict[str, Any], out: Path, markdown: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, ensure_ascii=False) + "\n")
+    chart.draw(summary, markdown.parent / chart.CHART)
     page = markdown.read_text()
     markdown.write_text(report.replace_block(page, report.markdown(summary)))
 
