@@ -35,8 +35,19 @@ DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
 # Each module goes to one worker whole (loadscope), so its module-scoped servers
 # start once. Coverage measures the workers as subprocesses (patch = subprocess).
 PARALLEL = ["--numprocesses=2", "--dist=loadscope"]
+# Tests that wait out a real outage of a minute or more run once, in `outage`.
+NOT_SLOW = ["-m", "not slow"]
 
-nox.options.sessions = ["lint", "typecheck", "docs", "tests", "coverage", "e2e", "bench_smoke"]
+nox.options.sessions = [
+    "lint",
+    "typecheck",
+    "docs",
+    "tests",
+    "outage",
+    "coverage",
+    "e2e",
+    "bench_smoke",
+]
 nox.options.reuse_existing_virtualenvs = True
 # Outside CI a missing interpreter is skipped; in CI it is an error.
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
@@ -52,10 +63,30 @@ def tests(session: nox.Session) -> None:
         "-m",
         "pytest",
         *PARALLEL,
+        *NOT_SLOW,
         # The browser scenarios have their own session (they need Chromium).
         "--ignore=tests/e2e",
         *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{session.python}"},
+    )
+
+
+@nox.session(python="3.11")
+def outage(session: nox.Session) -> None:
+    """The slow tests (a real minute-long PostHog outage under each server), once, side by side."""
+    session.install("-e", ".", *TEST_DEPS)
+    session.run(
+        "coverage",
+        "run",
+        "-m",
+        "pytest",
+        "--numprocesses=2",
+        "--dist=load",  # one server's outage per worker, at the same time
+        "-m",
+        "slow",
+        "--ignore=tests/e2e",
+        *session.posargs,
+        env={"COVERAGE_FILE": ".coverage.outage"},
     )
 
 
@@ -66,7 +97,7 @@ def quick(session: nox.Session) -> None:
     Arguments after `--` go to pytest: `nox -s quick -- tests/test_wsgi.py -k cookie`.
     """
     session.install("-e", ".", *TEST_DEPS)
-    session.run("pytest", *PARALLEL, "--ignore=tests/e2e", *session.posargs)
+    session.run("pytest", *PARALLEL, *NOT_SLOW, "--ignore=tests/e2e", *session.posargs)
 
 
 @nox.session(python="3.11")
