@@ -35,7 +35,7 @@ DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
 # Each module goes to one worker whole (loadscope), so its module-scoped servers
 # start once. Coverage measures the workers as subprocesses (patch = subprocess).
 PARALLEL = ["--numprocesses=2", "--dist=loadscope"]
-# Tests that wait out a real outage of a minute or more run once, in `outage`.
+# Tests that wait out real PostHog outages under real servers run once, in `outage`.
 NOT_SLOW = ["-m", "not slow"]
 
 nox.options.sessions = [
@@ -73,7 +73,7 @@ def tests(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def outage(session: nox.Session) -> None:
-    """The slow tests (a real minute-long PostHog outage under each server), once, side by side."""
+    """The slow tests (real PostHog outages under real servers), once, two at a time."""
     session.install("-e", ".", *TEST_DEPS)
     session.run(
         "coverage",
@@ -81,7 +81,7 @@ def outage(session: nox.Session) -> None:
         "-m",
         "pytest",
         "--numprocesses=2",
-        "--dist=load",  # one server's outage per worker, at the same time
+        "--dist=load",  # the outages are waits: two at once
         "-m",
         "slow",
         "--ignore=tests/e2e",

@@ -7,9 +7,10 @@ the recovery, with the user as its distinct id and the visitor's anonymous id
 as its alias. The server runs `tests.outage_app` with the client the middleware
 builds itself (posthog's default: three retries, about 7 s, per batch).
 
-Most tests give the resender a short schedule; the `slow` ones keep the real
-one through a real 60 s outage (``POSTHOG_IDENTITY_OUTAGE_SECONDS`` sets
-another length, to measure longer ones).
+Most tests give the resender a short schedule; one keeps the real one through
+a real 60 s outage (``POSTHOG_IDENTITY_OUTAGE_SECONDS`` sets another length,
+to measure longer ones). Each waits out posthog's own retries first, so the
+whole module is `slow`: it runs once, in `nox -s outage`, not per Python.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ from tests.servers import (
     stop_process,
 )
 from tests.test_faults import FaultyHost
+
+pytestmark = pytest.mark.slow
 
 ALIAS = "$create_alias"
 LOGINS = 10
@@ -201,7 +204,6 @@ def test_a_shutdown_during_an_outage_is_bounded_and_counts_the_lost_links(
     )
 
 
-@pytest.mark.slow
 def test_links_made_during_a_long_outage_arrive_within_90_s_of_recovery(
     kind: str, tmp_path: Path, stopping: list[Started]
 ) -> None:
