@@ -45,8 +45,6 @@ from tests.servers import (
 )
 from tests.test_faults import FaultyHost
 
-pytestmark = pytest.mark.slow
-
 ALIAS = "$create_alias"
 LOGINS = 10
 #: The resender's schedule in the fast tests: first retry after 0.2 s, at most 1 s apart.
@@ -57,7 +55,7 @@ OUTAGE = float(os.environ.get("POSTHOG_IDENTITY_OUTAGE_SECONDS", "60"))
 #: Beyond the flush bound, what a server's own shutdown may take.
 EXIT_SLACK = 5.0
 
-pytestmark = pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
+pytestmark = [pytest.mark.slow, pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])]
 
 
 def start(kind: str, host: str, log_dir: Path, policy: str | None = FAST) -> Started:
