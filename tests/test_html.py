@@ -88,7 +88,8 @@ def test_the_injector_reports_its_decision() -> None:
     out = injector.feed(b"ad></head><body>")
     assert injector.decided
     assert injector.injected
-    assert out == [b"<html><he", b"ad>", SNIPPET, b"</head><body>"]
+    # The chunk that holds the insertion point carries the snippet: one write.
+    assert out == [b"<html><he", b"ad>" + SNIPPET + b"</head><body>"]
     assert injector.feed(b"rest") == [b"rest"]
     assert injector.finish() == []
 

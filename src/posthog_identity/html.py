@@ -23,6 +23,8 @@ _INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]", re.IGNORECASE)
 # Bytes kept from the previous scan so a tag split across chunks is still found.
 _OVERLAP = max(len(b"</head>"), len(MARKER)) - 1
 _NO_BODY = frozenset({204, 205, 206, 304})
+# A chunk up to this size and the snippet placed in it leave as one piece.
+_JOIN_LIMIT = 16 * 1024
 
 
 def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> bool:
@@ -66,8 +68,10 @@ class HtmlInjector:
 
     Until the insertion point is found (or the look-ahead is spent, or the body
     ends) `feed` returns no pieces and keeps the chunks it was given, as they
-    are: nothing held is copied, so memory is the look-ahead plus the chunk
-    split around the snippet. Afterwards every chunk passes straight through.
+    are: memory is the look-ahead plus the chunk that holds the insertion
+    point, split around the snippet (a small one goes out with the snippet
+    inside it, as one piece). Held chunks are otherwise handed back uncopied.
+    Afterwards every chunk passes straight through.
     `decided` tells an adapter when it may send the response head, and
     `injected` whether the length grew by ``len(snippet)``.
     """
@@ -120,7 +124,13 @@ class HtmlInjector:
         for index, chunk in enumerate(held):
             if offset + len(chunk) > position:
                 cut = position - offset
-                pieces += [chunk[:cut], self.snippet, chunk[cut:], *held[index + 1 :]]
+                if len(chunk) <= _JOIN_LIMIT:
+                    # One piece: each piece is a write (or an ASGI message) of its
+                    # own, which costs a server more than copying a small chunk.
+                    pieces.append(b"".join((chunk[:cut], self.snippet, chunk[cut:])))
+                else:
+                    pieces += [chunk[:cut], self.snippet, chunk[cut:]]
+                pieces += held[index + 1 :]
                 break
             pieces.append(chunk)
             offset += len(chunk)
