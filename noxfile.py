@@ -54,41 +54,33 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
 
-@nox.session(python=PYTHONS)
-def tests(session: nox.Session) -> None:
-    """Run the test suite under coverage (branch); `coverage` combines the results."""
+def _covered_pytest(session: nox.Session, data: str, *options: str) -> None:
+    """pytest under coverage (branch), its data in `.coverage.<data>` for `coverage`."""
     session.install("-e", ".", *TEST_DEPS)
     session.run(
         "coverage",
         "run",
         "-m",
         "pytest",
-        *PARALLEL,
-        *NOT_SLOW,
+        *options,
         # The browser scenarios have their own session (they need Chromium).
         "--ignore=tests/e2e",
         *session.posargs,
-        env={"COVERAGE_FILE": f".coverage.{session.python}"},
+        env={"COVERAGE_FILE": f".coverage.{data}"},
     )
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the test suite under coverage (branch); `coverage` combines the results."""
+    _covered_pytest(session, str(session.python), *PARALLEL, *NOT_SLOW)
 
 
 @nox.session(python="3.11")
 def outage(session: nox.Session) -> None:
     """The slow tests (real PostHog outages under real servers), once, four at a time."""
-    session.install("-e", ".", *TEST_DEPS)
-    session.run(
-        "coverage",
-        "run",
-        "-m",
-        "pytest",
-        "--numprocesses=4",
-        "--dist=load",  # the outages are waits: four at once
-        "-m",
-        "slow",
-        "--ignore=tests/e2e",
-        *session.posargs,
-        env={"COVERAGE_FILE": ".coverage.outage"},
-    )
+    # --dist=load: the outages are waits, four at once.
+    _covered_pytest(session, "outage", "--numprocesses=4", "--dist=load", "-m", "slow")
 
 
 @nox.session(python="3.11")

@@ -23,7 +23,8 @@ from werkzeug.test import Client
 
 from posthog_identity import ConfigurationError, Settings
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
-from posthog_identity.proxy import Proxy, app_host, assets_host
+from posthog_identity.hosts import app_host, assets_host
+from posthog_identity.proxy import Proxy
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.conftest import API_KEY, SECRET
 from tests.servers import free_port

@@ -16,7 +16,8 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .client import FLUSH_TIMEOUT
-from .proxy import Proxy, assets_host
+from .hosts import assets_host
+from .proxy import Proxy
 from .resend import POLICY
 from .settings import ENV_VARS, ConfigurationError, Settings
 

@@ -15,6 +15,7 @@ from .client import flush, process_client
 from .consent import ConsentHook
 from .cookies import CookieWriter, find_identity
 from .flags import FlagContextHook, FlagSource
+from .hosts import app_host
 from .identity import (
     NOTHING,
     InvalidUserId,
@@ -23,7 +24,7 @@ from .identity import (
 )
 from .linking import RecentLinks
 from .logs import WarnOnce, logger
-from .proxy import Proxy, app_host
+from .proxy import Proxy
 from .session import persistence_cookie
 from .settings import Settings
 from .signing import CookieCodec, Verified

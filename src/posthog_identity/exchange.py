@@ -15,7 +15,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
 from .consent import Consent, ConsentState, RequestConsent, asker
-from .cookies import all_cookies, find_identity
+from .cookies import all_cookies
 from .flags import RequestFlags
 from .html import may_inject
 from .identity import NOTHING, Identity, Report, Resolution, Transition, resolve
@@ -90,9 +90,7 @@ class Exchange:
         self.engine = engine
         self.request = request
         self.native = native
-        self._verified = find_identity(
-            request.cookie_header, engine.settings.cookie_name, engine.codec
-        )
+        self._verified = engine.read_cookie(request.cookie_header)
         self._reported = report
         self._explicit: Report | None = None
         self._minted: str | None = None

@@ -26,10 +26,11 @@ from urllib.parse import urlsplit
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 
+from .hosts import assets_host
 from .logs import logger
 from .session import client_ip
 
-__all__ = ["TOO_LARGE", "Proxy", "Reply", "app_host", "assets_host", "error_reply", "status_line"]
+__all__ = ["TOO_LARGE", "Proxy", "Reply", "error_reply", "status_line"]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and what a proxy sets itself.
 _HOP_BY_HOP = frozenset(
@@ -71,30 +72,6 @@ class Reply(NamedTuple):
     headers: list[tuple[str, str]]
     body: Generator[bytes, None, None]
     own: bool = False  #: the proxy's own answer (413, 502, 504), not PostHog's
-
-
-def assets_host(host: str) -> str:
-    """Where posthog-js and its extensions live for an ingestion host."""
-    parts = urlsplit(host)
-    hostname = parts.hostname or ""
-    if hostname.endswith(".i.posthog.com"):
-        region = hostname[: -len(".i.posthog.com")].removesuffix("-assets")
-        return f"https://{region}-assets.i.posthog.com"
-    if hostname in ("app.posthog.com", "us.posthog.com"):
-        return "https://us-assets.i.posthog.com"
-    if hostname == "eu.posthog.com":
-        return "https://eu-assets.i.posthog.com"
-    return host.rstrip("/")
-
-
-def app_host(host: str) -> str:
-    """PostHog's app (the toolbar, links in posthog-js) for an ingestion host."""
-    hostname = urlsplit(host).hostname or ""
-    if hostname in ("us.i.posthog.com", "app.posthog.com", "us.posthog.com"):
-        return "https://us.posthog.com"
-    if hostname in ("eu.i.posthog.com", "eu.posthog.com"):
-        return "https://eu.posthog.com"
-    return host.rstrip("/")
 
 
 def error_reply(status: int, text: str) -> Reply:

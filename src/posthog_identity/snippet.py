@@ -7,9 +7,9 @@ import re
 from collections.abc import Iterable, Mapping
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from .consent import ConsentState, storage_prefixes
+from .hosts import assets_host
 
 if TYPE_CHECKING:
     from .flags import Flags
@@ -102,16 +102,7 @@ def _escape(match: re.Match[str]) -> str:
 
 def default_script_url(host: str) -> str:
     """Where posthog-js lives for an ingestion host: PostHog's assets CDN, else the host."""
-    parts = urlsplit(host)
-    hostname = parts.hostname or ""
-    if hostname.endswith(".i.posthog.com"):
-        region = hostname[: -len(".i.posthog.com")]
-        return f"https://{region}-assets.i.posthog.com/static/array.js"
-    if hostname in ("app.posthog.com", "us.posthog.com"):
-        return "https://us-assets.i.posthog.com/static/array.js"
-    if hostname == "eu.posthog.com":
-        return "https://eu-assets.i.posthog.com/static/array.js"
-    return f"{host.rstrip('/')}/static/array.js"
+    return f"{assets_host(host)}/static/array.js"
 
 
 def csp_nonce(headers: Iterable[tuple[str, str]]) -> str | None:
