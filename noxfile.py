@@ -46,7 +46,7 @@ nox.options.sessions = [
     "tests",
     "outage",
     "coverage",
-    "e2e",
+    "browser",
     "bench_smoke",
 ]
 nox.options.reuse_existing_virtualenvs = True
@@ -64,7 +64,7 @@ def _covered_pytest(session: nox.Session, data: str, *options: str) -> None:
         "pytest",
         *options,
         # The browser scenarios have their own session (they need Chromium).
-        "--ignore=tests/e2e",
+        "--ignore=tests/browser",
         *session.posargs,
         env={"COVERAGE_FILE": f".coverage.{data}"},
     )
@@ -87,10 +87,10 @@ def outage(session: nox.Session) -> None:
 def quick(session: nox.Session) -> None:
     """The inner loop: the suite on one Python, no coverage, no browser.
 
-    Arguments after `--` go to pytest: `nox -s quick -- tests/test_wsgi.py -k cookie`.
+    Arguments after `--` go to pytest: `nox -s quick -- tests/unit/test_wsgi.py -k cookie`.
     """
     session.install("-e", ".", *TEST_DEPS)
-    session.run("pytest", *PARALLEL, *NOT_SLOW, "--ignore=tests/e2e", *session.posargs)
+    session.run("pytest", *PARALLEL, *NOT_SLOW, "--ignore=tests/browser", *session.posargs)
 
 
 @nox.session(python="3.11")
@@ -137,8 +137,8 @@ CHROMIUM = "/usr/bin/chromium"
 
 
 @nox.session(python="3.11")
-def e2e(session: nox.Session) -> None:
-    """The real posthog-js (pinned in tests/e2e/package-lock.json) in Debian's Chromium."""
+def browser(session: nox.Session) -> None:
+    """The real posthog-js (pinned in tests/browser/package-lock.json) in Debian's Chromium."""
     missing = [
         hint
         for found, hint in (
@@ -157,13 +157,13 @@ def e2e(session: nox.Session) -> None:
         "npm",
         "ci",
         "--prefix",
-        "tests/e2e",
+        "tests/browser",
         "--ignore-scripts",
         "--no-audit",
         "--no-fund",
         external=True,
     )
-    session.run("pytest", *PARALLEL, "tests/e2e", *session.posargs)
+    session.run("pytest", *PARALLEL, "tests/browser", *session.posargs)
 
 
 # opentelemetry-api: without it, posthog's PosthogASGIMiddleware retries a failing
@@ -199,7 +199,7 @@ def fuzz(session: nox.Session) -> None:
     examples = os.environ.get("POSTHOG_IDENTITY_FUZZ_EXAMPLES", "3000")
     session.run(
         "pytest",
-        "tests/test_fuzz.py",
+        "tests/robustness/test_fuzz.py",
         "--hypothesis-show-statistics",
         *session.posargs,
         env={"POSTHOG_IDENTITY_FUZZ_EXAMPLES": examples},

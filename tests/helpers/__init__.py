@@ -1,0 +1,11 @@
+"""Test helpers, one module per concern; each says at its top what it offers.
+
+- `project`: the repository root, the API key and the secret every test uses.
+- `drivers`: in-process drivers for a WSGI or an ASGI app, and the basic site wrapped.
+- `strict_drivers`: in-process drivers that also hold the middleware to the protocol.
+- `wire`: the identity cookie and PostHog events, read back.
+- `pages`: our snippet read back out of a page.
+- `servers`: real servers (gunicorn, uvicorn, hypercorn, granian, waitress) in subprocesses.
+- `faults`: PostHog failing on 127.0.0.1 (hanging, 500, 429, closing, refused).
+- `flags`: posthog-python's own flag answers, to compare with the bootstrap.
+"""

@@ -1,0 +1,1 @@
+"""Hostile input (fuzzing), load (concurrency) and a failing PostHog."""

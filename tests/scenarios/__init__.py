@@ -1,0 +1,1 @@
+"""What crosses modules, in-process: one scenario table run through both adapters."""

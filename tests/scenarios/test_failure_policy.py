@@ -1,0 +1,159 @@
+"""Failure policy: analytics never breaks the app; our own errors are logged."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import posthog
+import pytest
+
+from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
+from posthog_identity.cookies import CookieWriter
+from posthog_identity.engine import Engine
+from posthog_identity.exchange import Exchange
+from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+from tests.helpers.drivers import Driver, call_asgi, call_wsgi, driver_for, make_site
+from tests.helpers.project import API_KEY
+
+if TYPE_CHECKING:
+    from posthog_identity.settings import Settings
+    from posthog_identity.testing import Sink
+
+
+class BrokenClient(posthog.Client):
+    """A real client whose alias and flush fail, as a misbehaving transport would."""
+
+    def alias(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionResetError("peer reset")
+
+    def flush(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")
+
+
+@pytest.fixture
+def broken(sink: Sink) -> Any:
+    client = BrokenClient(API_KEY, host=sink.url)
+    yield client
+    client.shutdown()
+
+
+def test_a_failing_link_is_logged_and_the_login_still_answers(
+    adapter: str, settings: Settings, broken: posthog.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="posthog_identity")
+    site = driver_for(adapter, make_site(adapter, settings, broken))
+    site.get("/")
+    reply = site.get("/login?user=kim")
+    assert reply.status == 302
+    assert len(reply.identity_cookies) == 1
+    assert site.state.linked
+    assert "sending the login link failed" in caplog.text
+
+
+def test_a_failing_flush_is_logged(
+    settings: Settings, broken: posthog.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="posthog_identity")
+    Engine(settings, broken).flush()
+    assert "flushing events failed" in caplog.text
+
+
+def test_flush_without_a_client_does_nothing(settings: Settings) -> None:
+    from dataclasses import replace
+
+    engine = Engine(replace(settings, api_key=None))
+    assert engine.client is None
+    engine.flush()
+
+
+@pytest.fixture
+def failing_begin(monkeypatch: pytest.MonkeyPatch) -> None:
+    def begin(self: Exchange, *args: Any) -> None:
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(Exchange, "__init__", begin)
+
+
+@pytest.mark.usefixtures("failing_begin")
+def test_if_the_middleware_cannot_start_the_request_passes_through(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="posthog_identity")
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"fine"]
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"fine"})
+
+    for reply in (
+        call_wsgi(WSGIMiddleware(wsgi_app, settings), "GET", "/", {}),
+        call_asgi(ASGIMiddleware(asgi_app, settings), "GET", "/", {}),
+    ):
+        assert (reply.status, reply.body) == (200, b"fine")
+        assert reply.headers_named("Set-Cookie") == []
+    assert caplog.text.count("could not start") == 2
+
+
+def test_if_finishing_fails_the_response_is_sent_untouched(
+    site: Driver, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="posthog_identity")
+
+    def explode(self: CookieWriter, value: str, *, secure: bool) -> str:
+        raise UnicodeError("cannot encode")
+
+    monkeypatch.setattr(CookieWriter, "identity", explode)
+    reply = site.get("/")
+    assert reply.status == 200
+    assert reply.body == b"home"
+    assert reply.headers_named("Set-Cookie") == []
+    assert "finishing the response failed" in caplog.text
+
+
+def test_a_user_callback_failing_when_the_response_starts_is_contained(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    calls: list[int] = []
+
+    def user_id(environ: Any) -> object:
+        calls.append(1)
+        if len(calls) > 1:
+            raise LookupError("session expired mid-request")
+        return None
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    reply = call_wsgi(WSGIMiddleware(app, settings, user_id=user_id), "GET", "/", {})
+    assert reply.status == 200
+    assert len(reply.identity_cookies) == 1
+    assert "LookupError" in caplog.text
+
+
+class NoIdentityUser:
+    is_authenticated = True
+    display_name = "lee"
+
+    @property
+    def identity(self) -> str:
+        raise NotImplementedError
+
+
+def test_a_starlette_user_without_identity_reports_its_display_name(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope["user"] = NoIdentityUser()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    wrapped = ASGIMiddleware(app, settings, client=client)
+    driver = Driver(lambda method, url, headers: call_asgi(wrapped, method, url, headers))
+    driver.get("/")
+    assert driver.state.user_hash == wrapped.engine.codec.user_hash("lee")

@@ -1,0 +1,306 @@
+"""Snippet injection through both adapters in-process: placement, length, holding the head."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from posthog_identity import identify_user
+from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
+from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+from tests.helpers.drivers import Driver, Reply, call_asgi, call_wsgi
+
+if TYPE_CHECKING:
+    from posthog_identity.settings import Settings
+
+PAGE = b"<!doctype html><html><head><title>t</title></head><body><h1>hi</h1></body></html>"
+HTML = "text/html; charset=utf-8"
+
+
+def wsgi_page(body: list[bytes], headers: list[tuple[str, str]], status: str = "200 OK") -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/login":
+            identify_user("mallory")
+        start_response(status, headers)
+        return body
+
+    return app
+
+
+def asgi_page(body: list[bytes], headers: list[tuple[str, str]], status: str = "200 OK") -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/login":
+            identify_user("mallory")
+        raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+        await send({"type": "http.response.start", "status": int(status[:3]), "headers": raw})
+        for i, chunk in enumerate(body):
+            await send(
+                {"type": "http.response.body", "body": chunk, "more_body": i < len(body) - 1}
+            )
+        if not body:
+            await send({"type": "http.response.body", "body": b""})
+
+    return app
+
+
+def serve(
+    adapter: str, settings: Settings, body: list[bytes], headers: list[tuple[str, str]], **kw: Any
+) -> Driver:
+    status = kw.pop("status", "200 OK")
+    if adapter == "wsgi":
+        app = WSGIMiddleware(wsgi_page(body, headers, status), settings, **kw)
+        return Driver(lambda method, url, h: call_wsgi(app, method, url, h))
+    wrapped = ASGIMiddleware(asgi_page(body, headers, status), settings, **kw)
+    return Driver(lambda method, url, h: call_asgi(wrapped, method, url, h))
+
+
+def snippet_data(reply: Reply) -> dict[str, Any]:
+    match = re.search(rb"\}\)\(window,document,(\{.*\})\);</script>", reply.body)
+    assert match is not None, reply.body
+    return json.loads(match.group(1))  # type: ignore[no-any-return]
+
+
+def test_an_html_page_gets_one_snippet_before_head_close(adapter: str, settings: Settings) -> None:
+    reply = serve(adapter, settings, [PAGE], [("Content-Type", HTML)]).get("/")
+    assert reply.body.count(b"<script data-posthog-identity") == 1
+    assert reply.body.index(b"data-posthog-identity") < reply.body.index(b"</head>")
+    assert reply.headers_named("Content-Length") == []
+
+
+def test_the_bootstrap_id_is_the_cookies_id(adapter: str, settings: Settings) -> None:
+    site = serve(adapter, settings, [PAGE], [("Content-Type", HTML)])
+    reply = site.get("/")
+    assert snippet_data(reply)["identity"] == {
+        "anonymous": site.state.anonymous_id,
+        "user": None,
+        "signedIn": False,
+    }
+
+
+def test_the_snippet_uses_the_identity_at_response_start(adapter: str, settings: Settings) -> None:
+    site = serve(adapter, settings, [PAGE], [("Content-Type", HTML)])
+    site.get("/")
+    identity = snippet_data(site.get("/login"))["identity"]
+    assert identity == {"anonymous": site.state.anonymous_id, "user": "mallory", "signedIn": True}
+
+
+def test_content_length_is_corrected(adapter: str, settings: Settings) -> None:
+    headers = [("Content-Type", HTML), ("Content-Length", str(len(PAGE)))]
+    reply = serve(adapter, settings, [PAGE], headers).get("/")
+    assert reply.header("Content-Length") == str(len(reply.body))
+    assert len(reply.body) > len(PAGE)
+
+
+def test_content_length_of_an_untouched_page_is_kept(adapter: str, settings: Settings) -> None:
+    page = b"<html>no insertion point"
+    headers = [("Content-Type", HTML), ("Content-Length", str(len(page)))]
+    reply = serve(adapter, settings, [page], headers).get("/")
+    assert reply.body == page
+    assert reply.header("Content-Length") == str(len(page))
+
+
+def test_an_insertion_point_split_across_chunks_is_found(adapter: str, settings: Settings) -> None:
+    chunks = [PAGE[i : i + 3] for i in range(0, len(PAGE), 3)]
+    reply = serve(adapter, settings, chunks, [("Content-Type", HTML)]).get("/")
+    assert reply.body.count(b"data-posthog-identity") == 1
+    start = reply.body.index(b"<script data-posthog-identity")
+    end = reply.body.index(b"</script>", start) + len(b"</script>")
+    assert reply.body[:start] + reply.body[end:] == PAGE
+
+
+@pytest.mark.parametrize(
+    ("headers", "status", "method"),
+    [
+        ([("Content-Type", HTML)], "200 OK", "HEAD"),
+        ([("Content-Type", "application/json")], "200 OK", "GET"),
+        ([("Content-Type", HTML), ("Content-Encoding", "gzip")], "200 OK", "GET"),
+        ([("Content-Type", HTML), ("Content-Disposition", "attachment")], "200 OK", "GET"),
+        ([("Content-Type", HTML), ("Location", "/")], "302 Found", "GET"),
+        ([("ETag", '"v1"')], "304 Not Modified", "GET"),
+    ],
+    ids=["head", "json", "gzip", "attachment", "redirect", "not-modified"],
+)
+def test_skipped_responses_are_untouched_but_keep_the_cookie(
+    adapter: str, settings: Settings, headers: list[tuple[str, str]], status: str, method: str
+) -> None:
+    body = [] if status.startswith("304") or method == "HEAD" else [PAGE]
+    reply = serve(adapter, settings, body, headers, status=status).get("/", method=method)
+    assert reply.body == b"".join(body)
+    assert len(reply.identity_cookies) == 1
+
+
+def test_a_shared_cacheable_page_gets_the_snippet_without_an_id(
+    adapter: str, settings: Settings
+) -> None:
+    headers = [("Content-Type", HTML), ("Cache-Control", "public, max-age=600")]
+    reply = serve(adapter, settings, [PAGE], headers).get("/")
+    assert snippet_data(reply)["identity"] is None
+    assert reply.headers_named("Set-Cookie") == []
+
+
+def test_a_csp_nonce_is_reused(adapter: str, settings: Settings) -> None:
+    headers = [
+        ("Content-Type", HTML),
+        ("Content-Security-Policy", "script-src 'nonce-Zm9v' 'strict-dynamic'"),
+    ]
+    reply = serve(adapter, settings, [PAGE], headers).get("/")
+    assert b'<script data-posthog-identity nonce="Zm9v">' in reply.body
+
+
+@pytest.mark.parametrize(
+    "change", [{"inject": False}, {"api_key": None}], ids=["inject-off", "no-api-key"]
+)
+def test_no_snippet_when_injection_is_off_or_there_is_no_key(
+    adapter: str, settings: Settings, change: dict[str, Any]
+) -> None:
+    reply = serve(adapter, replace(settings, **change), [PAGE], [("Content-Type", HTML)]).get("/")
+    assert reply.body == PAGE
+    assert len(reply.identity_cookies) == 1
+
+
+def test_init_options_from_the_keyword_reach_the_page(adapter: str, settings: Settings) -> None:
+    options = {"capture_pageview": False, "api_host": "/ingest"}
+    site = serve(adapter, settings, [PAGE], [("Content-Type", HTML)], init_options=options)
+    assert snippet_data(site.get("/"))["config"] == {
+        "api_host": "/ingest",
+        "capture_pageview": False,
+    }
+
+
+def test_wsgi_holds_start_response_until_the_injector_decides(settings: Settings) -> None:
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", HTML)])
+        for chunk in (b"<html><he", b"ad>", b"</head><body>", b"end"):
+            events.append(f"app yields {chunk!r}")
+            yield chunk
+
+    wrapped = WSGIMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    result = wrapped(
+        environ, lambda status, headers, exc_info=None: events.append("server start_response")
+    )
+    for chunk in result:
+        events.append(f"server gets {len(chunk)} bytes")
+    result.close()  # type: ignore[attr-defined]
+    assert events[:4] == [
+        "app yields b'<html><he'",
+        "app yields b'ad>'",
+        "app yields b'</head><body>'",
+        "server start_response",
+    ]
+    assert events[4].startswith("server gets")
+    assert events[-1] == "server gets 3 bytes"
+
+
+def test_wsgi_write_goes_through_the_injector(settings: Settings) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response(
+            "200 OK", [("Content-Type", HTML), ("Content-Length", str(len(PAGE)))]
+        )
+        write(PAGE[:20])
+        write(PAGE[20:])
+        return []
+
+    reply = call_wsgi(WSGIMiddleware(app, settings), "GET", "/", {})
+    assert reply.body.count(b"data-posthog-identity") == 1
+    assert reply.header("Content-Length") == str(len(reply.body))
+
+
+def test_wsgi_an_error_page_replaces_a_held_response(settings: Settings) -> None:
+    import sys
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", HTML)])
+        try:
+            raise RuntimeError("template error")
+        except RuntimeError:
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+            )
+        return [b"sorry"]
+
+    reply = call_wsgi(WSGIMiddleware(app, settings), "GET", "/", {})
+    assert (reply.status, reply.body) == (500, b"sorry")
+
+
+def record(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "root_path": "",
+        "headers": [],
+        "scheme": "http",
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+
+    asyncio.run(app(inner)(scope, receive, send))
+    return sent
+
+
+def start(*extra: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/html"), *extra],
+    }
+
+
+def body(data: bytes, more: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def test_asgi_holds_the_start_only_until_the_insertion_point(settings: Settings) -> None:
+    sent = record(
+        lambda inner: ASGIMiddleware(inner, settings),
+        [start(), body(b"<html><he"), body(b"ad></head>"), body(b"<body>"), body(b"", more=False)],
+    )
+    kinds = [m["type"] for m in sent]
+    bodies = [m["body"] for m in sent[1:]]
+    # Once the snippet is placed, the held chunks go out as they came, the
+    # snippet inside the one that holds the insertion point.
+    assert kinds == ["http.response.start"] + ["http.response.body"] * 4
+    assert bodies[0] == b"<html><he"
+    assert bodies[1].startswith(b"ad><script data-posthog-identity")
+    assert bodies[1].endswith(b"</script></head>")
+    assert bodies[2:] == [b"<body>", b""]
+    assert [m.get("more_body", False) for m in sent[1:]] == [True, True, True, False]
+
+
+def test_asgi_gives_up_on_a_file_sent_by_path(settings: Settings) -> None:
+    pathsend = {"type": "http.response.pathsend", "path": "/tmp/page.html"}
+    sent = record(
+        lambda inner: ASGIMiddleware(inner, settings), [start(), body(b"<html>"), pathsend]
+    )
+    assert [m["type"] for m in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.pathsend",
+    ]
+    assert sent[1]["body"] == b"<html>"
+
+
+def test_asgi_content_length_is_corrected(settings: Settings) -> None:
+    sent = record(
+        lambda inner: ASGIMiddleware(inner, settings),
+        [start((b"content-length", str(len(PAGE)).encode())), body(PAGE, more=False)],
+    )
+    length = dict(sent[0]["headers"])[b"content-length"]
+    assert int(length) == sum(len(m["body"]) for m in sent[1:])

@@ -1,0 +1,392 @@
+"""The first-party proxy: posthog-js's requests forwarded to PostHog through the site.
+
+An upstream on 127.0.0.1 records what reached it and answers as told, so each
+test checks the bytes that crossed, through both adapters in process (the
+WSGI one driven by werkzeug's test client, the ASGI one by httpx).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import pytest
+from werkzeug.test import Client
+
+from posthog_identity import ConfigurationError, Settings
+from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
+from posthog_identity.hosts import app_host, assets_host
+from posthog_identity.proxy import Proxy
+from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+from tests.helpers.project import API_KEY, SECRET
+from tests.helpers.servers import free_port
+
+# -- an upstream that records what it received ------------------------------------
+
+
+@dataclass
+class Received:
+    method: str
+    target: str
+    headers: dict[str, str]  #: names lower-cased
+    body: bytes
+
+
+@dataclass
+class Upstream:
+    """PostHog as the proxy sees it: records requests; `mode` says how it answers."""
+
+    url: str
+    received: list[Received] = field(default_factory=list)
+    mode: str = "echo"  # echo | silent | big
+    release: threading.Event = field(default_factory=threading.Event)
+
+
+BIG = bytes(range(256)) * 2048  # 512 KiB, a posthog-js sized answer
+
+
+@pytest.fixture
+def upstream() -> Iterator[Upstream]:
+    state = Upstream("")
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            state.received.append(
+                Received(
+                    self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body
+                )
+            )
+            if state.mode == "silent":
+                state.release.wait(30)
+                return
+            payload = BIG if state.mode == "big" else json.dumps({"status": 1}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.send_header("Set-Cookie", "upstream=1; Path=/")
+            self.send_header("Cache-Control", "public, max-age=60")
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_OPTIONS = _answer
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    state.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    state.release.set()
+    server.shutdown()
+    server.server_close()
+
+
+def proxy_settings(host: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "secrets": (SECRET,),
+        "api_key": API_KEY,
+        "host": host,
+        "proxy_path": "/ingest",
+        **overrides,
+    }
+    return Settings(**values)
+
+
+def the_app_answered(environ_or_scope: Any, *rest: Any) -> Any:
+    raise AssertionError("a proxied request reached the app")
+
+
+# -- the two adapters, driven in process -------------------------------------------
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: httpx.Headers
+    body: bytes
+
+
+def wsgi_app(settings: Settings) -> Any:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"].startswith("/ingest"):
+            the_app_answered(environ)
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"app"]
+
+    return WSGIMiddleware(app, settings)
+
+
+def asgi_app(settings: Settings) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"].startswith("/ingest"):
+            the_app_answered(scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"app"})
+
+    return ASGIMiddleware(app, settings)
+
+
+def send(adapter: str, settings: Settings, method: str, url: str, **options: Any) -> Answer:
+    headers = options.pop("headers", {})
+    body = options.pop("body", b"")
+    if adapter == "wsgi":
+        reply = Client(wsgi_app(settings)).open(
+            url, method=method, headers=headers, data=body, environ_base={"REMOTE_ADDR": "1.2.3.4"}
+        )
+        data = reply.get_data()
+        reply.close()
+        return Answer(reply.status_code, httpx.Headers(list(reply.headers.items())), data)
+
+    async def call() -> Answer:
+        transport = httpx.ASGITransport(app=asgi_app(settings), client=("1.2.3.4", 5555))
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as http:
+            reply = await http.request(method, url, headers=headers, content=body)
+            return Answer(reply.status_code, reply.headers, reply.content)
+
+    return asyncio.run(call())
+
+
+ADAPTERS = ["wsgi", "asgi"]
+
+
+# -- where requests go ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("host", "assets", "app"),
+    [
+        ("https://us.i.posthog.com", "https://us-assets.i.posthog.com", "https://us.posthog.com"),
+        ("https://eu.i.posthog.com", "https://eu-assets.i.posthog.com", "https://eu.posthog.com"),
+        ("https://ph.example.com", "https://ph.example.com", "https://ph.example.com"),
+    ],
+    ids=["us", "eu", "self-hosted"],
+)
+def test_assets_and_the_app_host_follow_the_ingestion_host(
+    host: str, assets: str, app: str
+) -> None:
+    assert (assets_host(host), app_host(host)) == (assets, app)
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "expected"),
+    [
+        ("/ingest/e/", "ip=1&_=123", "https://us.i.posthog.com/e/?ip=1&_=123"),
+        ("/ingest/flags/", "v=2", "https://us.i.posthog.com/flags/?v=2"),
+        ("/ingest/static/array.js", "", "https://us-assets.i.posthog.com/static/array.js"),
+        (
+            "/ingest/array/phc_x/config.js",
+            "",
+            "https://us-assets.i.posthog.com/array/phc_x/config.js",
+        ),
+        ("/ingest", "", "https://us.i.posthog.com/"),
+    ],
+)
+def test_assets_go_to_the_assets_host_and_the_rest_to_ingestion(
+    path: str, query: str, expected: str
+) -> None:
+    proxy = Proxy("/ingest", "https://us.i.posthog.com", max_body=10, timeout=1)
+    assert proxy.upstream(path, query) == expected
+
+
+@pytest.mark.parametrize("path", ["/ingest", "/ingest/", "/ingest/e/"])
+def test_the_proxy_answers_its_path(path: str) -> None:
+    assert Proxy("/ingest", "https://x", max_body=1, timeout=1).matches(path)
+
+
+@pytest.mark.parametrize("path", ["/ingestion", "/", "/static/ingest"])
+def test_the_proxy_leaves_other_paths_to_the_app(path: str) -> None:
+    assert not Proxy("/ingest", "https://x", max_body=1, timeout=1).matches(path)
+
+
+@pytest.mark.parametrize("raw", ["ingest", "/", "/in gest", "//x"])
+def test_a_proxy_path_that_is_not_a_path_fails_at_start_up(raw: str) -> None:
+    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_PROXY_PATH": raw}
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_PROXY_PATH"):
+        Settings.from_env(env)
+
+
+def test_the_proxy_settings_come_from_the_environment() -> None:
+    env = {
+        "POSTHOG_IDENTITY_SECRET": SECRET,
+        "POSTHOG_IDENTITY_PROXY_PATH": "/ingest/",
+        "POSTHOG_IDENTITY_PROXY_MAX_BODY": "1000",
+        "POSTHOG_IDENTITY_PROXY_TIMEOUT": "2.5",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.proxy_path, settings.proxy_max_body, settings.proxy_timeout) == (
+        "/ingest",
+        1000,
+        2.5,
+    )
+
+
+# -- what crosses --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_gzip_event_batch_is_forwarded_byte_for_byte(adapter: str, upstream: Upstream) -> None:
+    batch = gzip.compress(json.dumps([{"event": "$pageview", "properties": {}}]).encode())
+    answer = send(
+        adapter,
+        proxy_settings(upstream.url),
+        "POST",
+        "/ingest/e/?compression=gzip-js&ver=1.449.2&_=1733245670123",
+        headers={"Content-Type": "text/plain"},
+        body=batch,
+    )
+    assert answer.status == 200
+    [received] = upstream.received
+    assert (received.method, received.target) == (
+        "POST",
+        "/e/?compression=gzip-js&ver=1.449.2&_=1733245670123",
+    )
+    assert received.body == batch
+    assert received.headers["content-type"] == "text/plain"
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_the_apps_cookies_and_credentials_never_leave(adapter: str, upstream: Upstream) -> None:
+    send(
+        adapter,
+        proxy_settings(upstream.url),
+        "POST",
+        "/ingest/e/",
+        headers={
+            "Cookie": "sessionid=secret; ph_identity=x",
+            "Authorization": "Bearer secret",
+            "X-Custom": "kept",
+        },
+        body=b"{}",
+    )
+    [received] = upstream.received
+    assert "cookie" not in received.headers
+    assert "authorization" not in received.headers
+    assert received.headers["x-custom"] == "kept"
+    assert received.headers["host"] == upstream.url.removeprefix("http://")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+@pytest.mark.parametrize(
+    ("trusted", "expected"),
+    [(0, "1.2.3.4"), (1, "203.0.113.9")],
+    ids=["peer", "one-trusted-proxy"],
+)
+def test_x_forwarded_for_carries_the_client(
+    adapter: str, upstream: Upstream, trusted: int, expected: str
+) -> None:
+    settings = proxy_settings(upstream.url, trusted_proxies=trusted)
+    send(adapter, settings, "GET", "/ingest/flags/", headers={"X-Forwarded-For": "203.0.113.9"})
+    [received] = upstream.received
+    assert received.headers["x-forwarded-for"] == expected
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_the_answer_comes_back_without_upstream_cookies(adapter: str, upstream: Upstream) -> None:
+    answer = send(adapter, proxy_settings(upstream.url), "GET", "/ingest/array/phc/config.js")
+    assert answer.status == 200
+    assert answer.body == b'{"status": 1}'
+    assert "set-cookie" not in answer.headers, "neither PostHog's nor ours"
+    assert answer.headers["cache-control"] == "public, max-age=60"
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_posthog_js_sized_answer_streams_back_whole(adapter: str, upstream: Upstream) -> None:
+    upstream.mode = "big"
+    answer = send(adapter, proxy_settings(upstream.url), "GET", "/ingest/static/array.js")
+    assert answer.body == BIG
+    assert answer.headers["content-length"] == str(len(BIG))
+
+
+# -- bounds ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_body_over_the_bound_gets_413_and_nothing_is_forwarded(
+    adapter: str, upstream: Upstream
+) -> None:
+    settings = proxy_settings(upstream.url, proxy_max_body=1000)
+    answer = send(adapter, settings, "POST", "/ingest/e/", body=b"x" * 1001)
+    assert answer.status == 413
+    assert upstream.received == []
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_nothing_listening_upstream_gets_502(adapter: str) -> None:
+    settings = proxy_settings(f"http://127.0.0.1:{free_port()}")
+    assert send(adapter, settings, "POST", "/ingest/e/", body=b"{}").status == 502
+
+
+def test_wsgi_a_silent_upstream_gets_504_and_holds_the_worker_no_longer(
+    upstream: Upstream,
+) -> None:
+    upstream.mode = "silent"
+    settings = proxy_settings(upstream.url, proxy_timeout=0.5)
+    started = time.monotonic()
+    answer = send("wsgi", settings, "POST", "/ingest/e/", body=b"{}")
+    assert answer.status == 504
+    assert time.monotonic() - started < 5, "the worker was held past the timeout"
+
+
+def test_asgi_a_silent_upstream_gets_504_while_the_app_keeps_serving(
+    upstream: Upstream,
+) -> None:
+    upstream.mode = "silent"
+    app = asgi_app(proxy_settings(upstream.url, proxy_timeout=1.5))
+    finished: list[str] = []
+
+    async def call(http: httpx.AsyncClient, path: str, name: str) -> int:
+        reply = await http.post(path, content=b"{}")
+        finished.append(name)
+        return reply.status_code
+
+    async def both() -> tuple[int, int]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://shop.example") as http:
+            hanging = asyncio.create_task(call(http, "/ingest/e/", "proxied"))
+            await asyncio.sleep(0.2)  # the proxied request is waiting upstream by now
+            served = await call(http, "/page", "app")
+            return await hanging, served
+
+    proxied, served = asyncio.run(both())
+    assert (proxied, served) == (504, 200)
+    assert finished == ["app", "proxied"], "the app's request waited on PostHog"
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_proxied_requests_carry_no_identity_cookie(adapter: str, upstream: Upstream) -> None:
+    answer = send(adapter, proxy_settings(upstream.url), "GET", "/ingest/flags/")
+    assert "ph_identity" not in answer.headers.get("set-cookie", "")
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_without_the_proxy_the_path_belongs_to_the_app(adapter: str, upstream: Upstream) -> None:
+    settings = replace(proxy_settings(upstream.url), proxy_path=None)
+    with pytest.raises(AssertionError, match="reached the app"):
+        send(adapter, settings, "GET", "/ingest/flags/")
+
+
+def test_with_the_proxy_the_page_talks_to_the_sites_own_origin() -> None:
+    from posthog_identity.engine import Engine
+
+    engine = Engine(proxy_settings("https://eu.i.posthog.com"))
+    assert engine.snippet is not None
+    assert engine.snippet.config["api_host"] == "/ingest"
+    assert engine.snippet.config["ui_host"] == "https://eu.posthog.com"
+    assert engine.snippet.script_url == "/ingest/static/array.js"

@@ -1,0 +1,1 @@
+"""Tests of `posthog_identity.integrations`: one module per framework."""

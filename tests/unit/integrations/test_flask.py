@@ -1,0 +1,880 @@
+"""Flask glue: `posthog_identity.integrations.flask.init_app`, as specifications.
+
+The first part drives small Flask apps in-process with Flask's test client,
+through the real middleware, with posthog's real client posting to a `Sink`.
+Responses are fetched buffered, so the test client closes each body as a
+server must (PEP 3333); an unclosed body would leave the request's scope open.
+
+The second part runs `examples/flask_app.py` under gunicorn and waitress as
+subprocesses, configured by environment variables (started, stopped and
+checked with `tests.helpers.servers`), and walks one visitor through the
+identity lifecycle over HTTP with an httpx client that keeps the cookies (the
+Flask session and ours) like a browser. The example sends its captures with
+posthog's module-level client and the middleware sends the alias with its own
+client; each sends in order from one thread, so `flush_events` waits for a
+fresh marker through both before absence is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import flask
+import httpx
+import posthog
+import pytest
+from flask import Flask, request, stream_with_context
+from flask.testing import FlaskClient
+from flask_login import LoginManager, UserMixin, current_user, login_user, logout_user
+from posthog.contexts import get_context_distinct_id
+from werkzeug.middleware.proxy_fix import ProxyFix
+from werkzeug.test import EnvironBuilder, TestResponse
+
+from posthog_identity import NOTHING, ConfigurationError, current_identity, identify_user
+from posthog_identity.integrations.flask import init_app
+from posthog_identity.signing import CookieCodec, CookieState
+from posthog_identity.testing import Sink
+from posthog_identity.wsgi import IdentityMiddleware
+from tests.helpers.pages import snippet_options
+from tests.helpers.project import SECRET
+from tests.helpers.servers import (
+    Server,
+    check_errors,
+    gunicorn_command,
+    server_environment,
+    serving,
+    start_process,
+    wait_for_events,
+    wait_until_ready,
+)
+from tests.helpers.wire import ALIAS, COOKIE, identity_set_cookies, parse_set_cookie, read_cookie
+
+if TYPE_CHECKING:
+    from posthog_identity.settings import Settings
+
+FLASK_SESSION_KEY = "the-flask-session-key-which-is-not-the-identity-secret"
+
+# ---------------------------------------------------------------------------
+# In-process: small apps and Flask's test client
+
+
+class Member(UserMixin):
+    """A plain Flask-Login user: `id` is the database id, `get_id()` its str."""
+
+    def __init__(self, id: int) -> None:
+        self.id = id
+
+
+class SecurityUser(UserMixin):
+    """Flask-Security-Too's shape: `get_id()` is the rotatable `fs_uniquifier`."""
+
+    def __init__(self, id: int, fs_uniquifier: str) -> None:
+        self.id = id
+        self.fs_uniquifier = fs_uniquifier
+
+    def get_id(self) -> str:
+        return self.fs_uniquifier
+
+
+class KeyUser(UserMixin):
+    """No `id` attribute: `get_id()` is all Flask-Login knows."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+    def get_id(self) -> str:
+        return self.key
+
+
+# Keyed by what Flask-Login keeps in the session: get_id().
+USERS: dict[str, UserMixin] = {
+    user.get_id(): user for user in (Member(7), SecurityUser(42, "fsu-rotatable"), KeyUser("k-9"))
+}
+
+
+def whoami() -> dict[str, Any]:
+    identity = current_identity()
+    assert identity is not None, "the view runs outside the middleware"
+    return {
+        "user": identity.user_id,
+        "anonymous": identity.anonymous_id,
+        "signed_in": identity.signed_in,
+        "context": get_context_distinct_id(),
+    }
+
+
+def site(*, flask_login: bool = True) -> Flask:
+    """A Flask app with views that report what the identity is while they run."""
+    app = Flask(__name__)
+    app.secret_key = FLASK_SESSION_KEY
+    if flask_login:
+        LoginManager(app).user_loader(USERS.get)
+
+    @app.get("/whoami")
+    def show() -> dict[str, Any]:
+        return whoami()
+
+    @app.get("/login/<key>")
+    def login(key: str) -> dict[str, Any]:
+        login_user(USERS[key])
+        return whoami()
+
+    @app.get("/logout")
+    def logout() -> dict[str, Any]:
+        logout_user()
+        return whoami()
+
+    @app.get("/identify/<user>")
+    def identify(user: str) -> dict[str, Any]:
+        identify_user(user)
+        return whoami()
+
+    @app.get("/assets/<key>")
+    def asset(key: str) -> str:
+        if key == "login":
+            login_user(USERS["7"])
+        if key == "logout":
+            logout_user()
+        return "asset"
+
+    return app
+
+
+def fetch(http: FlaskClient, path: str, **options: Any) -> TestResponse:
+    """GET through the test client, the body read and closed as a server does."""
+    return http.get(path, buffered=True, **options)
+
+
+def replace_excludes(settings: Settings, *paths: str) -> Settings:
+    return replace(settings, exclude_paths=paths)
+
+
+def identity_of(http: FlaskClient) -> CookieState:
+    cookie = http.get_cookie(COOKIE)
+    assert cookie is not None, "no identity cookie"
+    return read_cookie(cookie.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        pytest.param("/", 200, id="view"),
+        pytest.param("/stream", 200, id="streamed-body"),
+        pytest.param("/missing", 404, id="not-found"),
+        pytest.param("/boom", 500, id="view-raised"),
+    ],
+)
+def test_flask_calls_start_response_inside_its_request_context(path: str, status: int) -> None:
+    # The middleware relies on it to read the user again when the response starts.
+    app = Flask(__name__)
+    app.add_url_rule("/", "page", lambda: "ok")
+    app.add_url_rule("/stream", "stream", lambda: app.response_class(iter([b"a", b"b"])))
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise RuntimeError("boom")
+
+    seen: list[tuple[str, bool]] = []
+
+    def start_response(code: str, headers: Any, exc_info: Any = None) -> Any:
+        seen.append((code, flask.has_request_context()))
+        return lambda data: None
+
+    body = app.wsgi_app(EnvironBuilder(path).get_environ(), start_response)
+    try:
+        b"".join(body)
+    finally:
+        body.close()  # type: ignore[attr-defined]
+
+    assert [(int(code.split()[0]), inside) for code, inside in seen] == [(status, True)]
+
+
+def test_init_app_wraps_wsgi_app_and_keeps_the_middleware_on_extensions(
+    settings: Settings,
+) -> None:
+    app = site()
+    flask_wsgi_app = app.wsgi_app
+
+    middleware = init_app(app, settings=settings)
+
+    assert isinstance(middleware, IdentityMiddleware)
+    assert app.wsgi_app is middleware
+    assert app.extensions["posthog_identity"] is middleware
+    assert middleware.app == flask_wsgi_app
+
+
+def test_init_app_twice_on_one_app_is_an_error(settings: Settings) -> None:
+    app = site()
+    init_app(app, settings=settings)
+
+    with pytest.raises(RuntimeError, match="already"):
+        init_app(app, settings=settings)
+
+
+def test_outside_a_flask_request_context_the_middleware_callback_reports_nothing(
+    settings: Settings,
+) -> None:
+    calls: list[str] = []
+    middleware = init_app(site(), settings=settings, user_id=lambda: calls.append("called"))
+    assert middleware.user_id is not None
+
+    assert middleware.user_id({"PATH_INFO": "/"}) is NOTHING
+    assert calls == []
+
+
+def test_views_see_the_flask_login_user_of_the_session(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/login/7")
+
+    seen = fetch(http, "/whoami").json
+
+    assert seen is not None
+    assert seen["user"] == "7"
+    assert seen["context"] == "7"
+
+
+def test_the_user_id_attribute_wins_over_a_rotatable_get_id(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/login/fsu-rotatable")
+
+    seen = fetch(http, "/whoami").json
+
+    assert seen is not None
+    assert seen["user"] == "42"
+
+
+def test_a_user_without_an_id_attribute_reports_get_id(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/login/k-9")
+
+    seen = fetch(http, "/whoami").json
+
+    assert seen is not None
+    assert seen["user"] == "k-9"
+
+
+def test_login_user_in_a_view_links_the_anonymous_id_in_that_response(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/whoami")
+    anonymous = identity_of(http).anonymous_id
+
+    fetch(http, "/login/7")
+
+    after = identity_of(http)
+    assert (after.anonymous_id, after.linked) == (anonymous, True)
+    assert after.user_hash is not None
+    [alias] = sink.wait_for(event=ALIAS)
+    assert alias["distinct_id"] == "7"
+    assert alias["properties"]["alias"] == anonymous
+
+
+def test_captures_after_login_user_in_the_login_view_carry_the_user(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+
+    seen = fetch(http, "/login/7").json
+
+    assert seen is not None
+    assert seen["user"] == "7"
+    assert seen["context"] == "7"
+
+
+def test_logout_user_in_a_view_moves_to_a_new_anonymous_id_at_once(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/login/7")
+    before = identity_of(http)
+
+    seen = fetch(http, "/logout").json
+
+    after = identity_of(http)
+    assert after.anonymous_id != before.anonymous_id
+    assert after.user_hash is None
+    assert seen is not None
+    assert (seen["user"], seen["anonymous"]) == (None, after.anonymous_id)
+    assert seen["context"] == after.anonymous_id
+
+
+def test_a_visitor_whose_flask_session_ended_reports_nobody(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/login/7")
+    before = identity_of(http)
+    http.delete_cookie(app.config["SESSION_COOKIE_NAME"])
+
+    seen = fetch(http, "/whoami").json
+
+    after = identity_of(http)
+    assert after.anonymous_id != before.anonymous_id
+    assert after.user_hash is None
+    assert seen is not None
+    assert seen["user"] is None
+
+
+def test_a_user_id_callable_wins_over_flask_login(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=settings, client=client, user_id=lambda: request.headers["X-User"])
+    http = app.test_client()
+    fetch(http, "/login/7", headers={"X-User": "from-callable"})
+
+    seen = fetch(http, "/whoami", headers={"X-User": "from-callable"}).json
+
+    assert seen is not None
+    assert seen["user"] == "from-callable"
+
+
+def test_a_user_id_callable_that_raises_answers_200_and_reports_nothing(
+    settings: Settings, client: posthog.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+
+    def user_id() -> object:
+        if request.headers["X-User"] == "!":
+            raise LookupError("the session store is down")
+        return request.headers["X-User"]
+
+    app = site()
+    init_app(app, settings=settings, client=client, user_id=user_id)
+    http = app.test_client()
+    fetch(http, "/whoami", headers={"X-User": "ada"})
+    remembered = identity_of(http)
+
+    reply = fetch(http, "/whoami", headers={"X-User": "!"})
+
+    assert reply.status_code == 200
+    assert reply.headers.getlist("Set-Cookie") == []  # a logout would set a new id
+    assert identity_of(http) == remembered
+    assert reply.json is not None
+    assert (reply.json["user"], reply.json["signed_in"]) == (None, True)
+    assert caplog.text.count("the user_id callback raised LookupError") == 1
+
+
+def test_an_app_without_flask_login_logs_how_to_report_users_once_and_stays_anonymous(
+    settings: Settings, client: posthog.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="posthog_identity")
+    app = site(flask_login=False)
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+
+    replies = [fetch(http, "/whoami").json for _ in range(2)]
+
+    assert all(reply is not None and reply["user"] is None for reply in replies)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1
+    assert "no user source" in infos[0]
+    assert "identify_user()" in infos[0]
+
+
+def test_without_flask_login_installed_the_info_line_comes_at_start_up(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="posthog_identity")
+    monkeypatch.setitem(sys.modules, "flask_login", None)  # import flask_login fails
+    app = site(flask_login=False)
+
+    init_app(app, settings=settings)
+    fetch(app.test_client(), "/whoami")
+
+    infos = [r for r in caplog.records if r.levelno == logging.INFO]
+    assert len(infos) == 1
+    assert "no user source" in infos[0].getMessage()
+
+
+def test_without_a_user_source_identify_user_in_a_view_still_logs_in(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site(flask_login=False)
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/identify/ada")
+
+    seen = fetch(http, "/whoami").json
+
+    assert identity_of(http).user_hash is not None
+    assert seen is not None
+    assert (seen["user"], seen["signed_in"]) == (None, True)  # nothing reported: it stands
+
+
+def test_a_login_manager_set_up_after_init_app_is_picked_up(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site(flask_login=False)
+    init_app(app, settings=settings, client=client)
+    LoginManager(app).user_loader(USERS.get)
+    http = app.test_client()
+    fetch(http, "/login/7")
+
+    seen = fetch(http, "/whoami").json
+
+    assert seen is not None
+    assert seen["user"] == "7"
+
+
+def test_paths_the_middleware_passes_through_never_load_the_user(
+    settings: Settings, client: posthog.Client
+) -> None:
+    loaded: list[str] = []
+
+    def load(key: str) -> UserMixin | None:
+        loaded.append(key)
+        return USERS.get(key)
+
+    app = site(flask_login=False)
+    LoginManager(app).user_loader(load)
+    init_app(app, settings=replace_excludes(settings, "/assets"), client=client)
+    http = app.test_client()
+    fetch(http, "/login/7")
+    loaded.clear()
+
+    reply = fetch(http, "/assets/app.css")
+
+    assert reply.text == "asset"
+    assert reply.headers.getlist("Set-Cookie") == []
+    assert loaded == []
+
+
+def test_login_and_logout_on_a_passed_through_path_change_no_identity(
+    settings: Settings, client: posthog.Client
+) -> None:
+    app = site()
+    init_app(app, settings=replace_excludes(settings, "/assets"), client=client)
+    http = app.test_client()
+
+    replies = [fetch(http, "/assets/login"), fetch(http, "/assets/logout")]
+
+    assert [reply.status_code for reply in replies] == [200, 200]
+    assert http.get_cookie(COOKIE) is None
+
+
+def test_captures_in_a_stream_with_context_body_carry_the_user(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    app = site()
+
+    @app.get("/stream")
+    def stream() -> Any:
+        @stream_with_context
+        def chunks() -> Iterator[str]:
+            yield "first "
+            client.capture("Streamed", properties={"user": str(current_user.id)})
+            yield json.dumps(whoami())
+
+        return app.response_class(chunks())
+
+    init_app(app, settings=settings, client=client)
+    http = app.test_client()
+    fetch(http, "/login/7")
+
+    reply = fetch(http, "/stream")
+
+    assert json.loads(reply.text.removeprefix("first "))["context"] == "7"
+    [event] = sink.wait_for(event="Streamed")
+    assert event["distinct_id"] == "7"
+    assert event["properties"]["user"] == "7"
+
+
+def consent_site(settings: Settings, client: posthog.Client) -> Flask:
+    """Opt-in consent kept in the Flask session, read by init_app's consent callable."""
+    app = Flask(__name__)
+    app.secret_key = FLASK_SESSION_KEY
+
+    @app.get("/agree")
+    def agree() -> str:
+        flask.session["analytics"] = True
+        return "thanks"
+
+    @app.get("/page")
+    def page() -> dict[str, Any]:
+        identity = current_identity()
+        assert identity is not None
+        return {"consented": identity.consented}
+
+    init_app(
+        app,
+        settings=replace(settings, consent="opt-in"),
+        client=client,
+        consent=lambda: flask.session.get("analytics"),
+    )
+    return app
+
+
+def test_a_consent_callable_reads_the_flask_session_inside_its_request_context(
+    settings: Settings, client: posthog.Client
+) -> None:
+    http = consent_site(settings, client).test_client()
+
+    before = fetch(http, "/page")
+    fetch(http, "/agree")
+    after = fetch(http, "/page")
+
+    assert before.json == {"consented": False}
+    assert not [c for c in before.headers.getlist("Set-Cookie") if c.startswith(f"{COOKIE}=")]
+    assert after.json == {"consented": True}
+    assert http.get_cookie(COOKIE) is not None
+
+
+def test_flask_secret_key_is_never_used_as_the_identity_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name in ("POSTHOG_IDENTITY_SECRET", "POSTHOG_API_KEY", "POSTHOG_PROJECT_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    app = site()
+    assert app.secret_key
+
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SECRET"):
+        init_app(app)
+
+
+@pytest.mark.parametrize(
+    ("proxyfix_after_init_app", "secure"),
+    [pytest.param(True, True, id="proxyfix-outside"), pytest.param(False, False, id="inside")],
+)
+def test_proxyfix_wrapped_after_init_app_lets_auto_secure_see_https(
+    settings: Settings, client: posthog.Client, proxyfix_after_init_app: bool, secure: bool
+) -> None:
+    app = site()
+    if proxyfix_after_init_app:
+        init_app(app, settings=settings, client=client)
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]
+    else:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_proto=1)  # type: ignore[method-assign]
+        init_app(app, settings=settings, client=client)
+
+    reply = fetch(app.test_client(), "/whoami", headers={"X-Forwarded-Proto": "https"})
+
+    [cookie] = [parse_set_cookie(h) for h in reply.headers.getlist("Set-Cookie")]
+    assert cookie.name == COOKIE
+    assert ("secure" in cookie.attributes) is secure
+
+
+# ---------------------------------------------------------------------------
+# The example app under real servers
+
+EXAMPLE = "examples.flask_app:app"
+READY_PATH = "/login"  # the example's form: answers 200 and captures nothing
+
+
+def _example_command(kind: str, port: int) -> list[str]:
+    if kind == "waitress":
+        return [sys.executable, "-m", "waitress", f"--listen=127.0.0.1:{port}", EXAMPLE]
+    return gunicorn_command(EXAMPLE, port)
+
+
+def _stop_signal(kind: str) -> signal.Signals:
+    """How to stop the server so that it flushes its events.
+
+    Python has no SIGTERM handler of its own, so waitress would die without
+    running atexit (the flush); SIGINT ends its loop cleanly.
+    """
+    return signal.SIGINT if kind == "waitress" else signal.SIGTERM
+
+
+def _start_example(kind: str, sink: Sink, log_dir: Path) -> Server:
+    started = start_process(
+        kind,
+        partial(_example_command, kind),
+        server_environment(sink.url),
+        log_dir,
+        how=_stop_signal(kind),
+        wait=partial(wait_until_ready, kind, path=READY_PATH),
+    )
+    return Server(kind, started.url, sink, started.process, started.log)
+
+
+def _serve_example(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`examples/flask_app.py` under `kind`, sending to its own sink."""
+    with Sink() as sink:
+        running = _start_example(kind, sink, tmp_path_factory.mktemp(f"flask-{kind}"))
+        yield from serving(running, _stop_signal(kind))
+
+
+@pytest.fixture(scope="module")
+def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The example under gunicorn (gthread), where each behaviour is specified."""
+    yield from _serve_example("gunicorn", tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def waitress_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    yield from _serve_example("waitress", tmp_path_factory)
+
+
+class Visitor:
+    """One browser: httpx keeps its cookies (the Flask session and ours)."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.http = httpx.Client(base_url=server.url, follow_redirects=False, timeout=10.0)
+
+    def __enter__(self) -> Visitor:
+        self.log_start = self.server.log.stat().st_size
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.http.close()
+
+    @property
+    def identity(self) -> CookieState:
+        value = self.http.cookies.get(COOKIE)
+        assert value is not None, "no identity cookie yet"
+        return read_cookie(value)
+
+    def page(self, path: str = "/") -> httpx.Response:
+        reply = self.http.get(path)
+        assert reply.status_code == 200, reply.text
+        return reply
+
+    def log_in(self, name: str) -> httpx.Response:
+        reply = self.http.post("/login", data={"name": name})
+        assert reply.status_code == 302, reply.text
+        return reply
+
+    def log_out(self) -> httpx.Response:
+        reply = self.http.get("/logout")
+        assert reply.status_code == 302, reply.text
+        return reply
+
+    def check_server_log(self) -> None:
+        """Fail if the server logged an error since this visitor arrived."""
+        check_errors(self.server, "during the test", since=self.log_start)
+        self.server.log_size_at_teardown = self.server.log.stat().st_size
+
+
+@pytest.fixture
+def visitor(example: Server) -> Iterator[Visitor]:
+    """A new visitor of the gunicorn example; the test fails if the server logged an error."""
+    with Visitor(example) as browser:
+        yield browser
+    browser.check_server_log()
+
+
+def new_name() -> str:
+    return f"ada-{uuid.uuid4().hex[:12]}"
+
+
+def bootstrap(reply: httpx.Response) -> dict[str, Any]:
+    """The identity the page's snippet hands to posthog-js."""
+    identity: dict[str, Any] = snippet_options(reply.content)["identity"]
+    return identity
+
+
+def flush_events(server: Server) -> None:
+    """Return once everything the server's client enqueued reached the sink.
+
+    A fresh visitor's page view and its login link go through the one client
+    (posthog's module-level client, which the middleware uses too), which
+    sends in order from one thread.
+    """
+    name = new_name()
+    with Visitor(server) as marker:
+        marker.page()
+        anonymous = marker.identity.anonymous_id
+        marker.log_in(name)
+    wait_for_events(server, "home viewed", anonymous)
+    wait_for_events(server, ALIAS, name)
+
+
+def logged_in(visitor: Visitor) -> tuple[str, str]:
+    """Visit, then log in as a new user; returns (user id, pre-login anonymous id)."""
+    visitor.page()
+    anonymous = visitor.identity.anonymous_id
+    name = new_name()
+    visitor.log_in(name)
+    return name, anonymous
+
+
+def test_example_first_visit_sets_the_cookie_and_bootstraps_its_anonymous_id(
+    visitor: Visitor,
+) -> None:
+    reply = visitor.page()
+
+    [cookie] = identity_set_cookies(reply)
+    state = read_cookie(cookie.value)
+    assert uuid.UUID(state.anonymous_id)
+    assert bootstrap(reply) == {"anonymous": state.anonymous_id, "user": None, "signedIn": False}
+
+
+def test_example_login_sets_the_flask_session_and_the_linked_identity_cookie(
+    visitor: Visitor,
+) -> None:
+    visitor.page()
+    before = visitor.identity
+
+    reply = visitor.log_in(new_name())
+
+    names = [parse_set_cookie(h).name for h in reply.headers.get_list("set-cookie")]
+    assert sorted(names) == [COOKIE, "session"]
+    after = visitor.identity
+    assert after.anonymous_id == before.anonymous_id
+    assert after.user_hash is not None
+    assert after.linked
+
+
+def test_example_login_sends_exactly_one_alias_linking_the_anonymous_id_into_the_user(
+    example: Server, visitor: Visitor
+) -> None:
+    name, anonymous = logged_in(visitor)
+
+    flush_events(example)
+
+    [alias] = example.sink.events(event=ALIAS, distinct_id=name)
+    assert alias["properties"]["alias"] == anonymous
+    assert alias["properties"].get("$process_person_profile", True) is not False
+
+
+def test_example_page_as_the_user_bootstraps_the_user_id(visitor: Visitor) -> None:
+    name, anonymous = logged_in(visitor)
+
+    reply = visitor.page()
+
+    assert identity_set_cookies(reply) == []
+    assert bootstrap(reply) == {"anonymous": anonymous, "user": name, "signedIn": True}
+
+
+def test_example_server_capture_as_the_user_carries_the_user_id(
+    example: Server, visitor: Visitor
+) -> None:
+    name, _ = logged_in(visitor)
+
+    visitor.page()
+
+    [view] = wait_for_events(example, "home viewed", name)
+    assert view["properties"]["signed_in"] is True
+
+
+def test_example_pages_as_the_user_send_no_second_alias(example: Server, visitor: Visitor) -> None:
+    name, _ = logged_in(visitor)
+
+    for _ in range(3):
+        visitor.page()
+
+    flush_events(example)
+    assert len(example.sink.events(event="home viewed", distinct_id=name)) == 3
+    assert len(example.sink.events(event=ALIAS, distinct_id=name)) == 1
+
+
+def test_example_logout_moves_the_next_page_to_a_new_anonymous_id(visitor: Visitor) -> None:
+    _, anonymous = logged_in(visitor)
+
+    visitor.log_out()
+    reply = visitor.page()
+
+    after = visitor.identity
+    assert after.anonymous_id != anonymous
+    assert after.user_hash is None
+    assert bootstrap(reply) == {"anonymous": after.anonymous_id, "user": None, "signedIn": False}
+
+
+def test_example_nothing_is_captured_on_the_user_id_after_logout(
+    example: Server, visitor: Visitor
+) -> None:
+    name, _ = logged_in(visitor)
+    visitor.page()
+
+    visitor.log_out()
+    visitor.page()
+
+    flush_events(example)
+    on_user = example.sink.events(distinct_id=name)
+    assert sorted(e["event"] for e in on_user) == [ALIAS, "home viewed"]
+    [after_logout] = example.sink.events(
+        event="home viewed", distinct_id=visitor.identity.anonymous_id
+    )
+    assert after_logout["properties"]["signed_in"] is False
+
+
+def test_example_lifecycle_under_waitress(waitress_example: Server) -> None:
+    name = new_name()
+    with Visitor(waitress_example) as visitor:
+        first = visitor.page()
+        [cookie] = identity_set_cookies(first)
+        anonymous = read_cookie(cookie.value).anonymous_id
+        assert bootstrap(first) == {"anonymous": anonymous, "user": None, "signedIn": False}
+
+        login = visitor.log_in(name)
+        names = [parse_set_cookie(h).name for h in login.headers.get_list("set-cookie")]
+        assert sorted(names) == [COOKIE, "session"]
+        as_user = visitor.page()
+        assert bootstrap(as_user) == {"anonymous": anonymous, "user": name, "signedIn": True}
+
+        visitor.log_out()
+        after = visitor.page()
+        fresh = visitor.identity.anonymous_id
+        assert fresh != anonymous
+        assert bootstrap(after) == {"anonymous": fresh, "user": None, "signedIn": False}
+
+        flush_events(waitress_example)
+        [alias] = waitress_example.sink.events(event=ALIAS, distinct_id=name)
+        assert alias["properties"]["alias"] == anonymous
+        [view] = waitress_example.sink.events(event="home viewed", distinct_id=name)
+        assert view["properties"]["signed_in"] is True
+        assert sorted(e["event"] for e in waitress_example.sink.events(distinct_id=name)) == [
+            ALIAS,
+            "home viewed",
+        ]
+        assert len(waitress_example.sink.events(event="home viewed", distinct_id=fresh)) == 1
+    visitor.check_server_log()
+
+
+def test_posthogs_own_flask_integration_inside_ours_keeps_the_cookies_identity(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    from posthog.integrations.flask import PosthogFlaskIntegration
+
+    app = Flask(__name__)
+
+    @app.get("/")
+    def home() -> str:
+        client.capture("Viewed")
+        return "ok"
+
+    init_app(app, settings=settings, client=client)
+    # Registered last, its before_request runs last: it opens a fresh posthog
+    # context and identifies it from X-POSTHOG-DISTINCT-ID.
+    PosthogFlaskIntegration(app, client=client)
+    anonymous_id = str(uuid.uuid4())
+    cookie = CookieCodec((SECRET,)).dumps(CookieState(anonymous_id, issued_at=2**31))
+    http = app.test_client()
+    http.set_cookie("ph_identity", cookie)
+
+    assert http.get("/", headers={"X-POSTHOG-DISTINCT-ID": "someone-else"}).status_code == 200
+
+    [event] = sink.wait_for(event="Viewed", count=1)
+    assert event["distinct_id"] == anonymous_id

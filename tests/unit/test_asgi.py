@@ -1,0 +1,318 @@
+"""ASGI adapter behaviour beyond the shared lifecycle table: scopes, lifespan, Starlette."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+import posthog
+import pytest
+from starlette.applications import Starlette
+from starlette.authentication import AuthCredentials, AuthenticationBackend, SimpleUser
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket
+
+from posthog_identity import current_identity, identify_user
+from posthog_identity.asgi import IdentityMiddleware
+from tests.helpers.drivers import Driver, call_asgi
+from tests.helpers.project import API_KEY
+from tests.helpers.wire import read_cookie
+
+if TYPE_CHECKING:
+    from posthog_identity.settings import Settings
+    from posthog_identity.testing import Sink
+
+
+async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def drive(app: Any) -> Driver:
+    return Driver(lambda method, url, headers: call_asgi(app, method, url, headers))
+
+
+def test_the_apps_headers_and_body_messages_are_kept(settings: Settings) -> None:
+    reply = drive(IdentityMiddleware(plain, settings)).get("/")
+    assert reply.header("x-app") == "1"
+    assert reply.body == b"ok"
+    assert len(reply.identity_cookies) == 1
+
+
+def test_unknown_scope_types_pass_through(settings: Settings) -> None:
+    seen: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(scope["type"])
+
+    asyncio.run(IdentityMiddleware(app, settings)({"type": "custom"}, None, None))  # type: ignore[arg-type]
+    assert seen == ["custom"]
+
+
+def test_disabled_passes_the_original_send_through(settings: Settings) -> None:
+    received: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(send)
+
+    async def send(message: Any) -> None:
+        pass
+
+    wrapped = IdentityMiddleware(app, replace(settings, disabled=True))
+    asyncio.run(wrapped({"type": "http", "path": "/"}, None, send))  # type: ignore[arg-type]
+    assert received == [send]
+
+
+def _response_headers(
+    settings: Settings, exclude: str, path: str, root_path: str
+) -> list[tuple[bytes, bytes]]:
+    wrapped = IdentityMiddleware(plain, replace(settings, exclude_paths=(exclude,)))
+    scope = {"type": "http", "method": "GET", "path": path, "root_path": root_path, "headers": []}
+    messages: list[dict[str, Any]] = []
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    asyncio.run(wrapped(scope, None, send))  # type: ignore[arg-type]
+    headers: list[tuple[bytes, bytes]] = messages[0]["headers"]
+    return headers
+
+
+def test_excluded_paths_are_matched_below_the_mount_point(settings: Settings) -> None:
+    headers = _response_headers(settings, "/static", "/app/static/x.css", root_path="/app")
+    assert headers == [(b"x-app", b"1")]
+
+
+def test_the_mount_point_is_stripped_only_at_a_segment_boundary(settings: Settings) -> None:
+    # Mounted at /app, "/apple/x" is not below the mount point: it stays whole.
+    headers = _response_headers(settings, "/apple", "/apple/x", root_path="/app")
+    assert headers == [(b"x-app", b"1")], "excluded as /apple, not read as 'le/x'"
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_user_id_may_be_sync_or_async(
+    settings: Settings, client: posthog.Client, sink: Sink, kind: str
+) -> None:
+    users: list[str] = []
+
+    def sync_user(scope: dict[str, Any]) -> object:
+        return users[0] if users else None
+
+    async def async_user(scope: dict[str, Any]) -> object:
+        await asyncio.sleep(0)
+        return users[0] if users else None
+
+    user_id = sync_user if kind == "sync" else async_user
+    driver = drive(IdentityMiddleware(plain, settings, user_id=user_id, client=client))
+    driver.get("/")
+    anonymous = driver.state.anonymous_id
+    users.append("frank")
+    driver.get("/")
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("frank", anonymous)
+
+
+def test_an_async_callback_that_raises_reports_nothing(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+
+    async def broken(scope: dict[str, Any]) -> object:
+        raise TimeoutError("auth backend slow")
+
+    driver = drive(IdentityMiddleware(plain, settings, user_id=broken))
+    assert driver.get("/").status == 200
+    assert driver.state.user_hash is None
+    assert any("TimeoutError" in r.getMessage() for r in caplog.records)
+
+
+def run_lifespan(app: Any, during: Any) -> list[str]:
+    """Run startup, `during()`, then shutdown, as a server would; return what the app sent."""
+    sent: list[str] = []
+
+    async def main() -> None:
+        inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        started = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message["type"])
+            started.set()
+
+        task = asyncio.create_task(
+            app({"type": "lifespan", "asgi": {"version": "3.0"}}, inbox.get, send)
+        )
+        await inbox.put({"type": "lifespan.startup"})
+        await started.wait()
+        await asyncio.to_thread(during)
+        await inbox.put({"type": "lifespan.shutdown"})
+        await task
+
+    asyncio.run(main())
+    return sent
+
+
+def test_websocket_reads_identity_from_the_cookie_and_sets_nothing(settings: Settings) -> None:
+    seen: list[Any] = []
+
+    async def endpoint(websocket: WebSocket) -> None:
+        await websocket.accept()
+        seen.append(current_identity())
+        await websocket.close()
+
+    app = IdentityMiddleware(Starlette(routes=[WebSocketRoute("/ws", endpoint)]), settings)
+    cookie = drive(IdentityMiddleware(plain, settings)).get("/").identity_cookies[0]
+    messages: list[dict[str, Any]] = []
+    inbox = [{"type": "websocket.connect"}, {"type": "websocket.disconnect", "code": 1000}]
+
+    async def receive() -> dict[str, Any]:
+        return inbox.pop(0)
+
+    async def send(message: dict[str, Any]) -> None:
+        messages.append(message)
+
+    scope = {
+        "type": "websocket",
+        "path": "/ws",
+        "root_path": "",
+        "scheme": "ws",
+        "query_string": b"",
+        "headers": [(b"cookie", f"ph_identity={cookie}".encode())],
+    }
+    asyncio.run(app(scope, receive, send))
+    assert seen[0].anonymous_id == read_cookie(cookie).anonymous_id
+    accept = next(m for m in messages if m["type"] == "websocket.accept")
+    assert not any(k == b"set-cookie" for k, _ in accept.get("headers", []))
+
+
+def test_lifespan_passes_through_and_flushes_events_before_shutdown_completes(
+    settings: Settings, sink: Sink
+) -> None:
+    # A client that would hold events for a minute: only the shutdown flush sends them.
+    slow = posthog.Client(API_KEY, host=sink.url, flush_interval=60, flush_at=1000)
+    app = IdentityMiddleware(
+        Starlette(routes=[Route("/", _capture_endpoint(slow))]), settings, client=slow
+    )
+    seen_before_shutdown: list[int] = []
+
+    def during() -> None:
+        assert call_asgi(app, "GET", "/", {}).status == 200
+        seen_before_shutdown.append(len(sink.events()))
+
+    sent = run_lifespan(app, during)
+    assert sent == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert seen_before_shutdown == [0]
+    assert [e["event"] for e in sink.events()] == ["Lifespan Test"]
+    slow.shutdown()
+
+
+def _capture_endpoint(client: posthog.Client) -> Any:
+    async def endpoint(request: Request) -> PlainTextResponse:
+        client.capture("Lifespan Test")
+        return PlainTextResponse("ok")
+
+    return endpoint
+
+
+class HeaderAuth(AuthenticationBackend):
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, SimpleUser] | None:
+        name = conn.headers.get("x-user")
+        return (AuthCredentials(["authenticated"]), SimpleUser(name)) if name else None
+
+
+def starlette_app(client: posthog.Client) -> Starlette:
+    async def home(request: Request) -> JSONResponse:
+        client.capture("Home Viewed")
+        return JSONResponse({"user": request.user.display_name})
+
+    def login(request: Request) -> PlainTextResponse:
+        # A sync endpoint: Starlette runs it in a thread pool.
+        identify_user(request.query_params["user"])
+        client.capture("Logged In")
+        return PlainTextResponse("welcome")
+
+    return Starlette(
+        routes=[Route("/", home), Route("/login", login)],
+        middleware=[Middleware(AuthenticationMiddleware, backend=HeaderAuth())],
+    )
+
+
+def test_starlette_auth_inside_the_middleware_is_seen_when_the_response_starts(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    wrapped = IdentityMiddleware(starlette_app(client), settings, client=client)
+    driver = drive(wrapped)
+    driver.get("/")
+    anonymous = driver.state.anonymous_id
+    driver.get("/", user="grace")
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("grace", anonymous)
+    assert driver.state.linked
+
+
+def test_starlette_auth_outside_the_middleware_is_seen_from_the_start(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    inner = starlette_app(client)
+    wrapped = AuthenticationMiddleware(
+        IdentityMiddleware(inner, settings, client=client), backend=HeaderAuth()
+    )
+    driver = drive(wrapped)
+    driver.get("/")
+    driver.get("/", user="heidi")
+    _, second = sink.wait_for(event="Home Viewed", count=2)
+    assert second["distinct_id"] == "heidi"
+    assert "$process_person_profile" not in second["properties"]
+
+
+def test_identify_user_from_a_sync_endpoint_in_a_thread_pool(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    driver = drive(IdentityMiddleware(starlette_app(client), settings, client=client))
+    driver.get("/")
+    anonymous = driver.state.anonymous_id
+    reply = driver.get("/login?user=ivan")
+    assert reply.body == b"welcome"
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("ivan", anonymous)
+    (logged_in,) = sink.wait_for(event="Logged In", count=1)
+    assert logged_in["distinct_id"] == "ivan"
+
+
+def test_starlette_user_without_identity_falls_back_to_display_name(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    driver = drive(IdentityMiddleware(starlette_app(client), settings, client=client))
+    driver.get("/", user="judy")
+    assert driver.state.user_hash is not None
+    driver.get("/")
+    assert driver.state.user_hash is None, "an unauthenticated user is nobody: logout"
+
+
+def test_reporting_nothing_at_response_start_keeps_a_user_reported_earlier(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    from posthog_identity.context import report_user
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        report_user("olga")  # an integration saw the user; scope["user"] never set
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    driver = drive(IdentityMiddleware(plain, settings, client=client))
+    driver.get("/")
+    anonymous = driver.state.anonymous_id
+    driver = Driver(
+        lambda method, url, headers: call_asgi(
+            IdentityMiddleware(app, settings, client=client), method, url, headers
+        ),
+        cookie=driver.cookie,
+    )
+    driver.get("/")
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("olga", anonymous)

@@ -1,0 +1,443 @@
+"""PEP 3333 behaviour of the WSGI adapter, beyond the shared lifecycle table."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+from wsgiref.validate import validator
+
+import pytest
+
+from posthog_identity import ConfigurationError, Settings, current_identity, identify_user
+from posthog_identity.wsgi import IdentityMiddleware
+from tests.helpers.drivers import Driver, call_wsgi
+from tests.helpers.project import SECRET
+from tests.helpers.wire import read_cookie
+
+if TYPE_CHECKING:
+    import posthog
+
+    from posthog_identity.testing import Sink
+
+TEXT = [("Content-Type", "text/plain")]
+
+
+def drive(app: Any, settings: Settings, client: Any = None, **options: Any) -> Driver:
+    wrapped = IdentityMiddleware(validator(app), settings, client=client, **options)
+    return Driver(lambda method, url, headers: call_wsgi(wrapped, method, url, headers))
+
+
+def hello(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    start_response("200 OK", TEXT)
+    return [b"hello"]
+
+
+def test_set_cookie_is_appended_to_the_apps_own_headers(settings: Settings) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [*TEXT, ("Set-Cookie", "session=abc; Path=/")])
+        return [b"ok"]
+
+    reply = drive(app, settings).get("/")
+    cookies = reply.headers_named("Set-Cookie")
+    assert cookies[0] == "session=abc; Path=/"
+    assert cookies[1].startswith("ph_identity=")
+    assert reply.header("Content-Type") == "text/plain"
+
+
+def test_exc_info_is_passed_to_the_server(settings: Settings) -> None:
+    seen: list[Any] = []
+    wrapped = IdentityMiddleware(_failing_then_error_page, settings)
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        seen.append((status, exc_info))
+        return lambda data: None
+
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    result = wrapped(environ, start_response)
+    assert b"".join(result) == b"error page"
+    result.close()  # type: ignore[attr-defined]
+    status, exc_info = seen[-1]
+    assert status == "500 Internal Server Error"
+    assert exc_info is not None
+    assert isinstance(exc_info[1], ZeroDivisionError)
+
+
+def _failing_then_error_page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+    import sys
+
+    try:
+        1 / 0  # noqa: B018
+    except ZeroDivisionError:
+        start_response("500 Internal Server Error", TEXT, sys.exc_info())
+    return [b"error page"]
+
+
+def test_an_error_page_after_start_response_keeps_the_cookie_and_sends_no_second_link(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        if environ["PATH_INFO"] == "/login":
+            identify_user("alice")
+        start_response("200 OK", TEXT)
+        try:
+            raise ValueError("template failed")
+        except ValueError:
+            import sys
+
+            start_response("500 Internal Server Error", TEXT, sys.exc_info())
+        return [b"error"]
+
+    driver = drive(app, settings, client)
+    driver.get("/")  # an anonymous cookie first
+    reply = driver.get("/login")
+    assert reply.status == 500
+    assert len(reply.identity_cookies) == 1
+    client.flush()
+    assert len(sink.wait_for(event="$create_alias", count=1)) == 1
+
+
+def test_the_write_callable_still_works(settings: Settings) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response("200 OK", TEXT)
+        write(b"written ")
+        return [b"returned"]
+
+    reply = drive(app, settings).get("/")
+    assert reply.body == b"written returned"
+    assert len(reply.identity_cookies) == 1
+
+
+class Tracked:
+    """An app iterable that records close() and can fail mid-iteration."""
+
+    def __init__(self, fail: bool) -> None:
+        self.fail = fail
+        self.closed = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        yield b"one"
+        if self.fail:
+            raise RuntimeError("broken stream")
+        yield b"two"
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("fail", [False, True], ids=["complete", "raises"])
+def test_the_apps_close_is_always_called(settings: Settings, fail: bool) -> None:
+    body = Tracked(fail)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Tracked:
+        start_response("200 OK", TEXT)
+        return body
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    result = wrapped(environ, lambda status, headers, exc_info=None: None)
+    iterator = iter(result)
+    try:
+        assert next(iterator) == b"one"
+        if fail:
+            with pytest.raises(RuntimeError, match="broken stream"):
+                next(iterator)
+        else:
+            assert list(iterator) == [b"two"]
+    finally:
+        result.close()  # type: ignore[attr-defined]
+    assert body.closed
+    assert current_identity() is None
+
+
+def test_an_exception_from_the_app_propagates_and_leaves_no_identity(settings: Settings) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        raise KeyError("boom")
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    with pytest.raises(KeyError, match="boom"):
+        wrapped(environ, lambda status, headers, exc_info=None: None)
+    assert current_identity() is None
+
+
+def test_remote_user_is_the_default_user(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    user: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", TEXT)
+        return [b"ok"]
+
+    wrapped = IdentityMiddleware(validator(app), settings, client=client)
+
+    def call(headers: dict[str, str]) -> Any:
+        def with_remote_user(environ: dict[str, Any], start_response: Any) -> Any:
+            if user:
+                environ["REMOTE_USER"] = user[0]
+            return wrapped(environ, start_response)
+
+        return call_wsgi(with_remote_user, "GET", "/", headers)
+
+    driver = Driver(lambda method, url, headers: call(headers))
+    driver.get("/")
+    anonymous = driver.state.anonymous_id
+    user.append("carol")
+    driver.get("/")
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("carol", anonymous)
+
+
+def test_without_remote_user_the_request_reports_nothing(settings: Settings) -> None:
+    driver = drive(hello, settings)
+    driver.get("/")
+    state = driver.state
+    assert driver.get("/").identity_cookies == []
+    assert driver.state == state
+
+
+@pytest.mark.parametrize("path", ["/static", "/static/app.css", "/static/deep/x.js"])
+def test_excluded_paths_pass_through_untouched(settings: Settings, path: str) -> None:
+    from dataclasses import replace
+
+    excluded = replace(settings, exclude_paths=("/static",))
+    reply = drive(hello, excluded).get(path)
+    assert reply.headers_named("Set-Cookie") == []
+
+
+def test_exclusion_matches_whole_segments(settings: Settings) -> None:
+    from dataclasses import replace
+
+    excluded = replace(settings, exclude_paths=("/static",))
+    assert len(drive(hello, excluded).get("/staticky").identity_cookies) == 1
+
+
+def test_disabled_is_a_pure_pass_through(settings: Settings) -> None:
+    from dataclasses import replace
+
+    sentinel = [b"untouched"]
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", TEXT)
+        return sentinel
+
+    wrapped = IdentityMiddleware(app, replace(settings, disabled=True))
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    seen: list[list[tuple[str, str]]] = []
+    result = wrapped(environ, lambda status, headers, exc_info=None: seen.append(headers))
+    assert result is sentinel
+    assert seen == [TEXT]
+
+
+def test_a_raising_user_callback_reports_nothing_and_is_logged_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    calls: list[int] = []
+
+    def user_id(environ: dict[str, Any]) -> object:
+        if calls:
+            raise ConnectionError("session store down")
+        calls.append(1)
+        return "dave"
+
+    driver = drive(hello, settings, user_id=user_id)
+    driver.get("/")  # dave, cookie minted for him
+    before = driver.state
+    for _ in range(3):
+        reply = driver.get("/")
+        assert reply.status == 200
+        assert reply.identity_cookies == [], "a failing callback is never a logout"
+    assert driver.state == before
+    messages = [r.getMessage() for r in caplog.records if "ConnectionError" in r.getMessage()]
+    assert len(messages) == 1
+
+
+@pytest.mark.parametrize(
+    "value", [b"bytes", 1.5, "", object()], ids=["bytes", "float", "empty", "object"]
+)
+def test_an_invalid_user_id_reports_nothing_and_is_logged_once(
+    settings: Settings, caplog: pytest.LogCaptureFixture, value: object
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    driver = drive(hello, settings, user_id=lambda environ: value)
+    driver.get("/")
+    driver.get("/")
+    assert driver.state.user_hash is None
+    assert len([r for r in caplog.records if "ignoring a user id" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize("value", [42, "42"], ids=["int", "str"])
+def test_int_user_ids_are_strings(
+    settings: Settings, client: posthog.Client, sink: Sink, value: object
+) -> None:
+    reported: list[object] = []
+    driver = drive(
+        hello, settings, client, user_id=lambda environ: reported[0] if reported else None
+    )
+    driver.get("/")
+    reported.append(value)
+    driver.get("/")
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert alias["distinct_id"] == "42"
+
+
+def test_missing_secret_fails_at_construction(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("POSTHOG_IDENTITY_SECRET", raising=False)
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_SECRET"):
+        IdentityMiddleware(hello)
+
+
+def test_settings_come_from_the_environment_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("POSTHOG_IDENTITY_SECRET", SECRET)
+    monkeypatch.setenv("POSTHOG_IDENTITY_COOKIE_NAME", "from_env")
+    monkeypatch.delenv("POSTHOG_API_KEY", raising=False)
+    monkeypatch.delenv("POSTHOG_PROJECT_API_KEY", raising=False)
+    wrapped = IdentityMiddleware(hello)
+    reply = call_wsgi(validator(wrapped), "GET", "/", {})
+    assert reply.header(
+        "Set-Cookie",
+    ).startswith("from_env=")  # type: ignore[union-attr]
+
+
+def test_without_an_api_key_identity_works_nothing_is_sent_and_one_warning_is_logged(
+    caplog: pytest.LogCaptureFixture, sink: Sink
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    settings = Settings(secrets=(SECRET,), host=sink.url)
+    driver = drive(hello, settings, user_id=lambda environ: environ.get("HTTP_X_USER"))
+    driver.get("/")
+    driver.get("/", user="erin")
+    assert driver.state.linked
+    warnings = [r for r in caplog.records if "no PostHog API key" in r.getMessage()]
+    assert len(warnings) == 1
+    assert sink.events() == []
+
+
+def test_a_given_clients_api_key_counts_as_the_api_key(
+    settings: Settings, client: posthog.Client
+) -> None:
+    from dataclasses import replace
+
+    wrapped = IdentityMiddleware(hello, replace(settings, api_key=None), client=client)
+    assert wrapped.engine.api_key == client.api_key
+
+
+def test_identity_cookie_is_readable_by_the_test_helper(settings: Settings) -> None:
+    driver = drive(hello, settings)
+    driver.get("/")
+    assert read_cookie(driver.cookie or "").anonymous_id == driver.state.anonymous_id
+
+
+def test_a_body_dropped_without_close_leaves_its_context_cleanly(settings: Settings) -> None:
+    import gc
+    import sys
+
+    raised: list[BaseException | None] = []
+    previous = sys.unraisablehook
+    sys.unraisablehook = lambda unraisable: raised.append(unraisable.exc_value)
+    try:
+        environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+        wrapped = IdentityMiddleware(hello, settings)
+        for _ in range(3):
+            result = wrapped(dict(environ), lambda status, headers, exc_info=None: None)
+            next(iter(result))
+            del result
+        gc.collect()
+    finally:
+        sys.unraisablehook = previous
+    assert raised == []
+    assert current_identity() is None
+
+
+class Page:
+    """An HTML page in chunks that records how far the server had got when each was read."""
+
+    def __init__(self, chunks: list[bytes], started: list[str]) -> None:
+        self.chunks = chunks
+        self.started = started
+        self.read = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self.chunks:
+            self.read += 1
+            yield chunk
+
+
+def _serve_page(settings: Settings, chunks: list[bytes]) -> tuple[list[str], Page, Any]:
+    """Call the wrapped app once; return the statuses the server saw, the page, the body."""
+    started: list[str] = []
+    page = Page(chunks, started)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Page:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return page
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        started.append(status)
+        return lambda data: None
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    return started, page, wrapped(environ, server_start_response)
+
+
+def test_an_injected_pages_head_reaches_the_server_before_the_call_returns(
+    settings: Settings,
+) -> None:
+    # granian and older hypercorn read status and headers when the application
+    # returns: a head still held at that point would be lost.
+    started, page, body = _serve_page(settings, [b"<html><he", b"ad></head><body>", b"x</body>"])
+    assert started == ["200 OK"]
+    assert page.read == 2, "read only as far as the insertion point"
+    assert b"data-posthog-identity" in b"".join(body)
+    body.close()  # type: ignore[attr-defined]
+
+
+def test_a_page_longer_than_the_lookahead_still_streams(settings: Settings) -> None:
+    lookahead = settings.inject_lookahead
+    chunks = [b"<html>" + b"x" * lookahead, *([b"y" * 1024] * 100)]
+    started, page, body = _serve_page(settings, chunks)
+    assert started == ["200 OK"]
+    assert page.read == 1, "the rest of the body is read as the server asks for it"
+    assert b"".join(body) == b"".join(chunks)
+    body.close()  # type: ignore[attr-defined]
+
+
+def test_an_error_while_reading_ahead_closes_the_apps_iterable_and_propagates(
+    settings: Settings,
+) -> None:
+    body = Tracked(fail=True)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Tracked:
+        start_response("200 OK", [("Content-Type", "text/html")])
+        return body
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    with pytest.raises(RuntimeError, match="broken stream"):
+        wrapped(environ, lambda status, headers, exc_info=None: None)
+    assert body.closed
+    assert current_identity() is None
+
+
+def test_an_app_that_starts_the_response_while_iterated_is_started_before_the_call_returns(
+    settings: Settings,
+) -> None:
+    started: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Iterator[bytes]:
+        start_response("200 OK", TEXT)  # PEP 3333 allows it on the first iteration
+        yield b"late"
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        started.append(status)
+        return lambda data: None
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    body = wrapped(environ, server_start_response)
+    assert started == ["200 OK"]
+    assert list(body) == [b"late"]
+    body.close()  # type: ignore[attr-defined]

@@ -1,0 +1,1 @@
+"""Tests of `posthog_identity.testing`: the sink and the pytest plugin."""
