@@ -76,3 +76,22 @@ def test_cli_md_lists_every_exit_code_the_help_lists() -> None:
 
     assert codes
     assert [code for code in codes if f"\n| {code} |" not in CLI_MD] == []
+
+
+def test_every_test_the_docs_cite_exists_where_they_say() -> None:
+    cited = {
+        (path, name)
+        for page in [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+        for path, name in re.findall(r"(tests/[\w/]+\.py)::(\w+)", page.read_text(encoding="utf-8"))
+    }
+    missing = [
+        f"{path}::{name}"
+        for path, name in sorted(cited)
+        if not (ROOT / path).exists()
+        or not re.search(
+            rf"^(?:async )?def {name}\(", (ROOT / path).read_text(encoding="utf-8"), re.M
+        )
+    ]
+
+    assert cited
+    assert missing == []
