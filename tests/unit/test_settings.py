@@ -511,3 +511,94 @@ def test_python_value_overrides_win_over_the_variables() -> None:
     )
 
     assert (settings.api_key, settings.inject) == (None, False)
+
+
+# ---------------------------------------------------------------------------
+# Consent
+
+
+def test_consent_defaults_keep_todays_behaviour() -> None:
+    settings = from_env()
+    assert settings.consent == "not-required"
+    assert settings.consent_cookie == "ph_consent"
+    assert settings.consent_granted == ("granted", "true", "yes", "1")
+    assert settings.consent_denied == ("denied", "false", "no", "0")
+    assert settings.respect_gpc is True
+    assert settings.respect_dnt is False
+
+
+def test_consent_variables_are_read() -> None:
+    settings = from_env(
+        POSTHOG_IDENTITY_CONSENT="Opt-In",
+        POSTHOG_IDENTITY_CONSENT_COOKIE="cookie_consent",
+        POSTHOG_IDENTITY_CONSENT_GRANTED=" Accepted , ALL ,",
+        POSTHOG_IDENTITY_CONSENT_DENIED="rejected",
+        POSTHOG_IDENTITY_RESPECT_GPC="off",
+        POSTHOG_IDENTITY_RESPECT_DNT="yes",
+    )
+    assert settings.consent == "opt-in"
+    assert settings.consent_cookie == "cookie_consent"
+    assert settings.consent_granted == ("accepted", "all")
+    assert settings.consent_denied == ("rejected",)
+    assert (settings.respect_gpc, settings.respect_dnt) == (False, True)
+    assert "consent='opt-in'" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "message"),
+    [
+        ({"POSTHOG_IDENTITY_CONSENT": "required"}, "POSTHOG_IDENTITY_CONSENT", "opt-in"),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_DENIED": "no,YES"},
+            "POSTHOG_IDENTITY_CONSENT_DENIED",
+            "yes also grants consent",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_COOKIE": "ph_identity"},
+            "POSTHOG_IDENTITY_CONSENT_COOKIE",
+            "must differ from POSTHOG_IDENTITY_COOKIE_NAME",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_COOKIE": "bad name"},
+            "POSTHOG_IDENTITY_CONSENT_COOKIE",
+            "not a valid cookie name",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_GRANTED": " , "},
+            "POSTHOG_IDENTITY_CONSENT_GRANTED",
+            "at least one",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_GRANTED": 'say "yes"'},
+            "POSTHOG_IDENTITY_CONSENT_GRANTED",
+            "not a valid cookie value",
+        ),
+        ({"POSTHOG_IDENTITY_RESPECT_GPC": "maybe"}, "POSTHOG_IDENTITY_RESPECT_GPC", "boolean"),
+        ({"POSTHOG_IDENTITY_RESPECT_DNT": "2"}, "POSTHOG_IDENTITY_RESPECT_DNT", "boolean"),
+    ],
+    ids=[
+        "mode",
+        "overlap",
+        "same-cookie",
+        "cookie-name",
+        "empty-list",
+        "value",
+        "gpc",
+        "dnt",
+    ],
+)
+def test_bad_consent_settings_name_their_variable(
+    env: dict[str, str], variable: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        from_env(**env)
+    assert info.value.variable == variable
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"^POSTHOG_IDENTITY_CONSENT: "):
+        Settings(secrets=("s",), consent="opt_in")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_CONSENT_GRANTED"):
+        Settings(secrets=("s",), consent_granted="granted")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_CONSENT_DENIED"):
+        Settings(secrets=("s",), consent_denied=("granted",))
