@@ -602,3 +602,14 @@ def test_direct_construction_is_validated_too() -> None:
         Settings(secrets=("s",), consent_granted="granted")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_CONSENT_DENIED"):
         Settings(secrets=("s",), consent_denied=("granted",))
+
+
+# ---------------------------------------------------------------------------
+# Session
+
+
+def test_trusted_proxies_is_a_whole_number() -> None:
+    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "2"}
+    assert Settings.from_env(env).trusted_proxies == 2
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_TRUSTED_PROXIES"):
+        Settings.from_env({**env, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "-1"})
