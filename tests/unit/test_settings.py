@@ -613,3 +613,29 @@ def test_trusted_proxies_is_a_whole_number() -> None:
     assert Settings.from_env(env).trusted_proxies == 2
     with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_TRUSTED_PROXIES"):
         Settings.from_env({**env, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "-1"})
+
+
+# ---------------------------------------------------------------------------
+# The first-party proxy
+
+
+@pytest.mark.parametrize("raw", ["ingest", "/", "/in gest", "//x"])
+def test_a_proxy_path_that_is_not_a_path_fails_at_start_up(raw: str) -> None:
+    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_PROXY_PATH": raw}
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_PROXY_PATH"):
+        Settings.from_env(env)
+
+
+def test_the_proxy_settings_come_from_the_environment() -> None:
+    env = {
+        "POSTHOG_IDENTITY_SECRET": SECRET,
+        "POSTHOG_IDENTITY_PROXY_PATH": "/ingest/",
+        "POSTHOG_IDENTITY_PROXY_MAX_BODY": "1000",
+        "POSTHOG_IDENTITY_PROXY_TIMEOUT": "2.5",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.proxy_path, settings.proxy_max_body, settings.proxy_timeout) == (
+        "/ingest",
+        1000,
+        2.5,
+    )
