@@ -639,3 +639,56 @@ def test_the_proxy_settings_come_from_the_environment() -> None:
         1000,
         2.5,
     )
+
+
+# ---------------------------------------------------------------------------
+# Feature flags
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        (None, False),
+        ("", False),
+        ("false", False),
+        ("OFF", False),
+        ("0", False),
+        ("true", True),
+        ("Yes", True),
+        ("1", True),
+        ("beta-banner", ("beta-banner",)),
+        (" beta-banner , checkout-experiment ,, ", ("beta-banner", "checkout-experiment")),
+    ],
+)
+def test_bootstrap_flags_variable(raw: str | None, parsed: object) -> None:
+    variables = {} if raw is None else {"POSTHOG_IDENTITY_BOOTSTRAP_FLAGS": raw}
+    assert from_env(**variables).bootstrap_flags == parsed
+
+
+def test_bootstrap_flags_of_only_commas_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_BOOTSTRAP_FLAGS"):
+        from_env(POSTHOG_IDENTITY_BOOTSTRAP_FLAGS=",,")
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [(None, 0.3), ("0.05", 0.05), ("10", 10.0)])
+def test_flags_timeout_variable(raw: str | None, parsed: float) -> None:
+    variables = {} if raw is None else {"POSTHOG_IDENTITY_FLAGS_TIMEOUT": raw}
+    assert from_env(**variables).flags_timeout == parsed
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "10.5", "soon", "nan", "inf"])
+def test_flags_timeout_out_of_bounds_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_FLAGS_TIMEOUT"):
+        from_env(POSTHOG_IDENTITY_FLAGS_TIMEOUT=raw)
+
+
+def test_personal_api_key_is_read_and_masked_in_repr() -> None:
+    settings = from_env(POSTHOG_PERSONAL_API_KEY="phx_very_secret")
+
+    assert settings.personal_api_key == "phx_very_secret"
+    assert "phx_very_secret" not in repr(settings)
+    assert "personal_api_key=<masked>" in repr(settings)
+
+
+def test_a_blank_personal_api_key_counts_as_unset() -> None:
+    assert from_env(POSTHOG_PERSONAL_API_KEY="   ").personal_api_key is None
