@@ -1,4 +1,5 @@
-"""ASGI adapter behaviour beyond the shared lifecycle table: scopes, lifespan, Starlette."""
+"""ASGI adapter behaviour beyond the shared lifecycle table: scopes, lifespan, Starlette;
+how its injection holds and passes on response messages."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware
 from tests.helpers.drivers import Driver, call_asgi
 from tests.helpers.project import API_KEY
+from tests.helpers.small_page import PAGE
 from tests.helpers.wire import read_cookie
 
 if TYPE_CHECKING:
@@ -316,3 +318,82 @@ def test_reporting_nothing_at_response_start_keeps_a_user_reported_earlier(
     driver.get("/")
     (alias,) = sink.wait_for(event="$create_alias", count=1)
     assert (alias["distinct_id"], alias["properties"]["alias"]) == ("olga", anonymous)
+
+
+# -- the snippet's injection: messages held and passed on ---------------------------
+
+
+def record(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "root_path": "",
+        "headers": [],
+        "scheme": "http",
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+
+    asyncio.run(app(inner)(scope, receive, send))
+    return sent
+
+
+def start(*extra: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/html"), *extra],
+    }
+
+
+def body(data: bytes, more: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def test_asgi_holds_the_start_only_until_the_insertion_point(settings: Settings) -> None:
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings),
+        [start(), body(b"<html><he"), body(b"ad></head>"), body(b"<body>"), body(b"", more=False)],
+    )
+    kinds = [m["type"] for m in sent]
+    bodies = [m["body"] for m in sent[1:]]
+    # Once the snippet is placed, the held chunks go out as they came, the
+    # snippet inside the one that holds the insertion point.
+    assert kinds == ["http.response.start"] + ["http.response.body"] * 4
+    assert bodies[0] == b"<html><he"
+    assert bodies[1].startswith(b"ad><script data-posthog-identity")
+    assert bodies[1].endswith(b"</script></head>")
+    assert bodies[2:] == [b"<body>", b""]
+    assert [m.get("more_body", False) for m in sent[1:]] == [True, True, True, False]
+
+
+def test_asgi_gives_up_on_a_file_sent_by_path(settings: Settings) -> None:
+    pathsend = {"type": "http.response.pathsend", "path": "/tmp/page.html"}
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings), [start(), body(b"<html>"), pathsend]
+    )
+    assert [m["type"] for m in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.pathsend",
+    ]
+    assert sent[1]["body"] == b"<html>"
+
+
+def test_asgi_content_length_is_corrected(settings: Settings) -> None:
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings),
+        [start((b"content-length", str(len(PAGE)).encode())), body(PAGE, more=False)],
+    )
+    length = dict(sent[0]["headers"])[b"content-length"]
+    assert int(length) == sum(len(m["body"]) for m in sent[1:])
