@@ -286,12 +286,34 @@ def test_identify_user_from_a_sync_endpoint_in_a_thread_pool(
     assert logged_in["distinct_id"] == "ivan"
 
 
-def test_starlette_user_without_identity_falls_back_to_display_name(
+class NoIdentityUser:
+    is_authenticated = True
+    display_name = "lee"
+
+    @property
+    def identity(self) -> str:
+        raise NotImplementedError
+
+
+class NoIdentityAuth(AuthenticationBackend):
+    """Signs in a `NoIdentityUser` when the request names a user (`X-User`)."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, Any] | None:
+        if not conn.headers.get("x-user"):
+            return None
+        return AuthCredentials(["authenticated"]), NoIdentityUser()
+
+
+def test_a_starlette_user_without_identity_is_known_by_its_display_name(
     settings: Settings, client: posthog.Client, sink: Sink
 ) -> None:
-    driver = drive(IdentityMiddleware(starlette_app(client), settings, client=client))
-    driver.get("/", user="judy")
+    wrapped = IdentityMiddleware(
+        AuthenticationMiddleware(plain, backend=NoIdentityAuth()), settings, client=client
+    )
+    driver = drive(wrapped)
+    driver.get("/", user="lee")
     assert driver.state.user_hash is not None
+    assert driver.state.user_hash == wrapped.engine.codec.user_hash("lee")
     driver.get("/")
     assert driver.state.user_hash is None, "an unauthenticated user is nobody: logout"
 

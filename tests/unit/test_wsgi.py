@@ -256,6 +256,28 @@ def test_a_raising_user_callback_reports_nothing_and_is_logged_once(
     assert len(messages) == 1
 
 
+def test_a_user_callback_failing_when_the_response_starts_is_contained(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    calls: list[int] = []
+
+    def user_id(environ: Any) -> object:
+        calls.append(1)
+        if len(calls) > 1:
+            raise LookupError("session expired mid-request")
+        return None
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    reply = call_wsgi(IdentityMiddleware(app, settings, user_id=user_id), "GET", "/", {})
+    assert reply.status == 200
+    assert len(reply.identity_cookies) == 1
+    assert "LookupError" in caplog.text
+
+
 @pytest.mark.parametrize(
     "value", [b"bytes", 1.5, "", object()], ids=["bytes", "float", "empty", "object"]
 )
