@@ -1,4 +1,5 @@
-"""Feature flags bootstrapped into the page: one evaluation per request, server and browser.
+"""Feature flags bootstrapped into the page, through both adapters in process: one
+evaluation per request, server and browser; exposures; bad input; never slowing a page.
 
 Everything runs against a real `Sink` serving flag definitions (PostHog's
 local-evaluation API) and evaluating them for `/flags`, with posthog's real
@@ -17,151 +18,46 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import re
-import signal
 import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
 
-import httpx
 import pytest
 from posthog.client import Client
 
-from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.flags import FlagContext
-from posthog_identity.settings import ConfigurationError, Settings
-from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS, Sink
+from posthog_identity.settings import Settings
+from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Reply, call_asgi, call_wsgi
 from tests.helpers.flags import posthog_client, sdk_flag, sdk_payload
-from tests.helpers.project import API_KEY, ROOT, SECRET
-from tests.sites.basic import serve_lifespan
+from tests.helpers.project import API_KEY, SECRET
+from tests.sites.flags import (
+    BETA,
+    EXPERIMENT,
+    INDEPENDENT_KEY,
+    PERSONAL_KEY,
+    UNSCOPED_KEY,
+    asgi_page,
+    bootstrap,
+    distinct_id,
+    header,
+    page_text,
+    rendered_variant,
+    serving_flags,
+    snippet_data,
+    user_from_header,
+    wsgi_page,
+)
 
-PERSONAL_KEY = "phx_middleware_personal_key"
-INDEPENDENT_KEY = "phx_independent_personal_key"
-UNSCOPED_KEY = "phx_key_without_feature_flag_read"
 INVALID_KEY = "phx_revoked_key"
-EXPERIMENT = "checkout-experiment"
-BETA = "beta-banner"
 EXAMPLE_KEYS = (BETA, EXPERIMENT)
 CALLED = "$feature_flag_called"
 
-# A flag only for people on the pro plan, and one only for enterprise companies.
-PRO_DASHBOARD = {
-    "id": 3,
-    "key": "pro-dashboard",
-    "active": True,
-    "filters": {
-        "groups": [
-            {
-                "properties": [
-                    {"key": "plan", "value": ["pro"], "operator": "exact", "type": "person"}
-                ],
-                "rollout_percentage": 100,
-            }
-        ]
-    },
-}
-COMPANY_SSO = {
-    "id": 4,
-    "key": "company-sso",
-    "active": True,
-    "filters": {
-        "aggregation_group_type_index": 0,
-        "groups": [
-            {
-                "properties": [
-                    {"key": "tier", "value": "enterprise", "operator": "exact", "type": "group"}
-                ],
-                "rollout_percentage": 100,
-            }
-        ],
-    },
-}
-DEFINITIONS = [*EXAMPLE_FLAG_DEFINITIONS, PRO_DASHBOARD, COMPANY_SSO]
-
-
-# -- the site: an HTML page that renders what the server reads ---------------------------
-
-PAGE = "<!doctype html><html><head><title>Shop</title></head><body>{}</body></html>"
-
-
-def render(path: str, query: str) -> str:
-    """The page body for `path`, reading flags the way an app would."""
-    identity = current_identity()
-    assert identity is not None
-    if path == "/login":
-        identify_user(parse_qs(query)["user"][0])
-        identity = current_identity()
-        assert identity is not None
-    if path in ("/variant", "/login"):
-        variant = identity.feature_flag(EXPERIMENT)
-        payload = identity.feature_flag_payload(EXPERIMENT)
-        return f'<p id="variant">{variant}</p><p id="payload">{json.dumps(payload)}</p>'
-    if path == "/read-twice":
-        first = identity.feature_flag(EXPERIMENT)
-        second = identity.feature_flag(EXPERIMENT)
-        banner = identity.feature_flag(BETA)
-        return f"<p>{first} {second} {banner}</p>"
-    if path == "/bulk":
-        return f"<pre>{json.dumps(dict(identity.feature_flags))}</pre>"
-    return "<p>home</p>"
-
-
-def wsgi_page(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-    body = PAGE.format(render(environ["PATH_INFO"], environ.get("QUERY_STRING", ""))).encode()
-    start_response("200 OK", [("Content-Type", "text/html; charset=utf-8")])
-    return [body]
-
-
-async def asgi_page(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "lifespan":
-        await serve_lifespan(receive, send)
-        return
-    if scope["path"] == "/api":
-        body, content_type = b'{"ok": true}', b"application/json"
-    elif scope["path"] == "/async-read":
-        identity = current_identity()
-        assert identity is not None
-        variant = await identity.afeature_flag(EXPERIMENT)
-        flags = await identity.afeature_flags()
-        page = PAGE.format(f'<p id="variant">{variant}</p><pre>{json.dumps(dict(flags))}</pre>')
-        body, content_type = page.encode(), b"text/html"
-    elif scope["path"] == "/threaded-read":
-        # The way to read flags in an async view without ever waiting on the loop.
-        identity = current_identity()
-        assert identity is not None
-        flags = await asyncio.to_thread(lambda: dict(identity.feature_flags))
-        body, content_type = PAGE.format(json.dumps(flags)).encode(), b"text/html"
-    else:
-        page = PAGE.format(render(scope["path"], scope["query_string"].decode()))
-        body, content_type = page.encode(), b"text/html; charset=utf-8"
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-type", content_type)]}
-    )
-    await send({"type": "http.response.body", "body": body})
-
-
-def header(native: Any, name: str) -> str | None:
-    """A request header from a WSGI environ or an ASGI scope."""
-    if "headers" in native:
-        wanted = name.lower().encode("latin-1")
-        found = [v.decode("latin-1") for k, v in native["headers"] if k == wanted]
-        return found[0] if found else None
-    value = native.get("HTTP_" + name.upper().replace("-", "_"))
-    return None if value is None else str(value)
-
-
-def user_from_header(native: Any) -> str | None:
-    return header(native, "X-User")
+# -- the site, from tests.sites.flags, in process ---------------------------------------
 
 
 def make_site(adapter: str, settings: Settings, client: Client | None, **options: Any) -> Any:
@@ -175,41 +71,6 @@ def make_site(adapter: str, settings: Settings, client: Client | None, **options
 def get(adapter: str, app: Any, url: str, **headers: str) -> Reply:
     call = call_wsgi if adapter == "wsgi" else call_asgi
     return call(app, "GET", url, {k.replace("_", "-"): v for k, v in headers.items()})
-
-
-_SNIPPET = re.compile(
-    r"<script data-posthog-identity[^>]*>.*\(window,document,(\{.*\})\);</script>", re.S
-)
-
-
-def snippet_data(reply: Reply) -> dict[str, Any]:
-    """The data our snippet hands posthog-js: identity, config and the flags bootstrap."""
-    match = _SNIPPET.search(reply.body.decode())
-    assert match is not None, reply.body
-    data: dict[str, Any] = json.loads(match[1])
-    return data
-
-
-def bootstrap(reply: Reply) -> dict[str, Any] | None:
-    """`{"values": ..., "payloads": ...}`, or None: the page has no flag bootstrap."""
-    flags: dict[str, Any] | None = snippet_data(reply)["flags"]
-    return flags
-
-
-def distinct_id(reply: Reply) -> str:
-    identity = snippet_data(reply)["identity"]
-    return str(identity["user"] or identity["anonymous"])
-
-
-def page_text(reply: Reply, pattern: str) -> str:
-    """The first group of `pattern` in the page."""
-    match = re.search(pattern, reply.body.decode())
-    assert match is not None, reply.body
-    return match[1]
-
-
-def rendered_variant(reply: Reply) -> str:
-    return page_text(reply, r'<p id="variant">(.*?)</p>')
 
 
 def settings_for(host: str, **overrides: Any) -> Settings:
@@ -227,12 +88,7 @@ def identity_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 @pytest.fixture
 def flag_sink() -> Iterator[Sink]:
-    with Sink(
-        flag_definitions=DEFINITIONS,
-        group_type_mapping={"0": "company"},
-        personal_api_keys=[PERSONAL_KEY, INDEPENDENT_KEY, UNSCOPED_KEY],
-        unscoped_personal_api_keys=[UNSCOPED_KEY],
-    ) as sink:
+    with serving_flags() as sink:
         yield sink
 
 
@@ -367,95 +223,6 @@ def test_the_payload_accessor_gives_the_decoded_payload(
     reply = get("wsgi", app, "/variant", X_User="user-1")
     shown = json.loads(page_text(reply, r'<p id="payload">(.*?)</p>'))
     assert shown == sdk_payload(independent, EXPERIMENT, "user-1")
-
-
-# -- under a real server ----------------------------------------------------------------
-
-
-def flag_server_app() -> Any:
-    """`uvicorn --factory tests.scenarios.test_flags:flag_server_app`, configured by environment."""
-    return ASGIMiddleware(asgi_page, user_id=user_from_header)
-
-
-@contextmanager
-def uvicorn_server(env: dict[str, str], log: Path) -> Iterator[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "uvicorn",
-        "--factory",
-        "tests.scenarios.test_flags:flag_server_app",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--lifespan",
-        "on",
-    ]
-    with log.open("ab") as output:
-        process = subprocess.Popen(
-            command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=output, stderr=output
-        )
-    try:
-        deadline = time.monotonic() + 30
-        while (found := re.search(r"Uvicorn running on (http://\S+)", log.read_text())) is None:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
-        yield found[1]
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-    assert "Traceback" not in log.read_text(), log.read_text()
-
-
-def as_reply(response: httpx.Response) -> Reply:
-    return Reply(response.status_code, list(response.headers.items()), response.content)
-
-
-def test_under_uvicorn_the_html_shows_the_bootstrapped_variant(
-    flag_sink: Sink, independent: Client, tmp_path: Path
-) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG_")}
-    env.update(
-        POSTHOG_API_KEY=API_KEY,
-        POSTHOG_HOST=flag_sink.url,
-        POSTHOG_IDENTITY_SECRET=SECRET,
-        POSTHOG_PERSONAL_API_KEY=PERSONAL_KEY,
-        POSTHOG_IDENTITY_BOOTSTRAP_FLAGS="true",
-        PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p),
-    )
-    variants = set()
-    with (
-        uvicorn_server(env, tmp_path / "uvicorn.log") as url,
-        httpx.Client(base_url=url, timeout=10) as http,
-    ):
-        # The server's client loads the definitions when it first needs them
-        # (or, if it loads them in the background, soon after start-up).
-        deadline = time.monotonic() + 10
-        while bootstrap(as_reply(http.get("/"))) is None:
-            assert time.monotonic() < deadline, "the server never bootstrapped flags"
-            time.sleep(0.05)
-        http.cookies.clear()
-        users: list[str | None] = [None, None, None, *(f"shopper-{n}" for n in range(8))]
-        for user in users:
-            reply = as_reply(http.get("/variant", headers={"X-User": user} if user else {}))
-            http.cookies.clear()
-            flags = bootstrap(reply)
-            assert flags is not None
-            shown = rendered_variant(reply)
-            assert shown == flags["values"][EXPERIMENT]
-            assert shown == sdk_flag(independent, EXPERIMENT, distinct_id(reply))
-            if user is not None:
-                variants.add(shown)
-
-    assert variants == {"control", "test"}
-    assert flag_sink.flag_requests() == []  # the server evaluated locally
 
 
 # -- never slow a page ---------------------------------------------------------------------
@@ -826,59 +593,6 @@ def test_a_personal_key_from_the_settings_builds_a_client_without_warnings(
 
 
 # -- settings ---------------------------------------------------------------------------------
-
-
-def from_env(**variables: str) -> Settings:
-    return Settings.from_env({"POSTHOG_IDENTITY_SECRET": SECRET, **variables})
-
-
-@pytest.mark.parametrize(
-    ("raw", "parsed"),
-    [
-        (None, False),
-        ("", False),
-        ("false", False),
-        ("OFF", False),
-        ("0", False),
-        ("true", True),
-        ("Yes", True),
-        ("1", True),
-        ("beta-banner", ("beta-banner",)),
-        (" beta-banner , checkout-experiment ,, ", ("beta-banner", "checkout-experiment")),
-    ],
-)
-def test_bootstrap_flags_variable(raw: str | None, parsed: object) -> None:
-    variables = {} if raw is None else {"POSTHOG_IDENTITY_BOOTSTRAP_FLAGS": raw}
-    assert from_env(**variables).bootstrap_flags == parsed
-
-
-def test_bootstrap_flags_of_only_commas_is_refused() -> None:
-    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_BOOTSTRAP_FLAGS"):
-        from_env(POSTHOG_IDENTITY_BOOTSTRAP_FLAGS=",,")
-
-
-@pytest.mark.parametrize(("raw", "parsed"), [(None, 0.3), ("0.05", 0.05), ("10", 10.0)])
-def test_flags_timeout_variable(raw: str | None, parsed: float) -> None:
-    variables = {} if raw is None else {"POSTHOG_IDENTITY_FLAGS_TIMEOUT": raw}
-    assert from_env(**variables).flags_timeout == parsed
-
-
-@pytest.mark.parametrize("raw", ["0", "-1", "10.5", "soon", "nan", "inf"])
-def test_flags_timeout_out_of_bounds_is_refused(raw: str) -> None:
-    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_FLAGS_TIMEOUT"):
-        from_env(POSTHOG_IDENTITY_FLAGS_TIMEOUT=raw)
-
-
-def test_personal_api_key_is_read_and_masked_in_repr() -> None:
-    settings = from_env(POSTHOG_PERSONAL_API_KEY="phx_very_secret")
-
-    assert settings.personal_api_key == "phx_very_secret"
-    assert "phx_very_secret" not in repr(settings)
-    assert "personal_api_key=<masked>" in repr(settings)
-
-
-def test_a_blank_personal_api_key_counts_as_unset() -> None:
-    assert from_env(POSTHOG_PERSONAL_API_KEY="   ").personal_api_key is None
 
 
 def test_flag_bootstrap_is_off_by_default_and_costs_no_flag_evaluation(

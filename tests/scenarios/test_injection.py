@@ -1,8 +1,8 @@
-"""Snippet injection through both adapters in-process: placement, length, holding the head."""
+"""Snippet injection through both adapters in process: placement, length, skipped
+responses, shared pages, nonces, init options."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from dataclasses import replace
@@ -14,12 +14,10 @@ from posthog_identity import identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Driver, Reply, call_asgi, call_wsgi
+from tests.helpers.small_page import HTML, PAGE
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
-
-PAGE = b"<!doctype html><html><head><title>t</title></head><body><h1>hi</h1></body></html>"
-HTML = "text/html; charset=utf-8"
 
 
 def wsgi_page(body: list[bytes], headers: list[tuple[str, str]], status: str = "200 OK") -> Any:
@@ -170,137 +168,3 @@ def test_init_options_from_the_keyword_reach_the_page(adapter: str, settings: Se
         "api_host": "/ingest",
         "capture_pageview": False,
     }
-
-
-def test_wsgi_holds_start_response_until_the_injector_decides(settings: Settings) -> None:
-    events: list[str] = []
-
-    def app(environ: dict[str, Any], start_response: Any) -> Any:
-        start_response("200 OK", [("Content-Type", HTML)])
-        for chunk in (b"<html><he", b"ad>", b"</head><body>", b"end"):
-            events.append(f"app yields {chunk!r}")
-            yield chunk
-
-    wrapped = WSGIMiddleware(app, settings)
-    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
-    result = wrapped(
-        environ, lambda status, headers, exc_info=None: events.append("server start_response")
-    )
-    for chunk in result:
-        events.append(f"server gets {len(chunk)} bytes")
-    result.close()  # type: ignore[attr-defined]
-    assert events[:4] == [
-        "app yields b'<html><he'",
-        "app yields b'ad>'",
-        "app yields b'</head><body>'",
-        "server start_response",
-    ]
-    assert events[4].startswith("server gets")
-    assert events[-1] == "server gets 3 bytes"
-
-
-def test_wsgi_write_goes_through_the_injector(settings: Settings) -> None:
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        write = start_response(
-            "200 OK", [("Content-Type", HTML), ("Content-Length", str(len(PAGE)))]
-        )
-        write(PAGE[:20])
-        write(PAGE[20:])
-        return []
-
-    reply = call_wsgi(WSGIMiddleware(app, settings), "GET", "/", {})
-    assert reply.body.count(b"data-posthog-identity") == 1
-    assert reply.header("Content-Length") == str(len(reply.body))
-
-
-def test_wsgi_an_error_page_replaces_a_held_response(settings: Settings) -> None:
-    import sys
-
-    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", HTML)])
-        try:
-            raise RuntimeError("template error")
-        except RuntimeError:
-            start_response(
-                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
-            )
-        return [b"sorry"]
-
-    reply = call_wsgi(WSGIMiddleware(app, settings), "GET", "/", {})
-    assert (reply.status, reply.body) == (500, b"sorry")
-
-
-def record(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    sent: list[dict[str, Any]] = []
-    scope = {
-        "type": "http",
-        "method": "GET",
-        "path": "/",
-        "root_path": "",
-        "headers": [],
-        "scheme": "http",
-    }
-
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b""}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    async def inner(scope: Any, receive: Any, send: Any) -> None:
-        for message in messages:
-            await send(message)
-
-    asyncio.run(app(inner)(scope, receive, send))
-    return sent
-
-
-def start(*extra: tuple[bytes, bytes]) -> dict[str, Any]:
-    return {
-        "type": "http.response.start",
-        "status": 200,
-        "headers": [(b"content-type", b"text/html"), *extra],
-    }
-
-
-def body(data: bytes, more: bool = True) -> dict[str, Any]:
-    return {"type": "http.response.body", "body": data, "more_body": more}
-
-
-def test_asgi_holds_the_start_only_until_the_insertion_point(settings: Settings) -> None:
-    sent = record(
-        lambda inner: ASGIMiddleware(inner, settings),
-        [start(), body(b"<html><he"), body(b"ad></head>"), body(b"<body>"), body(b"", more=False)],
-    )
-    kinds = [m["type"] for m in sent]
-    bodies = [m["body"] for m in sent[1:]]
-    # Once the snippet is placed, the held chunks go out as they came, the
-    # snippet inside the one that holds the insertion point.
-    assert kinds == ["http.response.start"] + ["http.response.body"] * 4
-    assert bodies[0] == b"<html><he"
-    assert bodies[1].startswith(b"ad><script data-posthog-identity")
-    assert bodies[1].endswith(b"</script></head>")
-    assert bodies[2:] == [b"<body>", b""]
-    assert [m.get("more_body", False) for m in sent[1:]] == [True, True, True, False]
-
-
-def test_asgi_gives_up_on_a_file_sent_by_path(settings: Settings) -> None:
-    pathsend = {"type": "http.response.pathsend", "path": "/tmp/page.html"}
-    sent = record(
-        lambda inner: ASGIMiddleware(inner, settings), [start(), body(b"<html>"), pathsend]
-    )
-    assert [m["type"] for m in sent] == [
-        "http.response.start",
-        "http.response.body",
-        "http.response.pathsend",
-    ]
-    assert sent[1]["body"] == b"<html>"
-
-
-def test_asgi_content_length_is_corrected(settings: Settings) -> None:
-    sent = record(
-        lambda inner: ASGIMiddleware(inner, settings),
-        [start((b"content-length", str(len(PAGE)).encode())), body(PAGE, more=False)],
-    )
-    length = dict(sent[0]["headers"])[b"content-length"]
-    assert int(length) == sum(len(m["body"]) for m in sent[1:])

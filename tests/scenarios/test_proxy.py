@@ -21,10 +21,8 @@ import httpx
 import pytest
 from werkzeug.test import Client
 
-from posthog_identity import ConfigurationError, Settings
+from posthog_identity import Settings
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
-from posthog_identity.hosts import app_host, assets_host
-from posthog_identity.proxy import Proxy
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.project import API_KEY, SECRET
 from tests.helpers.servers import free_port
@@ -164,77 +162,6 @@ def send(adapter: str, settings: Settings, method: str, url: str, **options: Any
 
 
 ADAPTERS = ["wsgi", "asgi"]
-
-
-# -- where requests go ----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("host", "assets", "app"),
-    [
-        ("https://us.i.posthog.com", "https://us-assets.i.posthog.com", "https://us.posthog.com"),
-        ("https://eu.i.posthog.com", "https://eu-assets.i.posthog.com", "https://eu.posthog.com"),
-        ("https://ph.example.com", "https://ph.example.com", "https://ph.example.com"),
-    ],
-    ids=["us", "eu", "self-hosted"],
-)
-def test_assets_and_the_app_host_follow_the_ingestion_host(
-    host: str, assets: str, app: str
-) -> None:
-    assert (assets_host(host), app_host(host)) == (assets, app)
-
-
-@pytest.mark.parametrize(
-    ("path", "query", "expected"),
-    [
-        ("/ingest/e/", "ip=1&_=123", "https://us.i.posthog.com/e/?ip=1&_=123"),
-        ("/ingest/flags/", "v=2", "https://us.i.posthog.com/flags/?v=2"),
-        ("/ingest/static/array.js", "", "https://us-assets.i.posthog.com/static/array.js"),
-        (
-            "/ingest/array/phc_x/config.js",
-            "",
-            "https://us-assets.i.posthog.com/array/phc_x/config.js",
-        ),
-        ("/ingest", "", "https://us.i.posthog.com/"),
-    ],
-)
-def test_assets_go_to_the_assets_host_and_the_rest_to_ingestion(
-    path: str, query: str, expected: str
-) -> None:
-    proxy = Proxy("/ingest", "https://us.i.posthog.com", max_body=10, timeout=1)
-    assert proxy.upstream(path, query) == expected
-
-
-@pytest.mark.parametrize("path", ["/ingest", "/ingest/", "/ingest/e/"])
-def test_the_proxy_answers_its_path(path: str) -> None:
-    assert Proxy("/ingest", "https://x", max_body=1, timeout=1).matches(path)
-
-
-@pytest.mark.parametrize("path", ["/ingestion", "/", "/static/ingest"])
-def test_the_proxy_leaves_other_paths_to_the_app(path: str) -> None:
-    assert not Proxy("/ingest", "https://x", max_body=1, timeout=1).matches(path)
-
-
-@pytest.mark.parametrize("raw", ["ingest", "/", "/in gest", "//x"])
-def test_a_proxy_path_that_is_not_a_path_fails_at_start_up(raw: str) -> None:
-    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_PROXY_PATH": raw}
-    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_PROXY_PATH"):
-        Settings.from_env(env)
-
-
-def test_the_proxy_settings_come_from_the_environment() -> None:
-    env = {
-        "POSTHOG_IDENTITY_SECRET": SECRET,
-        "POSTHOG_IDENTITY_PROXY_PATH": "/ingest/",
-        "POSTHOG_IDENTITY_PROXY_MAX_BODY": "1000",
-        "POSTHOG_IDENTITY_PROXY_TIMEOUT": "2.5",
-    }
-    settings = Settings.from_env(env)
-    assert (settings.proxy_path, settings.proxy_max_body, settings.proxy_timeout) == (
-        "/ingest",
-        1000,
-        2.5,
-    )
 
 
 # -- what crosses --------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Server events join the browser's session, and carry the request's properties."""
+"""Server events join the browser's session and carry the request's properties, through
+both adapters to the sink."""
 
 from __future__ import annotations
 
@@ -7,111 +8,14 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
-from posthog_identity import ConfigurationError, Settings
-from posthog_identity.session import (
-    client_ip,
-    persistence_cookie,
-    session_from_cookie,
-    valid_uuid,
-)
+from posthog_identity import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
 from tests.helpers.drivers import Driver, driver_for, make_site
-from tests.helpers.project import API_KEY, SECRET
+from tests.helpers.posthog_js import PERSISTENCE, SESSION, posthog_js_cookie
+from tests.helpers.project import SECRET
 
-SESSION = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
 WINDOW = "0193a6b2-7c1e-7a1b-9c2d-000000000001"
-PERSISTENCE = f"ph_{API_KEY}_posthog"
-
-
-def posthog_js_cookie(session: str = SESSION, **extra: Any) -> str:
-    """posthog-js's persistence cookie as the browser sends it (encodeURIComponent(JSON))."""
-    import json
-
-    value = {
-        "distinct_id": "0193a6b2-0000-7000-8000-000000000000",
-        "$sesid": [1733245670123, session, 1733245600000],
-        "$device_id": "0193a6b2-0000-7000-8000-000000000000",
-        **extra,
-    }
-    return f"{PERSISTENCE}={quote(json.dumps(value, separators=(',', ':')), safe='')}"
-
-
-# -- reading the session, pure ------------------------------------------------
-
-
-def test_the_session_id_is_read_from_posthog_js_persistence_cookie() -> None:
-    header = f"other=1; {posthog_js_cookie()}; ph_identity=x"
-    assert session_from_cookie(header, PERSISTENCE) == SESSION
-
-
-@pytest.mark.parametrize(
-    "value",
-    [
-        pytest.param("not-json", id="not-json"),
-        pytest.param(quote('{"$sesid":"' + SESSION + '"}'), id="sesid-not-a-list"),
-        pytest.param(quote('{"$sesid":[1,"not-a-uuid",2]}'), id="not-a-uuid"),
-        pytest.param(quote('["$sesid",1,"' + SESSION + '"]'), id="json-list"),
-        pytest.param("x" * 10_000 + quote(f'"$sesid":[1,"{SESSION}"'), id="10KB"),
-        pytest.param("\udcff\udcfe", id="non-utf8"),
-    ],
-)
-def test_a_hostile_persistence_cookie_means_no_session(value: str) -> None:
-    assert session_from_cookie(f"{PERSISTENCE}={value}", PERSISTENCE) is None
-
-
-@given(st.text(max_size=300))
-def test_no_persistence_cookie_value_raises(value: str) -> None:
-    found = session_from_cookie(f"{PERSISTENCE}={value}", PERSISTENCE)
-    assert found is None or valid_uuid(found) == found
-
-
-def test_the_persistence_cookie_is_named_as_posthog_js_names_it() -> None:
-    assert persistence_cookie("phc_a+b/c=", {}) == "ph_phc_aPLbSLcEQ_posthog"
-    assert persistence_cookie("phc_x", {"persistence_name": "mine"}) == "ph_mine"
-
-
-@pytest.mark.parametrize(
-    ("value", "valid"),
-    [
-        (SESSION, True),
-        (SESSION.upper(), True),
-        (SESSION[:-1], False),
-        (SESSION + "0", False),
-        ("attacker-session", False),
-        ("", False),
-    ],
-)
-def test_only_a_uuid_is_a_session_id(value: str, valid: bool) -> None:
-    assert (valid_uuid(value) is not None) is valid
-
-
-@pytest.mark.parametrize(
-    ("peer", "forwarded", "trusted", "expected"),
-    [
-        pytest.param("10.0.0.1", "", 0, "10.0.0.1", id="peer"),
-        pytest.param("10.0.0.1", "6.6.6.6", 0, "10.0.0.1", id="untrusted-header-ignored"),
-        pytest.param("10.0.0.1", "1.2.3.4", 1, "1.2.3.4", id="one-proxy"),
-        pytest.param("10.0.0.1", "6.6.6.6, 1.2.3.4", 1, "1.2.3.4", id="spoofed-hop-ignored"),
-        pytest.param("10.0.0.1", "1.2.3.4, 10.0.0.2", 2, "1.2.3.4", id="two-proxies"),
-        pytest.param("10.0.0.1", "1.2.3.4", 2, "10.0.0.1", id="fewer-hops-than-proxies"),
-    ],
-)
-def test_the_client_address_counts_trusted_proxies_as_proxyfix_does(
-    peer: str, forwarded: str, trusted: int, expected: str
-) -> None:
-    assert client_ip(peer, forwarded, trusted) == expected
-
-
-def test_trusted_proxies_is_a_whole_number() -> None:
-    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "2"}
-    assert Settings.from_env(env).trusted_proxies == 2
-    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_TRUSTED_PROXIES"):
-        Settings.from_env({**env, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "-1"})
 
 
 # -- through both adapters, to the sink -----------------------------------------

@@ -1,4 +1,5 @@
-"""ASGI adapter behaviour beyond the shared lifecycle table: scopes, lifespan, Starlette."""
+"""ASGI adapter behaviour beyond the shared lifecycle table: scopes, lifespan, Starlette;
+how its injection holds and passes on response messages."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware
 from tests.helpers.drivers import Driver, call_asgi
 from tests.helpers.project import API_KEY
+from tests.helpers.small_page import PAGE
 from tests.helpers.wire import read_cookie
 
 if TYPE_CHECKING:
@@ -284,12 +286,34 @@ def test_identify_user_from_a_sync_endpoint_in_a_thread_pool(
     assert logged_in["distinct_id"] == "ivan"
 
 
-def test_starlette_user_without_identity_falls_back_to_display_name(
+class NoIdentityUser:
+    is_authenticated = True
+    display_name = "lee"
+
+    @property
+    def identity(self) -> str:
+        raise NotImplementedError
+
+
+class NoIdentityAuth(AuthenticationBackend):
+    """Signs in a `NoIdentityUser` when the request names a user (`X-User`)."""
+
+    async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, Any] | None:
+        if not conn.headers.get("x-user"):
+            return None
+        return AuthCredentials(["authenticated"]), NoIdentityUser()
+
+
+def test_a_starlette_user_without_identity_is_known_by_its_display_name(
     settings: Settings, client: posthog.Client, sink: Sink
 ) -> None:
-    driver = drive(IdentityMiddleware(starlette_app(client), settings, client=client))
-    driver.get("/", user="judy")
+    wrapped = IdentityMiddleware(
+        AuthenticationMiddleware(plain, backend=NoIdentityAuth()), settings, client=client
+    )
+    driver = drive(wrapped)
+    driver.get("/", user="lee")
     assert driver.state.user_hash is not None
+    assert driver.state.user_hash == wrapped.engine.codec.user_hash("lee")
     driver.get("/")
     assert driver.state.user_hash is None, "an unauthenticated user is nobody: logout"
 
@@ -316,3 +340,82 @@ def test_reporting_nothing_at_response_start_keeps_a_user_reported_earlier(
     driver.get("/")
     (alias,) = sink.wait_for(event="$create_alias", count=1)
     assert (alias["distinct_id"], alias["properties"]["alias"]) == ("olga", anonymous)
+
+
+# -- the snippet's injection: messages held and passed on ---------------------------
+
+
+def record(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/",
+        "root_path": "",
+        "headers": [],
+        "scheme": "http",
+    }
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b""}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def inner(scope: Any, receive: Any, send: Any) -> None:
+        for message in messages:
+            await send(message)
+
+    asyncio.run(app(inner)(scope, receive, send))
+    return sent
+
+
+def start(*extra: tuple[bytes, bytes]) -> dict[str, Any]:
+    return {
+        "type": "http.response.start",
+        "status": 200,
+        "headers": [(b"content-type", b"text/html"), *extra],
+    }
+
+
+def body(data: bytes, more: bool = True) -> dict[str, Any]:
+    return {"type": "http.response.body", "body": data, "more_body": more}
+
+
+def test_asgi_holds_the_start_only_until_the_insertion_point(settings: Settings) -> None:
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings),
+        [start(), body(b"<html><he"), body(b"ad></head>"), body(b"<body>"), body(b"", more=False)],
+    )
+    kinds = [m["type"] for m in sent]
+    bodies = [m["body"] for m in sent[1:]]
+    # Once the snippet is placed, the held chunks go out as they came, the
+    # snippet inside the one that holds the insertion point.
+    assert kinds == ["http.response.start"] + ["http.response.body"] * 4
+    assert bodies[0] == b"<html><he"
+    assert bodies[1].startswith(b"ad><script data-posthog-identity")
+    assert bodies[1].endswith(b"</script></head>")
+    assert bodies[2:] == [b"<body>", b""]
+    assert [m.get("more_body", False) for m in sent[1:]] == [True, True, True, False]
+
+
+def test_asgi_gives_up_on_a_file_sent_by_path(settings: Settings) -> None:
+    pathsend = {"type": "http.response.pathsend", "path": "/tmp/page.html"}
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings), [start(), body(b"<html>"), pathsend]
+    )
+    assert [m["type"] for m in sent] == [
+        "http.response.start",
+        "http.response.body",
+        "http.response.pathsend",
+    ]
+    assert sent[1]["body"] == b"<html>"
+
+
+def test_asgi_content_length_is_corrected(settings: Settings) -> None:
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings),
+        [start((b"content-length", str(len(PAGE)).encode())), body(PAGE, more=False)],
+    )
+    length = dict(sent[0]["headers"])[b"content-length"]
+    assert int(length) == sum(len(m["body"]) for m in sent[1:])

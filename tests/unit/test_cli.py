@@ -4,6 +4,7 @@ ports, `--version`, stderr and exit codes of every command."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 
@@ -324,3 +325,19 @@ def test_check_says_nothing_of_delivery_when_nothing_is_sent() -> None:
     code, text = run({k: v for k, v in GOOD.items() if k != "POSTHOG_API_KEY"})
     assert code == OK, text
     assert "delivery:" not in text
+
+
+def test_check_prints_the_consent_settings() -> None:
+    import io
+
+    out = io.StringIO()
+    env = {
+        "POSTHOG_IDENTITY_SECRET": "k" * 40,
+        "POSTHOG_API_KEY": "phc_x",
+        "POSTHOG_IDENTITY_CONSENT": "opt-out",
+    }
+    check(env, out=out)
+    text = out.getvalue()
+    assert re.search(r"POSTHOG_IDENTITY_CONSENT\s+opt-out", text)
+    assert re.search(r"POSTHOG_IDENTITY_CONSENT_GRANTED\s+granted, true, yes, 1", text)
+    assert re.search(r"POSTHOG_IDENTITY_RESPECT_DNT\s+false", text)

@@ -511,3 +511,184 @@ def test_python_value_overrides_win_over_the_variables() -> None:
     )
 
     assert (settings.api_key, settings.inject) == (None, False)
+
+
+# ---------------------------------------------------------------------------
+# Consent
+
+
+def test_consent_defaults_keep_todays_behaviour() -> None:
+    settings = from_env()
+    assert settings.consent == "not-required"
+    assert settings.consent_cookie == "ph_consent"
+    assert settings.consent_granted == ("granted", "true", "yes", "1")
+    assert settings.consent_denied == ("denied", "false", "no", "0")
+    assert settings.respect_gpc is True
+    assert settings.respect_dnt is False
+
+
+def test_consent_variables_are_read() -> None:
+    settings = from_env(
+        POSTHOG_IDENTITY_CONSENT="Opt-In",
+        POSTHOG_IDENTITY_CONSENT_COOKIE="cookie_consent",
+        POSTHOG_IDENTITY_CONSENT_GRANTED=" Accepted , ALL ,",
+        POSTHOG_IDENTITY_CONSENT_DENIED="rejected",
+        POSTHOG_IDENTITY_RESPECT_GPC="off",
+        POSTHOG_IDENTITY_RESPECT_DNT="yes",
+    )
+    assert settings.consent == "opt-in"
+    assert settings.consent_cookie == "cookie_consent"
+    assert settings.consent_granted == ("accepted", "all")
+    assert settings.consent_denied == ("rejected",)
+    assert (settings.respect_gpc, settings.respect_dnt) == (False, True)
+    assert "consent='opt-in'" in repr(settings)
+
+
+@pytest.mark.parametrize(
+    ("env", "variable", "message"),
+    [
+        ({"POSTHOG_IDENTITY_CONSENT": "required"}, "POSTHOG_IDENTITY_CONSENT", "opt-in"),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_DENIED": "no,YES"},
+            "POSTHOG_IDENTITY_CONSENT_DENIED",
+            "yes also grants consent",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_COOKIE": "ph_identity"},
+            "POSTHOG_IDENTITY_CONSENT_COOKIE",
+            "must differ from POSTHOG_IDENTITY_COOKIE_NAME",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_COOKIE": "bad name"},
+            "POSTHOG_IDENTITY_CONSENT_COOKIE",
+            "not a valid cookie name",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_GRANTED": " , "},
+            "POSTHOG_IDENTITY_CONSENT_GRANTED",
+            "at least one",
+        ),
+        (
+            {"POSTHOG_IDENTITY_CONSENT_GRANTED": 'say "yes"'},
+            "POSTHOG_IDENTITY_CONSENT_GRANTED",
+            "not a valid cookie value",
+        ),
+        ({"POSTHOG_IDENTITY_RESPECT_GPC": "maybe"}, "POSTHOG_IDENTITY_RESPECT_GPC", "boolean"),
+        ({"POSTHOG_IDENTITY_RESPECT_DNT": "2"}, "POSTHOG_IDENTITY_RESPECT_DNT", "boolean"),
+    ],
+    ids=[
+        "mode",
+        "overlap",
+        "same-cookie",
+        "cookie-name",
+        "empty-list",
+        "value",
+        "gpc",
+        "dnt",
+    ],
+)
+def test_bad_consent_settings_name_their_variable(
+    env: dict[str, str], variable: str, message: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=message) as info:
+        from_env(**env)
+    assert info.value.variable == variable
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigurationError, match=r"^POSTHOG_IDENTITY_CONSENT: "):
+        Settings(secrets=("s",), consent="opt_in")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_CONSENT_GRANTED"):
+        Settings(secrets=("s",), consent_granted="granted")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_CONSENT_DENIED"):
+        Settings(secrets=("s",), consent_denied=("granted",))
+
+
+# ---------------------------------------------------------------------------
+# Session
+
+
+def test_trusted_proxies_is_a_whole_number() -> None:
+    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "2"}
+    assert Settings.from_env(env).trusted_proxies == 2
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_TRUSTED_PROXIES"):
+        Settings.from_env({**env, "POSTHOG_IDENTITY_TRUSTED_PROXIES": "-1"})
+
+
+# ---------------------------------------------------------------------------
+# The first-party proxy
+
+
+@pytest.mark.parametrize("raw", ["ingest", "/", "/in gest", "//x"])
+def test_a_proxy_path_that_is_not_a_path_fails_at_start_up(raw: str) -> None:
+    env = {"POSTHOG_IDENTITY_SECRET": SECRET, "POSTHOG_IDENTITY_PROXY_PATH": raw}
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_PROXY_PATH"):
+        Settings.from_env(env)
+
+
+def test_the_proxy_settings_come_from_the_environment() -> None:
+    env = {
+        "POSTHOG_IDENTITY_SECRET": SECRET,
+        "POSTHOG_IDENTITY_PROXY_PATH": "/ingest/",
+        "POSTHOG_IDENTITY_PROXY_MAX_BODY": "1000",
+        "POSTHOG_IDENTITY_PROXY_TIMEOUT": "2.5",
+    }
+    settings = Settings.from_env(env)
+    assert (settings.proxy_path, settings.proxy_max_body, settings.proxy_timeout) == (
+        "/ingest",
+        1000,
+        2.5,
+    )
+
+
+# ---------------------------------------------------------------------------
+# Feature flags
+
+
+@pytest.mark.parametrize(
+    ("raw", "parsed"),
+    [
+        (None, False),
+        ("", False),
+        ("false", False),
+        ("OFF", False),
+        ("0", False),
+        ("true", True),
+        ("Yes", True),
+        ("1", True),
+        ("beta-banner", ("beta-banner",)),
+        (" beta-banner , checkout-experiment ,, ", ("beta-banner", "checkout-experiment")),
+    ],
+)
+def test_bootstrap_flags_variable(raw: str | None, parsed: object) -> None:
+    variables = {} if raw is None else {"POSTHOG_IDENTITY_BOOTSTRAP_FLAGS": raw}
+    assert from_env(**variables).bootstrap_flags == parsed
+
+
+def test_bootstrap_flags_of_only_commas_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_BOOTSTRAP_FLAGS"):
+        from_env(POSTHOG_IDENTITY_BOOTSTRAP_FLAGS=",,")
+
+
+@pytest.mark.parametrize(("raw", "parsed"), [(None, 0.3), ("0.05", 0.05), ("10", 10.0)])
+def test_flags_timeout_variable(raw: str | None, parsed: float) -> None:
+    variables = {} if raw is None else {"POSTHOG_IDENTITY_FLAGS_TIMEOUT": raw}
+    assert from_env(**variables).flags_timeout == parsed
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "10.5", "soon", "nan", "inf"])
+def test_flags_timeout_out_of_bounds_is_refused(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_FLAGS_TIMEOUT"):
+        from_env(POSTHOG_IDENTITY_FLAGS_TIMEOUT=raw)
+
+
+def test_personal_api_key_is_read_and_masked_in_repr() -> None:
+    settings = from_env(POSTHOG_PERSONAL_API_KEY="phx_very_secret")
+
+    assert settings.personal_api_key == "phx_very_secret"
+    assert "phx_very_secret" not in repr(settings)
+    assert "personal_api_key=<masked>" in repr(settings)
+
+
+def test_a_blank_personal_api_key_counts_as_unset() -> None:
+    assert from_env(POSTHOG_PERSONAL_API_KEY="   ").personal_api_key is None

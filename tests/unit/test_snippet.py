@@ -1,10 +1,9 @@
-"""The browser snippet: safe encoding, nonce reuse, loader URL, its identity logic run in Node."""
+"""The browser snippet: safe encoding, nonce reuse, loader URL; its identity logic and its
+consent handling (storage cleared, posthog-js held back) run in Node."""
 
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import subprocess
 from importlib import resources
 from typing import Any
@@ -14,8 +13,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from posthog_identity import ConfigurationError, Settings
+from posthog_identity.consent import ConsentState
 from posthog_identity.identity import Identity
-from posthog_identity.snippet import Snippet, csp_nonce, default_script_url, script_json
+from posthog_identity.snippet import (
+    NO_CONSENT_OPTIONS,
+    Snippet,
+    csp_nonce,
+    default_script_url,
+    script_json,
+)
+from tests.helpers.consent import DENIED, GRANTED, PENDING, UNKNOWN, settings_for
+from tests.helpers.node import NODE, needs_node, run_in_node
 
 ANON = "0190a0f2-7c1e-7b3a-9d55-4c1e2f3a4b5c"
 SNIPPET = Snippet("phc_key", "https://eu.i.posthog.com")
@@ -141,7 +149,6 @@ def test_init_options_must_be_json_serializable() -> None:
 
 # -- the snippet's JavaScript, run in Node against a stand-in posthog instance -------
 
-NODE = shutil.which("node")
 HARNESS = """
 const vm = require("vm");
 const [script, persisted] = [process.argv[1], JSON.parse(process.argv[2])];
@@ -176,24 +183,13 @@ console.log(JSON.stringify({token, name, config, calls, id, state, src: element.
 
 
 def run(snippet: bytes, persisted: dict[str, Any]) -> dict[str, Any]:
-    assert NODE is not None
-    match = re.fullmatch(rb"<script[^>]*>(.*)</script>", snippet, re.DOTALL)
-    assert match is not None
-    result = subprocess.run(
-        [NODE, "-e", HARNESS, match.group(1).decode(), json.dumps(persisted)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return run_in_node(HARNESS, snippet, persisted)
 
 
 FRESH = {"id": None, "state": None}
-pytestmark_node = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 
-@pytestmark_node
+@needs_node
 def test_after_logout_the_browser_resets_onto_the_cookie_id_with_a_new_device() -> None:
     out = run(SNIPPET.render(Identity(ANON)), {"id": "u1", "state": "identified"})
     assert "bootstrap" not in out["config"]
@@ -201,20 +197,20 @@ def test_after_logout_the_browser_resets_onto_the_cookie_id_with_a_new_device() 
     assert (out["id"], out["state"]) == (ANON, "anonymous")
 
 
-@pytestmark_node
+@needs_node
 def test_the_sites_own_requests_carry_posthogs_session_headers() -> None:
     out = run(SNIPPET.render(Identity(ANON)), FRESH)
     assert out["config"]["tracing_headers"] == ["shop.example"]
 
 
-@pytestmark_node
+@needs_node
 def test_tracing_headers_the_app_configured_are_kept() -> None:
     snippet = Snippet("phc_key", "https://eu.i.posthog.com", options={"tracing_headers": ["api.x"]})
     out = run(snippet.render(Identity(ANON)), FRESH)
     assert out["config"]["tracing_headers"] == ["api.x"]
 
 
-@pytestmark_node
+@needs_node
 def test_a_fresh_anonymous_browser_starts_on_the_cookie_id() -> None:
     out = run(SNIPPET.render(Identity(ANON)), FRESH)
     assert out["calls"] == []
@@ -224,7 +220,7 @@ def test_a_fresh_anonymous_browser_starts_on_the_cookie_id() -> None:
     assert out["config"]["api_host"] == "https://eu.i.posthog.com"
 
 
-@pytestmark_node
+@needs_node
 def test_a_fresh_browser_of_a_known_user_starts_on_the_cookie_id_then_identifies() -> None:
     out = run(SNIPPET.render(Identity(ANON, "u1", True)), FRESH)
     assert "bootstrap" not in out["config"]
@@ -232,25 +228,25 @@ def test_a_fresh_browser_of_a_known_user_starts_on_the_cookie_id_then_identifies
     assert out["id"] == "u1"
 
 
-@pytestmark_node
+@needs_node
 def test_after_login_the_anonymous_browser_identifies_once() -> None:
     out = run(SNIPPET.render(Identity(ANON, "u1", True)), {"id": ANON, "state": "anonymous"})
     assert out["calls"] == [["identify", "u1", ANON]]
 
 
-@pytestmark_node
+@needs_node
 def test_a_browser_already_on_the_user_does_nothing() -> None:
     out = run(SNIPPET.render(Identity(ANON, "u1", True)), {"id": "u1", "state": "identified"})
     assert out["calls"] == []
 
 
-@pytestmark_node
+@needs_node
 def test_an_account_switch_resets_before_identifying_the_new_user() -> None:
     out = run(SNIPPET.render(Identity(ANON, "u2", True)), {"id": "u1", "state": "identified"})
     assert out["calls"] == [["reset", True], ["identify", "u2", ANON]], "u1 never merges into u2"
 
 
-@pytestmark_node
+@needs_node
 def test_a_remembered_but_unreported_user_is_left_alone() -> None:
     out = run(SNIPPET.render(Identity(ANON, None, True)), {"id": "u1", "state": "identified"})
     assert "bootstrap" not in out["config"]
@@ -258,7 +254,7 @@ def test_a_remembered_but_unreported_user_is_left_alone() -> None:
     assert out["id"] == "u1"
 
 
-@pytestmark_node
+@needs_node
 def test_a_shared_cacheable_page_carries_no_identity() -> None:
     rendered = SNIPPET.render(None)
     assert ANON not in rendered.decode()
@@ -268,20 +264,20 @@ def test_a_shared_cacheable_page_carries_no_identity() -> None:
     assert out["calls"] == []
 
 
-@pytestmark_node
+@needs_node
 def test_the_nonce_reaches_the_loader_and_posthogs_own_scripts() -> None:
     out = run(SNIPPET.render(Identity(ANON), "n0nce"), FRESH)
     assert out["nonce"] == "n0nce"
     assert out["scriptNonce"] == "n0nce", "config.js and surveys.js get it too"
 
 
-@pytestmark_node
+@needs_node
 def test_calls_made_before_posthog_js_loads_are_queued() -> None:
     out = run(SNIPPET.render(Identity(ANON)), FRESH)
     assert out["hasCapture"] == "function"
 
 
-@pytestmark_node
+@needs_node
 def test_the_loader_is_package_data_that_parses_as_javascript_on_its_own() -> None:
     source = (resources.files("posthog_identity") / "snippet.js").read_text(encoding="utf-8")
     # A function expression of (window, document, options), as a linter reads the file.
@@ -293,3 +289,187 @@ def test_the_loader_is_package_data_that_parses_as_javascript_on_its_own() -> No
     )
     assert checked.returncode == 0, checked.stderr
     assert "".join(source.splitlines()) in SNIPPET.render(Identity(ANON)).decode()
+
+
+# -- consent: the snippet's JavaScript, in Node against the browser's storage -----------
+
+TOKEN = "phc_key+/="
+STORAGE_HARNESS = """
+const vm = require("vm");
+const [script, env] = [process.argv[1], JSON.parse(process.argv[2])];
+function storage(initial) {
+  const items = new Map(Object.entries(initial || {}));
+  return {
+    get length() { return items.size; },
+    key: (i) => (i < items.size ? [...items.keys()][i] : null),
+    getItem: (k) => (items.has(k) ? items.get(k) : null),
+    setItem: (k, v) => items.set(k, String(v)),
+    removeItem: (k) => items.delete(k),
+    dump: () => Object.fromEntries(items),
+  };
+}
+const writes = [];
+const document = {
+  head: {appendChild: () => {}},
+  createElement: () => ({}),
+  get cookie() { return env.cookie || ""; },
+  set cookie(value) { writes.push(value); },
+};
+const window = {
+  localStorage: storage(env.local),
+  sessionStorage: storage(env.session),
+  navigator: env.navigator || {},
+  location: env.location || {hostname: "www.shop.example", protocol: "http:"},
+};
+vm.runInNewContext(script, {window, document});
+const [token, config] = window.posthog._i[0];
+const kinds = {loaded: typeof config.loaded, get_device_id: typeof config.get_device_id};
+console.log(JSON.stringify({config, kinds, writes, local: window.localStorage.dump(),
+  session: window.sessionStorage.dump()}));
+"""
+
+
+def run_with_storage(snippet: bytes, **env: Any) -> dict[str, Any]:
+    return run_in_node(STORAGE_HARNESS, snippet, env)
+
+
+def snippet(mode: str = "opt-in", **changes: Any) -> Snippet:
+    settings = settings_for(mode, **changes)
+    return Snippet(TOKEN, "https://eu.i.posthog.com", None, {"request_batching": False}, settings)
+
+
+POSTHOG_STORAGE = {
+    "ph_phc_keyPLSLEQ_posthog": "{}",  # persistence: + / = spelt PL SL EQ
+    "ph_phc_key+/=_window_id": "w",  # session keys use the token as is
+    "__ph_opt_in_out_phc_key+/=": "1",
+    "seenSurvey_abc": "true",
+    "app_setting": "kept",
+    "ph_other_token_posthog": "kept",
+}
+LEFT = {"app_setting": "kept", "ph_other_token_posthog": "kept"}
+COOKIE = "ph_phc_keyPLSLEQ_posthog=%7B%7D; app=1; ph_consent=denied"
+
+
+def test_not_required_renders_exactly_as_before() -> None:
+    plain = Snippet(TOKEN, "https://eu.i.posthog.com")
+    with_settings = Snippet(
+        TOKEN, "https://eu.i.posthog.com", None, None, settings_for("not-required")
+    )
+    for state in ConsentState:
+        assert with_settings.render(Identity(ANON), None, None, state) == plain.render(
+            Identity(ANON)
+        )
+    assert b'"consent"' not in plain.render(None)
+
+
+def test_a_consented_page_is_the_normal_snippet() -> None:
+    assert b'"consent"' not in snippet().render(Identity(ANON, "u1", True), None, None, GRANTED)
+
+
+@needs_node
+@pytest.mark.parametrize(
+    ("state", "opted_out", "cleared"),
+    [(PENDING, False, True), (DENIED, True, True), (UNKNOWN, True, False)],
+    ids=["pending", "denied", "unknown"],
+)
+def test_without_consent_posthog_js_keeps_nothing(
+    state: ConsentState, opted_out: bool, cleared: bool
+) -> None:
+    rendered = snippet().render(Identity(ANON, "u1", True), None, None, state)
+    assert ANON.encode() not in rendered
+    assert b"u1" not in rendered
+    out = run_with_storage(rendered, local=POSTHOG_STORAGE, session=POSTHOG_STORAGE, cookie=COOKIE)
+    config = out["config"]
+    for option, value in NO_CONSENT_OPTIONS.items():
+        assert config[option] == value
+    assert config["request_batching"] is False, "the app's own options stay"
+    assert "bootstrap" not in config
+    assert out["kinds"] == {"loaded": "undefined", "get_device_id": "undefined"}, "no identify"
+    assert config.get("opt_out_capturing_by_default", False) is opted_out
+    if cleared:
+        assert out["local"] == LEFT
+        assert out["session"] == LEFT
+        gone = "ph_phc_keyPLSLEQ_posthog=;Max-Age=0;Path=/"
+        assert out["writes"] == [
+            gone,
+            f"{gone};Domain=.www.shop.example",
+            f"{gone};Domain=.shop.example",
+            f"{gone};Domain=.example",
+        ], "host-only and every parent domain; the app's and the banner's cookies stay"
+    else:
+        assert out["local"] == POSTHOG_STORAGE
+        assert out["writes"] == []
+
+
+@needs_node
+def test_cookies_are_deleted_as_secure_on_https() -> None:
+    rendered = snippet().render(Identity(ANON), None, None, DENIED)
+    out = run_with_storage(
+        rendered, cookie=COOKIE, location={"hostname": "shop.example", "protocol": "https:"}
+    )
+    assert out["writes"][0] == "ph_phc_keyPLSLEQ_posthog=;Max-Age=0;Path=/;Secure"
+
+
+@needs_node
+def test_flags_are_not_bootstrapped_without_consent() -> None:
+    from posthog_identity.flags import Flags
+
+    flags = Flags({"beta": True}, {})
+    out = run_with_storage(snippet().render(Identity(ANON), None, flags, PENDING))
+    assert "bootstrap" not in out["config"]
+    out = run_with_storage(snippet().render(Identity(ANON), None, flags, GRANTED))
+    assert out["config"]["bootstrap"]["featureFlags"] == {"beta": True}
+
+
+SHARED_CASES = [
+    ("opt-in", "ph_consent=granted", {}, "normal"),
+    ("opt-in", 'ph_consent="Granted"', {}, "normal"),
+    ("opt-in", "", {}, "pending"),
+    ("opt-in", "ph_consent=whatever", {}, "pending"),
+    ("opt-in", "ph_consent=denied", {}, "denied"),
+    ("opt-out", "", {}, "normal"),
+    ("opt-out", "other=1; ph_consent=no", {}, "denied"),
+    ("opt-out", "", {"globalPrivacyControl": True}, "denied"),
+    ("opt-out", "ph_consent=yes", {"globalPrivacyControl": True}, "normal"),
+    ("opt-out", "", {"doNotTrack": "1"}, "normal"),
+]
+
+
+@needs_node
+@pytest.mark.parametrize(
+    ("mode", "cookie", "navigator", "expected"),
+    SHARED_CASES,
+    ids=[
+        "granted",
+        "quoted-any-case",
+        "opt-in-no-cookie",
+        "opt-in-unknown-value",
+        "denied",
+        "opt-out-no-cookie",
+        "opt-out-denied",
+        "gpc",
+        "cookie-beats-gpc",
+        "dnt-off",
+    ],
+)
+def test_a_shared_page_decides_from_the_consent_cookie_and_browser_signals(
+    mode: str, cookie: str, navigator: dict[str, Any], expected: str
+) -> None:
+    rendered = snippet(mode).render(None)
+    out = run_with_storage(rendered, cookie=cookie, navigator=navigator, local=POSTHOG_STORAGE)
+    config = out["config"]
+    if expected == "normal":
+        assert "persistence" not in config
+        assert out["local"] == POSTHOG_STORAGE, "a consented visitor's storage stays"
+        return
+    assert config["persistence"] == "memory"
+    assert config.get("opt_out_capturing_by_default", False) is (expected == "denied")
+    # Only a refusal clears: a shared page cannot know about a consent the app's callable holds.
+    assert (out["local"] == LEFT) is (expected == "denied")
+
+
+@needs_node
+def test_dnt_is_honoured_in_the_browser_when_switched_on() -> None:
+    rendered = snippet("opt-out", respect_dnt=True).render(None)
+    out = run_with_storage(rendered, navigator={"doNotTrack": "1"})
+    assert out["config"]["opt_out_capturing_by_default"] is True

@@ -1,4 +1,5 @@
-"""PEP 3333 behaviour of the WSGI adapter, beyond the shared lifecycle table."""
+"""PEP 3333 behaviour of the WSGI adapter, beyond the shared lifecycle table; how its
+injection holds start_response, takes write() and yields to an error page."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from posthog_identity import ConfigurationError, Settings, current_identity, ide
 from posthog_identity.wsgi import IdentityMiddleware
 from tests.helpers.drivers import Driver, call_wsgi
 from tests.helpers.project import SECRET
+from tests.helpers.small_page import HTML, PAGE
 from tests.helpers.wire import read_cookie
 
 if TYPE_CHECKING:
@@ -254,6 +256,28 @@ def test_a_raising_user_callback_reports_nothing_and_is_logged_once(
     assert len(messages) == 1
 
 
+def test_a_user_callback_failing_when_the_response_starts_is_contained(
+    settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    calls: list[int] = []
+
+    def user_id(environ: Any) -> object:
+        calls.append(1)
+        if len(calls) > 1:
+            raise LookupError("session expired mid-request")
+        return None
+
+    def app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"ok"]
+
+    reply = call_wsgi(IdentityMiddleware(app, settings, user_id=user_id), "GET", "/", {})
+    assert reply.status == 200
+    assert len(reply.identity_cookies) == 1
+    assert "LookupError" in caplog.text
+
+
 @pytest.mark.parametrize(
     "value", [b"bytes", 1.5, "", object()], ids=["bytes", "float", "empty", "object"]
 )
@@ -441,3 +465,64 @@ def test_an_app_that_starts_the_response_while_iterated_is_started_before_the_ca
     assert started == ["200 OK"]
     assert list(body) == [b"late"]
     body.close()  # type: ignore[attr-defined]
+
+
+# -- the snippet's injection: holding start_response, write, error pages ---------------
+
+
+def test_wsgi_holds_start_response_until_the_injector_decides(settings: Settings) -> None:
+    events: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        start_response("200 OK", [("Content-Type", HTML)])
+        for chunk in (b"<html><he", b"ad>", b"</head><body>", b"end"):
+            events.append(f"app yields {chunk!r}")
+            yield chunk
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    result = wrapped(
+        environ, lambda status, headers, exc_info=None: events.append("server start_response")
+    )
+    for chunk in result:
+        events.append(f"server gets {len(chunk)} bytes")
+    result.close()  # type: ignore[attr-defined]
+    assert events[:4] == [
+        "app yields b'<html><he'",
+        "app yields b'ad>'",
+        "app yields b'</head><body>'",
+        "server start_response",
+    ]
+    assert events[4].startswith("server gets")
+    assert events[-1] == "server gets 3 bytes"
+
+
+def test_wsgi_write_goes_through_the_injector(settings: Settings) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        write = start_response(
+            "200 OK", [("Content-Type", HTML), ("Content-Length", str(len(PAGE)))]
+        )
+        write(PAGE[:20])
+        write(PAGE[20:])
+        return []
+
+    reply = call_wsgi(IdentityMiddleware(app, settings), "GET", "/", {})
+    assert reply.body.count(b"data-posthog-identity") == 1
+    assert reply.header("Content-Length") == str(len(reply.body))
+
+
+def test_wsgi_an_error_page_replaces_a_held_response(settings: Settings) -> None:
+    import sys
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", HTML)])
+        try:
+            raise RuntimeError("template error")
+        except RuntimeError:
+            start_response(
+                "500 Internal Server Error", [("Content-Type", "text/plain")], sys.exc_info()
+            )
+        return [b"sorry"]
+
+    reply = call_wsgi(IdentityMiddleware(app, settings), "GET", "/", {})
+    assert (reply.status, reply.body) == (500, b"sorry")
