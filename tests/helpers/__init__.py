@@ -4,7 +4,10 @@
 - `drivers`: in-process drivers for a WSGI or an ASGI app, and the basic site wrapped.
 - `strict_drivers`: in-process drivers that also hold the middleware to the protocol.
 - `wire`: the identity cookie and PostHog events, read back.
-- `pages`: our snippet read back out of a page.
+- `pages`: a small page to inject into, and our snippet read back out of a page.
+- `posthog_js`: what posthog-js keeps in the browser (its persistence cookie and session).
+- `consent`: the consent states and settings the consent tests share.
+- `node`: running the snippet's JavaScript in Node against a stand-in posthog.
 - `servers`: real servers (gunicorn, uvicorn, hypercorn, granian, waitress) in subprocesses.
 - `faults`: PostHog failing on 127.0.0.1 (hanging, 500, 429, closing, refused).
 - `flags`: posthog-python's own flag answers, to compare with the bootstrap.

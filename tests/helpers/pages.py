@@ -1,5 +1,6 @@
-"""Reading our snippet back out of a page: the script element, the options it hands
-posthog-js (identity, config, flags, consent), and where a real HTML5 parser puts it.
+"""Pages and our snippet in them: a small page with a head (as the injection tests' apps
+answer it), and the snippet read back out of a page: the script element, the options it
+hands posthog-js (identity, config, flags, consent), where a real HTML5 parser puts it.
 """
 
 from __future__ import annotations
@@ -10,6 +11,10 @@ from typing import Any
 from xml.etree import ElementTree
 
 import html5lib
+
+#: A small page with a head, and the content type the apps answer it with.
+PAGE = b"<!doctype html><html><head><title>t</title></head><body><h1>hi</h1></body></html>"
+HTML = "text/html; charset=utf-8"
 
 MARKER = b"data-posthog-identity"
 

@@ -4,7 +4,6 @@ privacy signals, the consent callable, shared pages."""
 from __future__ import annotations
 
 import json
-import logging
 import re
 from collections.abc import Callable
 from dataclasses import replace
@@ -491,12 +490,3 @@ def test_grant_and_revoke_are_no_ops_when_consent_is_not_required(
     assert reply.headers_named("Set-Cookie") == []
     assert json.loads(reply.body)["consented"] is True
     assert "revoke_consent() ignored" in caplog_identity.text
-
-
-@pytest.mark.parametrize("call", [grant_consent, revoke_consent], ids=["grant", "revoke"])
-def test_outside_a_request_they_warn(
-    call: Callable[[], None], caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="posthog_identity")
-    call()
-    assert "outside a request" in caplog.text

@@ -605,29 +605,3 @@ def test_flag_bootstrap_is_off_by_default_and_costs_no_flag_evaluation(
     assert bootstrap(reply) is None
     assert rendered_variant(reply) == "None"
     assert exposures(local_client, flag_sink) == []
-
-
-def test_flask_init_app_flag_context_reads_flask_request_inside_its_context(
-    flag_sink: Sink, local_client: Client
-) -> None:
-    import flask
-
-    from posthog_identity.integrations.flask import init_app
-
-    app = flask.Flask(__name__)
-
-    @app.get("/")
-    def page() -> str:
-        return "<html><head></head><body>page</body></html>"
-
-    def plan() -> FlagContext:
-        # flask.request exists only inside Flask's request context.
-        return FlagContext(person_properties={"plan": flask.request.headers["X-Plan"]})
-
-    init_app(app, settings=settings_for(flag_sink.url), client=local_client, flag_context=plan)
-    pro = get("wsgi", app, "/", X_Plan="pro")
-    free = get("wsgi", app, "/", X_Plan="free")
-
-    assert [bootstrap(reply) is not None for reply in (pro, free)] == [True, True]
-    assert (bootstrap(pro) or {})["values"]["pro-dashboard"] is True
-    assert (bootstrap(free) or {})["values"]["pro-dashboard"] is False

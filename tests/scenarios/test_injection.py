@@ -14,7 +14,7 @@ from posthog_identity import identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Driver, Reply, call_asgi, call_wsgi
-from tests.helpers.small_page import HTML, PAGE
+from tests.helpers.pages import HTML, PAGE
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings

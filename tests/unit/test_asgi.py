@@ -22,8 +22,8 @@ from starlette.websockets import WebSocket
 from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware
 from tests.helpers.drivers import Driver, call_asgi
+from tests.helpers.pages import PAGE
 from tests.helpers.project import API_KEY
-from tests.helpers.small_page import PAGE
 from tests.helpers.wire import read_cookie
 
 if TYPE_CHECKING:

@@ -1,10 +1,12 @@
-"""current_identity / identify_user / forget_user and the posthog context binding."""
+"""current_identity / identify_user / forget_user / grant_consent / revoke_consent, and
+the posthog context binding."""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
 import logging
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
@@ -12,7 +14,13 @@ import posthog
 import pytest
 from posthog.contexts import get_context_distinct_id
 
-from posthog_identity import current_identity, forget_user, identify_user
+from posthog_identity import (
+    current_identity,
+    forget_user,
+    grant_consent,
+    identify_user,
+    revoke_consent,
+)
 from posthog_identity.context import bind
 from posthog_identity.engine import Engine
 from posthog_identity.exchange import Exchange, RequestInfo
@@ -132,3 +140,12 @@ def test_a_callback_may_say_it_cannot_tell(settings: Settings) -> None:
 
     engine = Engine(settings)
     assert engine.coerce(NOTHING) is NOTHING
+
+
+@pytest.mark.parametrize("call", [grant_consent, revoke_consent], ids=["grant", "revoke"])
+def test_outside_a_request_they_warn(
+    call: Callable[[], None], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="posthog_identity")
+    call()
+    assert "outside a request" in caplog.text

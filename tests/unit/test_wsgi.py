@@ -13,8 +13,8 @@ import pytest
 from posthog_identity import ConfigurationError, Settings, current_identity, identify_user
 from posthog_identity.wsgi import IdentityMiddleware
 from tests.helpers.drivers import Driver, call_wsgi
+from tests.helpers.pages import HTML, PAGE
 from tests.helpers.project import SECRET
-from tests.helpers.small_page import HTML, PAGE
 from tests.helpers.wire import read_cookie
 
 if TYPE_CHECKING:

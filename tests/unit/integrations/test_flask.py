@@ -28,12 +28,17 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.test import EnvironBuilder, TestResponse
 
 from posthog_identity import NOTHING, ConfigurationError, current_identity, identify_user
+from posthog_identity.flags import FlagContext
 from posthog_identity.integrations.flask import init_app
+from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware
-from tests.helpers.project import SECRET
+from tests.helpers.drivers import call_wsgi
+from tests.helpers.flags import posthog_client
+from tests.helpers.project import API_KEY, SECRET
 from tests.helpers.wire import ALIAS, COOKIE, parse_set_cookie, read_cookie
+from tests.sites.flags import PERSONAL_KEY, bootstrap, serving_flags
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
@@ -586,3 +591,49 @@ def test_posthogs_own_flask_integration_inside_ours_keeps_the_cookies_identity(
 
     [event] = sink.wait_for(event="Viewed", count=1)
     assert event["distinct_id"] == anonymous_id
+
+
+# ---------------------------------------------------------------------------
+# Feature flags: the flag context hook runs inside Flask's request context
+
+
+@pytest.fixture
+def flag_sink() -> Iterator[Sink]:
+    with serving_flags() as sink:
+        yield sink
+
+
+@pytest.fixture
+def local_client(flag_sink: Sink) -> Iterator[posthog.Client]:
+    """The middleware's client: local evaluation with its own personal key."""
+    with posthog_client(flag_sink.url, secret_key=PERSONAL_KEY) as client:
+        yield client
+
+
+def test_flask_init_app_flag_context_reads_flask_request_inside_its_context(
+    flag_sink: Sink, local_client: posthog.Client
+) -> None:
+    app = flask.Flask(__name__)
+
+    @app.get("/")
+    def page() -> str:
+        return "<html><head></head><body>page</body></html>"
+
+    def plan() -> FlagContext:
+        # flask.request exists only inside Flask's request context.
+        return FlagContext(person_properties={"plan": flask.request.headers["X-Plan"]})
+
+    init_app(
+        app,
+        settings=Settings(
+            secrets=(SECRET,), api_key=API_KEY, host=flag_sink.url, bootstrap_flags=True
+        ),
+        client=local_client,
+        flag_context=plan,
+    )
+    pro = call_wsgi(app, "GET", "/", {"X-Plan": "pro"})
+    free = call_wsgi(app, "GET", "/", {"X-Plan": "free"})
+
+    assert [bootstrap(reply) is not None for reply in (pro, free)] == [True, True]
+    assert (bootstrap(pro) or {})["values"]["pro-dashboard"] is True
+    assert (bootstrap(free) or {})["values"]["pro-dashboard"] is False
