@@ -123,15 +123,17 @@ def test_init_options_given_to_the_engine_win_over_the_settings_and_reach_what_i
     assert engine.persistence_cookie == "ph_shop"
 
 
-def test_the_given_clients_key_names_the_snippet_and_the_persistence_cookie(
+def test_the_given_clients_key_wins_and_names_the_snippet_and_the_persistence_cookie(
     settings: Settings,
 ) -> None:
     other = Client("phc_other+key", host=settings.host, sync_mode=True)
     try:
-        engine = Engine(replace(settings, api_key=None), other)
+        engine = Engine(settings, other)
     finally:
         other.shutdown()
 
+    assert settings.api_key == API_KEY
+    assert engine.api_key == "phc_other+key"
     assert engine.snippet is not None
     assert engine.snippet.api_key == "phc_other+key"
     assert engine.persistence_cookie == "ph_phc_otherPLkey_posthog"

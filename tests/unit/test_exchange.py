@@ -60,15 +60,15 @@ def test_the_resolution_is_kept_until_what_the_request_says_changes(engine: Engi
     exchange = Exchange(engine, REQUEST)
     first = exchange.resolution
     assert exchange.resolution is first
-    exchange.report(NOTHING)
-    assert exchange.resolution is first, "reporting nothing changes nothing"
 
     exchange.report("kim")
     reported = exchange.resolution
     exchange.report("kim")
+    exchange.report(NOTHING)
 
     assert reported is not first
-    assert exchange.resolution is reported, "the same report again changes nothing"
+    assert exchange.resolution is reported, "the same report, or nothing, changes nothing"
+    assert exchange.identity.user_id == "kim"
     exchange.set_explicit("kim")
     assert exchange.resolution is not reported, "identify_user() always resolves again"
 
