@@ -1,0 +1,239 @@
+"""One request's `Exchange` over a real `Engine`: when it resolves again, the one id it mints,
+the `ResponsePlan` it returns for each kind of response, and when the login link leaves.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import replace
+
+import pytest
+from posthog.client import Client
+
+from posthog_identity.engine import Engine
+from posthog_identity.exchange import Exchange, RequestInfo
+from posthog_identity.identity import NOBODY, NOTHING, Link, Report
+from posthog_identity.response import UNTOUCHED, ResponsePlan
+from posthog_identity.settings import Settings
+from posthog_identity.signing import CookieCodec, CookieState
+from posthog_identity.testing import Sink
+from tests.helpers.pages import snippet_options
+from tests.helpers.project import SECRET
+from tests.helpers.wire import ALIAS, COOKIE, parse_set_cookie, read_cookie
+
+REQUEST = RequestInfo("GET", "http", "/")
+HTML = [("Content-Type", "text/html; charset=utf-8")]
+JSON = [("Content-Type", "application/json")]
+PUBLIC = [("Cache-Control", "public, max-age=60")]
+PAGE = b"<html><head><title>t</title></head><body>hi</body></html>"
+
+
+@pytest.fixture
+def engine(settings: Settings, client: Client) -> Engine:
+    return Engine(settings, client)
+
+
+def returning(anonymous_id: str | None = None) -> RequestInfo:
+    """A request carrying a fresh anonymous cookie: nothing is due to be written."""
+    state = CookieState(anonymous_id or str(uuid.uuid4()), issued_at=int(time.time()))
+    return REQUEST._replace(cookie_header=f"{COOKIE}={CookieCodec((SECRET,)).dumps(state)}")
+
+
+def identity_cookies(plan: ResponsePlan) -> list[str]:
+    """The values of the plan's identity Set-Cookie lines."""
+    parsed = [parse_set_cookie(value) for name, value in plan.headers if name == "Set-Cookie"]
+    return [cookie.value for cookie in parsed if cookie.name == COOKIE]
+
+
+def page_through(plan: ResponsePlan) -> tuple[bytes, list[tuple[str, str]]]:
+    """The page and its head as the plan sends them."""
+    assert plan.body is not None
+    body = b"".join(plan.body.feed(PAGE) + plan.body.finish())
+    return body, plan.body.headers([*HTML, ("Content-Length", str(len(PAGE)))])
+
+
+# -- what the request says -----------------------------------------------------------
+
+
+def test_the_resolution_is_kept_until_what_the_request_says_changes(engine: Engine) -> None:
+    exchange = Exchange(engine, REQUEST)
+    first = exchange.resolution
+    assert exchange.resolution is first
+
+    exchange.report("kim")
+    reported = exchange.resolution
+    exchange.report("kim")
+    exchange.report(NOTHING)
+
+    assert reported is not first
+    assert exchange.resolution is reported, "the same report, or nothing, changes nothing"
+    assert exchange.identity.user_id == "kim"
+    exchange.set_explicit("kim")
+    assert exchange.resolution is not reported, "identify_user() always resolves again"
+
+
+@pytest.mark.parametrize(
+    ("report", "changes"),
+    [(NOTHING, False), ("kim", False), (NOBODY, True), ("bob", True)],
+    ids=["nothing", "the-same-user", "nobody", "another-user"],
+)
+def test_changes_tells_whether_a_report_would_change_what_the_request_says(
+    engine: Engine, report: Report, changes: bool
+) -> None:
+    exchange = Exchange(engine, REQUEST, report="kim")
+
+    assert exchange.changes(report) is changes
+
+
+def test_a_new_visitor_keeps_one_minted_id_however_often_the_request_resolves_again(
+    engine: Engine,
+) -> None:
+    exchange = Exchange(engine, REQUEST)
+    anonymous = exchange.identity
+    exchange.report("kim")
+    signed_in = exchange.identity
+    exchange.set_explicit(NOBODY)
+    forgotten = exchange.identity
+
+    assert signed_in.user_id == "kim"
+    assert anonymous.anonymous_id == signed_in.anonymous_id == forgotten.anonymous_id
+    [cookie] = identity_cookies(exchange.respond(200, JSON))
+    assert read_cookie(cookie).anonymous_id == anonymous.anonymous_id
+
+
+def test_without_consent_the_request_keeps_one_unstored_id_that_a_grant_does_not_reuse(
+    settings: Settings, client: Client
+) -> None:
+    engine = Engine(replace(settings, consent="opt-in"), client)
+    exchange = Exchange(engine, REQUEST)
+    unconsented = exchange.identity
+    exchange.report("alice")
+
+    assert not unconsented.consented
+    assert exchange.identity.distinct_id == unconsented.distinct_id, "never the user's id"
+    assert exchange.respond(200, JSON).headers == ()
+
+    assert exchange.set_consent(True)
+    [cookie] = identity_cookies(exchange.respond(200, JSON))
+    assert read_cookie(cookie).anonymous_id != unconsented.anonymous_id
+
+
+def test_asking_consent_again_decides_the_request_with_the_callables_new_answer(
+    settings: Settings, client: Client
+) -> None:
+    answers: list[bool | None] = [None, True]
+
+    def consent(native: object) -> bool | None:
+        return answers.pop(0)
+
+    engine = Engine(replace(settings, consent="opt-in"), client, consent=consent)
+    exchange = Exchange(engine, REQUEST)
+    assert not exchange.identity.consented
+
+    exchange.ask_consent_again()
+
+    assert exchange.identity.consented
+    assert answers == []
+
+
+# -- the response --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("method", "status", "headers", "sets_cookie", "rewrites_body"),
+    [
+        ("GET", 200, HTML, True, True),
+        ("GET", 404, HTML, True, True),
+        ("HEAD", 200, HTML, True, False),
+        ("GET", 304, HTML, True, False),
+        ("GET", 200, JSON, True, False),
+        ("GET", 200, HTML + PUBLIC, False, True),
+        ("GET", 200, JSON + PUBLIC, False, False),
+        ("GET", 200, [*JSON, ("Cache-Control", "s-maxage=60")], False, False),
+    ],
+    ids=["page", "error-page", "head", "not-modified", "json", "shared-page", "shared-json", "cdn"],
+)
+def test_the_plan_for_a_new_visitor(
+    engine: Engine,
+    method: str,
+    status: int,
+    headers: list[tuple[str, str]],
+    sets_cookie: bool,
+    rewrites_body: bool,
+) -> None:
+    plan = Exchange(engine, REQUEST._replace(method=method)).respond(status, headers)
+
+    assert len(identity_cookies(plan)) == (1 if sets_cookie else 0)
+    assert len(plan.headers) == len(identity_cookies(plan))
+    assert (plan.body is not None) is rewrites_body
+
+
+def test_a_returning_visitor_costs_nothing_but_the_pages_snippet(engine: Engine) -> None:
+    exchange = Exchange(engine, returning())
+
+    assert exchange.respond(200, JSON) == UNTOUCHED
+    page = exchange.respond(200, HTML)
+    assert page.headers == ()
+    assert page.body is not None
+
+
+def test_the_cookie_written_carries_the_resolved_identity(engine: Engine) -> None:
+    exchange = Exchange(engine, REQUEST, report="kim")
+
+    [cookie] = identity_cookies(exchange.respond(200, JSON))
+
+    state = read_cookie(cookie)
+    assert state.anonymous_id == exchange.identity.anonymous_id
+    assert state.user_hash == engine.codec.user_hash("kim")
+    assert not state.linked, "nothing to link on a first visit"
+
+
+def test_the_pages_snippet_names_the_identity_at_response_start_and_its_length_counts_it(
+    engine: Engine,
+) -> None:
+    exchange = Exchange(engine, returning())
+    exchange.report("kim")
+
+    body, head = page_through(exchange.respond(200, HTML))
+
+    assert snippet_options(body)["identity"] == {
+        "anonymous": exchange.identity.anonymous_id,
+        "user": "kim",
+        "signedIn": True,
+    }
+    assert ("Content-Length", str(len(body))) in head
+
+
+def test_the_login_link_leaves_when_the_response_starts_and_once_however_often_it_is_planned(
+    engine: Engine, client: Client, sink: Sink
+) -> None:
+    anonymous = str(uuid.uuid4())
+    exchange = Exchange(engine, returning(anonymous), report="kim")
+    assert exchange.resolution.link == Link("kim", anonymous)
+    assert len(engine.links) == 0, "resolving sends nothing"
+
+    first = exchange.respond(200, JSON)
+    again = exchange.respond(500, JSON)  # a WSGI error page after a failed response
+    client.flush()
+
+    assert again.headers == first.headers
+    [alias] = sink.wait_for(event=ALIAS, count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("kim", anonymous)
+    assert len(sink.events(ALIAS)) == 1
+
+
+@pytest.mark.parametrize(
+    ("url_path", "url"),
+    [("", "http://shop.example/cart"), ("/shop/cart", "http://shop.example/shop/cart")],
+    ids=["at-the-root", "below-a-mount-point"],
+)
+def test_the_events_url_is_the_whole_path_and_the_request_path_the_routed_one(
+    engine: Engine, url_path: str, url: str
+) -> None:
+    request = REQUEST._replace(path="/cart", url_path=url_path, host="shop.example")
+
+    _, properties = Exchange(engine, request).event_context()
+
+    assert properties["$current_url"] == url
+    assert properties["$request_path"] == "/cart"
