@@ -13,6 +13,7 @@ from posthog_identity import client as client_module
 from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from tests.helpers.drivers import ADAPTERS, Driver, driver_for, make_site
+from tests.helpers.faults import BrokenClient
 from tests.helpers.project import API_KEY, SECRET
 
 # A shell starts background commands (`nox &`) with SIGINT ignored, and an
@@ -83,3 +84,11 @@ def site(adapter: str, settings: Settings, client: posthog.Client) -> Driver:
 def caplog_identity(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     caplog.set_level(logging.DEBUG, logger="posthog_identity")
     return caplog
+
+
+@pytest.fixture
+def broken(sink: Sink) -> Iterator[posthog.Client]:
+    """A real client whose alias and flush fail."""
+    client = BrokenClient(API_KEY, host=sink.url)
+    yield client
+    client.shutdown()

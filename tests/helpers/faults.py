@@ -1,5 +1,6 @@
-"""PostHog failing on 127.0.0.1: a host that hangs, answers 500 or 429, closes every
-connection, or a port nobody listens on. The outage, resend and fault tests share it.
+"""PostHog failing: `FaultyHost` on 127.0.0.1 hangs, answers 500 or 429, closes every
+connection, or is a port nobody listens on (the outage, resend and fault tests share it);
+`BrokenClient` is posthog's real client with an alias and a flush that raise.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import re
 import socket
 import threading
 import time
+from typing import Any
+
+import posthog
 
 
 class FaultyHost:
@@ -98,3 +102,13 @@ class FaultyHost:
             self._listener.close()
         for connection in self._held:
             connection.close()
+
+
+class BrokenClient(posthog.Client):
+    """A real client whose alias and flush fail, as a misbehaving transport would."""
+
+    def alias(self, *args: Any, **kwargs: Any) -> Any:
+        raise ConnectionResetError("peer reset")
+
+    def flush(self, *args: Any, **kwargs: Any) -> None:
+        raise OSError("disk full")

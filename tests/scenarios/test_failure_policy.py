@@ -10,32 +10,12 @@ import pytest
 
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.cookies import CookieWriter
-from posthog_identity.engine import Engine
 from posthog_identity.exchange import Exchange
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Driver, call_asgi, call_wsgi, driver_for, make_site
-from tests.helpers.project import API_KEY
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
-    from posthog_identity.testing import Sink
-
-
-class BrokenClient(posthog.Client):
-    """A real client whose alias and flush fail, as a misbehaving transport would."""
-
-    def alias(self, *args: Any, **kwargs: Any) -> Any:
-        raise ConnectionResetError("peer reset")
-
-    def flush(self, *args: Any, **kwargs: Any) -> None:
-        raise OSError("disk full")
-
-
-@pytest.fixture
-def broken(sink: Sink) -> Any:
-    client = BrokenClient(API_KEY, host=sink.url)
-    yield client
-    client.shutdown()
 
 
 def test_a_failing_link_is_logged_and_the_login_still_answers(
@@ -49,22 +29,6 @@ def test_a_failing_link_is_logged_and_the_login_still_answers(
     assert len(reply.identity_cookies) == 1
     assert site.state.linked
     assert "sending the login link failed" in caplog.text
-
-
-def test_a_failing_flush_is_logged(
-    settings: Settings, broken: posthog.Client, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.ERROR, logger="posthog_identity")
-    Engine(settings, broken).flush()
-    assert "flushing events failed" in caplog.text
-
-
-def test_flush_without_a_client_does_nothing(settings: Settings) -> None:
-    from dataclasses import replace
-
-    engine = Engine(replace(settings, api_key=None))
-    assert engine.client is None
-    engine.flush()
 
 
 @pytest.fixture

@@ -307,13 +307,3 @@ def test_without_the_proxy_the_path_belongs_to_the_app(adapter: str, upstream: U
     settings = replace(proxy_settings(upstream.url), proxy_path=None)
     with pytest.raises(AssertionError, match="reached the app"):
         send(adapter, settings, "GET", "/ingest/flags/")
-
-
-def test_with_the_proxy_the_page_talks_to_the_sites_own_origin() -> None:
-    from posthog_identity.engine import Engine
-
-    engine = Engine(proxy_settings("https://eu.i.posthog.com"))
-    assert engine.snippet is not None
-    assert engine.snippet.config["api_host"] == "/ingest"
-    assert engine.snippet.config["ui_host"] == "https://eu.posthog.com"
-    assert engine.snippet.script_url == "/ingest/static/array.js"

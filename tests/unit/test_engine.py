@@ -1,5 +1,6 @@
-"""What an `Engine` builds once from the settings, and its per-request helpers: which paths it
-bypasses, how user ids and failing callbacks are reported (warned once per kind).
+"""What an `Engine` builds once from the settings (client, snippet, proxy), its per-request
+helpers (which paths it bypasses, user ids and failing callbacks warned once per kind), and
+its flush.
 """
 
 from __future__ import annotations
@@ -7,6 +8,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import posthog
 import pytest
 from posthog.client import Client
 
@@ -173,3 +175,32 @@ def test_read_cookie_reads_the_configured_cookie_with_the_settings_secrets(
     assert verified is not None
     assert (verified.state, verified.key_index) == (state, 1)
     assert engine.read_cookie(f"ph_identity={value}") is None
+
+
+def test_a_failing_flush_is_logged(
+    settings: Settings, broken: posthog.Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="posthog_identity")
+    Engine(settings, broken).flush()
+    assert "flushing events failed" in caplog.text
+
+
+def test_flush_without_a_client_does_nothing(settings: Settings) -> None:
+    engine = Engine(replace(settings, api_key=None))
+    assert engine.client is None
+    engine.flush()
+
+
+def test_with_the_proxy_the_page_talks_to_the_sites_own_origin() -> None:
+    engine = Engine(
+        Settings(
+            secrets=(SECRET,),
+            api_key=API_KEY,
+            host="https://eu.i.posthog.com",
+            proxy_path="/ingest",
+        )
+    )
+    assert engine.snippet is not None
+    assert engine.snippet.config["api_host"] == "/ingest"
+    assert engine.snippet.config["ui_host"] == "https://eu.posthog.com"
+    assert engine.snippet.script_url == "/ingest/static/array.js"
