@@ -1,4 +1,5 @@
-"""Fixtures: a real sink, a real posthog client posting to it, raw drivers for both protocols."""
+"""Fixtures every folder shares: a real sink and a posthog client posting to it, settings,
+the basic site through either adapter, a client that fails, and a sink serving flags."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from tests.helpers.drivers import ADAPTERS, Driver, driver_for, make_site
 from tests.helpers.faults import BrokenClient
+from tests.helpers.flags import posthog_client
 from tests.helpers.project import API_KEY, SECRET
+from tests.sites.flags import INDEPENDENT_KEY, PERSONAL_KEY, serving_flags
 
 # A shell starts background commands (`nox &`) with SIGINT ignored, and an
 # ignored signal stays ignored in every server the tests start: waitress and
@@ -92,3 +95,27 @@ def broken(sink: Sink) -> Iterator[posthog.Client]:
     client = BrokenClient(API_KEY, host=sink.url)
     yield client
     client.shutdown()
+
+
+# -- feature flags: a sink serving flag definitions, and clients evaluating them locally
+
+
+@pytest.fixture
+def flag_sink() -> Iterator[Sink]:
+    """A sink serving the flag definitions of `tests.sites.flags`."""
+    with serving_flags() as sink:
+        yield sink
+
+
+@pytest.fixture
+def local_client(flag_sink: Sink) -> Iterator[posthog.Client]:
+    """The middleware's client: local evaluation with its own personal key."""
+    with posthog_client(flag_sink.url, secret_key=PERSONAL_KEY) as client:
+        yield client
+
+
+@pytest.fixture
+def independent(flag_sink: Sink) -> Iterator[posthog.Client]:
+    """Another application's client on the same project: the SDK's own answer."""
+    with posthog_client(flag_sink.url, secret_key=INDEPENDENT_KEY) as client:
+        yield client

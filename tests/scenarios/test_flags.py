@@ -38,7 +38,6 @@ from tests.helpers.project import API_KEY, SECRET
 from tests.sites.flags import (
     BETA,
     EXPERIMENT,
-    INDEPENDENT_KEY,
     PERSONAL_KEY,
     UNSCOPED_KEY,
     asgi_page,
@@ -47,7 +46,6 @@ from tests.sites.flags import (
     header,
     page_text,
     rendered_variant,
-    serving_flags,
     snippet_data,
     user_from_header,
     wsgi_page,
@@ -84,26 +82,6 @@ def identity_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
         for r in caplog.records
         if r.name == "posthog_identity" and r.levelno == logging.WARNING and text in r.getMessage()
     ]
-
-
-@pytest.fixture
-def flag_sink() -> Iterator[Sink]:
-    with serving_flags() as sink:
-        yield sink
-
-
-@pytest.fixture
-def local_client(flag_sink: Sink) -> Iterator[Client]:
-    """The middleware's client: local evaluation with its own personal key."""
-    with posthog_client(flag_sink.url, secret_key=PERSONAL_KEY) as client:
-        yield client
-
-
-@pytest.fixture
-def independent(flag_sink: Sink) -> Iterator[Client]:
-    """Another application's client on the same project: the SDK's own answer."""
-    with posthog_client(flag_sink.url, secret_key=INDEPENDENT_KEY) as client:
-        yield client
 
 
 @pytest.fixture(params=["wsgi", "asgi"])

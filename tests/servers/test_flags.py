@@ -14,36 +14,19 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-import pytest
 from posthog.client import Client
 
 from posthog_identity.testing import Sink
 from tests.helpers.drivers import Reply
-from tests.helpers.flags import posthog_client, sdk_flag
+from tests.helpers.flags import sdk_flag
 from tests.helpers.project import API_KEY, ROOT, SECRET
 from tests.sites.flags import (
     EXPERIMENT,
-    INDEPENDENT_KEY,
     PERSONAL_KEY,
     bootstrap,
     distinct_id,
     rendered_variant,
-    serving_flags,
 )
-
-
-@pytest.fixture
-def flag_sink() -> Iterator[Sink]:
-    with serving_flags() as sink:
-        yield sink
-
-
-@pytest.fixture
-def independent(flag_sink: Sink) -> Iterator[Client]:
-    """Another application's client on the same project: the SDK's own answer."""
-    with posthog_client(flag_sink.url, secret_key=INDEPENDENT_KEY) as client:
-        yield client
-
 
 # -- under a real server ----------------------------------------------------------------
 

@@ -35,10 +35,9 @@ from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware
 from tests.helpers.drivers import call_wsgi
-from tests.helpers.flags import posthog_client
 from tests.helpers.project import API_KEY, SECRET
 from tests.helpers.wire import ALIAS, COOKIE, parse_set_cookie, read_cookie
-from tests.sites.flags import PERSONAL_KEY, bootstrap, serving_flags
+from tests.sites.flags import bootstrap
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
@@ -595,19 +594,6 @@ def test_posthogs_own_flask_integration_inside_ours_keeps_the_cookies_identity(
 
 # ---------------------------------------------------------------------------
 # Feature flags: the flag context hook runs inside Flask's request context
-
-
-@pytest.fixture
-def flag_sink() -> Iterator[Sink]:
-    with serving_flags() as sink:
-        yield sink
-
-
-@pytest.fixture
-def local_client(flag_sink: Sink) -> Iterator[posthog.Client]:
-    """The middleware's client: local evaluation with its own personal key."""
-    with posthog_client(flag_sink.url, secret_key=PERSONAL_KEY) as client:
-        yield client
 
 
 def test_flask_init_app_flag_context_reads_flask_request_inside_its_context(
