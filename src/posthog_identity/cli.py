@@ -21,7 +21,7 @@ from .proxy import Proxy
 from .resend import POLICY
 from .settings import ENV_VARS, ConfigurationError, Settings
 
-__all__ = ["EXIT_CODES", "check", "main", "port_number"]
+__all__ = ["EXIT_CODES", "check", "main"]
 
 #: Exit codes: success; problems `check` found, or a server that could not
 #: start; a usage error (argparse's own code); a configuration the middleware
@@ -43,19 +43,6 @@ _PREFIX = "POSTHOG_IDENTITY_"
 class Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-def port_number(text: str) -> int:
-    """An argparse type: a TCP port, 1-65535, or 0 for any free one."""
-    try:
-        port = int(text, 10)
-    except ValueError:
-        port = -1
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a port number (1-65535, or 0 for any free port)"
-        )
-    return port
 
 
 def check(
@@ -260,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .testing.cli import port_number  # the sink's command line parses ports too
+
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="posthog-identity", description=__doc__, epilog=EXIT_CODES, formatter_class=formatter

@@ -18,7 +18,20 @@ from .server import Sink
 if TYPE_CHECKING:
     from types import FrameType
 
-__all__ = ["format_event", "main"]
+__all__ = ["format_event", "main", "port_number"]
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1-65535, or 0 for any free one."""
+    try:
+        port = int(text, 10)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a port number (1-65535, or 0 for any free port)"
+        )
+    return port
 
 
 def _show(value: Any) -> str:
@@ -58,8 +71,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     event and per flags request as they arrive. Returns 0 once stopped, 1 when
     it cannot start (port taken, JSONL file or static directory unusable).
     """
-    from posthog_identity.cli import port_number
-
     parser = argparse.ArgumentParser(
         prog="posthog-identity sink",
         description="A local stand-in for PostHog's ingestion: prints what it receives.",
