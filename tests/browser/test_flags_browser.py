@@ -29,7 +29,6 @@ The module also serves the shop app to the servers it starts
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -51,6 +50,7 @@ from tests.helpers.browser import (
     site,
     site_environment,
 )
+from tests.helpers.pages import snippet_options
 from tests.sites.basic import serve_lifespan
 
 if TYPE_CHECKING:
@@ -174,16 +174,9 @@ READ = """([experiment, beta]) => ({
   distinct: posthog.get_distinct_id(),
 })"""
 
-_SNIPPET = re.compile(
-    r"<script data-posthog-identity[^>]*>.*\(window,document,(\{.*\})\);</script>", re.S
-)
-
 
 def snippet_data(html: str) -> dict[str, Any]:
-    match = _SNIPPET.search(html)
-    assert match is not None, html
-    data: dict[str, Any] = json.loads(match[1])
-    return data
+    return snippet_options(html.encode())
 
 
 def _is_flags(url: str) -> bool:

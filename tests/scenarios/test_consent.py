@@ -4,7 +4,6 @@ privacy signals, the consent callable, shared pages."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ from posthog_identity import (
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Driver, Reply, driver_for
+from tests.helpers.pages import snippet_options
 from tests.sites import basic as apps
 
 if TYPE_CHECKING:
@@ -171,15 +171,9 @@ def identity_cookie(reply: Reply) -> str:
     return "deleted" if "Max-Age=0" in header else "set"
 
 
-_DATA = re.compile(rb"\}\)\(window,document,(\{.*\})\);</script>", re.DOTALL)
-
-
 def snippet_data(reply: Reply) -> dict[str, Any]:
-    match = _DATA.search(reply.body)
-    assert match is not None, "the page has no snippet"
-    data = json.loads(match.group(1))
-    assert isinstance(data, dict)
-    return data
+    """The options our one snippet hands posthog-js."""
+    return snippet_options(reply.body)
 
 
 def snippet_mode(reply: Reply) -> str:

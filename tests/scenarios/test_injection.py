@@ -3,8 +3,6 @@ responses, shared pages, nonces, init options."""
 
 from __future__ import annotations
 
-import json
-import re
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +12,7 @@ from posthog_identity import identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Driver, Reply, call_asgi, call_wsgi
-from tests.helpers.pages import HTML, PAGE
+from tests.helpers.pages import HTML, PAGE, snippet_options
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
@@ -58,9 +56,8 @@ def serve(
 
 
 def snippet_data(reply: Reply) -> dict[str, Any]:
-    match = re.search(rb"\}\)\(window,document,(\{.*\})\);</script>", reply.body)
-    assert match is not None, reply.body
-    return json.loads(match.group(1))  # type: ignore[no-any-return]
+    """The options our one snippet hands posthog-js."""
+    return snippet_options(reply.body)
 
 
 def test_an_html_page_gets_one_snippet_before_head_close(adapter: str, settings: Settings) -> None:

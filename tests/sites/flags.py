@@ -20,6 +20,7 @@ from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS, Sink
 from tests.helpers.drivers import Reply
+from tests.helpers.pages import snippet_options
 from tests.sites.basic import serve_lifespan
 
 # -- its flags, and the PostHog that serves them -------------------------------------------
@@ -159,17 +160,10 @@ def flag_server_app() -> Any:
 
 # -- reading its pages back ---------------------------------------------------------------
 
-_SNIPPET = re.compile(
-    r"<script data-posthog-identity[^>]*>.*\(window,document,(\{.*\})\);</script>", re.S
-)
-
 
 def snippet_data(reply: Reply) -> dict[str, Any]:
-    """The data our snippet hands posthog-js: identity, config and the flags bootstrap."""
-    match = _SNIPPET.search(reply.body.decode())
-    assert match is not None, reply.body
-    data: dict[str, Any] = json.loads(match[1])
-    return data
+    """The options our one snippet hands posthog-js."""
+    return snippet_options(reply.body)
 
 
 def bootstrap(reply: Reply) -> dict[str, Any] | None:
