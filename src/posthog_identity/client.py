@@ -38,9 +38,9 @@ _SECRET_KEY = (
 # The module attribute `posthog.setup()` reads the personal key from (renamed alike).
 _MODULE_SECRET_KEY = "secret_key" if hasattr(posthog, "secret_key") else "personal_api_key"
 # posthog's own default flag timeout: a module still holding it was not tuned by the app.
-_DEFAULT_FLAGS_TIMEOUT = inspect.signature(Client.__init__).parameters[
-    "feature_flags_request_timeout_seconds"
-].default
+_DEFAULT_FLAGS_TIMEOUT = (
+    inspect.signature(Client.__init__).parameters["feature_flags_request_timeout_seconds"].default
+)
 
 # Clients the middlewares use, flushed together at process exit (WSGI has no
 # shutdown event); posthog's own exit hook waits one second in all.

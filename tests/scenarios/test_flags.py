@@ -229,7 +229,9 @@ def test_a_module_the_app_configured_bootstraps_what_posthog_evaluates_locally(
         settings = settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY)
         app = make_site(adapter, settings, None)
         first_bootstrap(adapter, app)
-        replies = [get(adapter, app, "/", **({"X_User": f"u-{n}"} if n % 2 else {})) for n in range(20)]
+        replies = [
+            get(adapter, app, "/", **({"X_User": f"u-{n}"} if n % 2 else {})) for n in range(20)
+        ]
 
     assert all(agrees_with_the_sdk(reply, independent) for reply in replies)
     assert flag_sink.flag_requests() == []  # evaluated locally

@@ -172,8 +172,10 @@ def test_an_app_configuring_posthogs_module_bootstraps_first_visits_as_posthog_e
         flags = bootstrap(reply)
         assert flags is not None
         shown = rendered_variant(reply)
-        assert shown == flags["values"][EXPERIMENT] == sdk_flag(
-            independent, EXPERIMENT, distinct_id(reply)
+        assert (
+            shown
+            == flags["values"][EXPERIMENT]
+            == sdk_flag(independent, EXPERIMENT, distinct_id(reply))
         )
         variants.add(shown)
     assert variants == {"control", "test"}
