@@ -1,10 +1,12 @@
 """posthog-python's own answer for a flag: a real client with local evaluation, read
 the way an app reads it, to compare with what our bootstrap put in the page; and
-posthog's module configured the way an app configures it (`app_configured_posthog`).
+posthog's module configured the way an app configures it (`app_configured_posthog`);
+`loaded` waits for a client's background load of the definitions to be over.
 """
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -81,3 +83,13 @@ def app_configured_posthog(host: str | None = None, **attributes: Any) -> Iterat
         for name, value in saved.items():
             if hasattr(posthog, name):
                 setattr(posthog, name, value)
+
+
+def loaded(client: Client, timeout: float = 10.0) -> None:
+    """Wait until `client` has tried its first load of the definitions and started its
+    poller (the middleware has it load in the background at start-up). A client shut
+    down before then would start its poller afterwards, polling a sink long stopped."""
+    deadline = time.monotonic() + timeout
+    while getattr(client, "poller", None) is None:
+        assert time.monotonic() < deadline, "the client never loaded its flag definitions"
+        time.sleep(0.01)

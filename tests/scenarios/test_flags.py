@@ -34,7 +34,13 @@ from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Reply, call_asgi, call_wsgi
-from tests.helpers.flags import app_configured_posthog, posthog_client, sdk_flag, sdk_payload
+from tests.helpers.flags import (
+    app_configured_posthog,
+    loaded,
+    posthog_client,
+    sdk_flag,
+    sdk_payload,
+)
 from tests.helpers.project import API_KEY, SECRET
 from tests.sites.flags import (
     BETA,
@@ -229,6 +235,7 @@ def test_a_module_the_app_configured_bootstraps_what_posthog_evaluates_locally(
         settings = settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY)
         app = make_site(adapter, settings, None)
         first_bootstrap(adapter, app)
+        loaded(app.engine.client)
         replies = [
             get(adapter, app, "/", **({"X_User": f"u-{n}"} if n % 2 else {})) for n in range(20)
         ]
@@ -632,6 +639,7 @@ def test_a_personal_key_from_the_settings_builds_a_client_without_warnings(
     flag_sink: Sink,
 ) -> None:
     app = make_site("wsgi", settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY), None)
+    loaded(app.engine.client)
     app.engine.client.shutdown()
 
 

@@ -19,7 +19,7 @@ from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
-from tests.helpers.flags import app_configured_posthog
+from tests.helpers.flags import app_configured_posthog, loaded
 from tests.helpers.project import API_KEY
 
 # ---------------------------------------------------------------------------
@@ -142,6 +142,7 @@ def test_the_module_client_the_app_configured_is_built_with_the_settings_persona
         middleware = wrap(adapter, flag_settings(settings, personal_api_key=PERSONAL_KEY))
 
         client = middleware.engine.client
+        loaded(client)
         assert client is posthog.default_client
         assert (client.api_key, client.host) == (API_KEY, sink.url)
         assert client.personal_api_key == PERSONAL_KEY
@@ -166,6 +167,7 @@ def test_a_personal_key_the_app_set_on_posthogs_module_is_kept(
 ) -> None:
     with app_configured_posthog(sink.url, secret_key="phx_the_apps_own"):
         middleware = wrap(adapter, flag_settings(settings, personal_api_key=PERSONAL_KEY))
+        loaded(middleware.engine.client)
 
         assert middleware.engine.client.personal_api_key == "phx_the_apps_own"
 
