@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +23,7 @@ from .asgi_send import Responder
 from .context import bind
 from .engine import BYPASSED, Engine, logger
 from .exchange import Exchange
-from .identity import NOTHING, Report
+from .identity import NOTHING, Absent, Report
 from .lifespan import serve_lifespan
 
 if TYPE_CHECKING:
@@ -87,7 +87,10 @@ class IdentityMiddleware:
             return
         try:
             request, distinct = request_info(scope, path)
-            exchange = Exchange(self.engine, request, await self.read_user(scope), scope)
+            report = self.user_now(scope)
+            if not isinstance(report, (str, Absent)):  # a callback to await
+                report = await report
+            exchange = Exchange(self.engine, request, report, scope)
             if distinct:
                 vouch(scope, exchange.identity.distinct_id)
         except Exception:
@@ -100,8 +103,17 @@ class IdentityMiddleware:
                 await self.app(scope, receive, send)
             else:
                 # An authentication middleware inside ours may set scope["user"] later.
-                reread = partial(self.read_user, scope)
+                reread = partial(self.user_now, scope)
                 await self.app(scope, receive, Responder(exchange, send, reread))
+
+    def user_now(self, scope: Scope) -> Report | Coroutine[Any, Any, Report]:
+        """`read_user`, without a coroutine to await when no callback may need one
+        (``scope["user"]`` or nothing): the common case pays no await."""
+        if self.user_id is not None:
+            return self.read_user(scope)
+        if "user" not in scope:
+            return NOTHING
+        return self.engine.read_user(lambda: starlette_user(scope["user"]))
 
     async def read_user(self, scope: Scope) -> Report:
         if self.user_id is None and "user" not in scope:

@@ -263,8 +263,10 @@ class Exchange:
         """posthog-js's session id: its X-POSTHOG-SESSION-ID header, else its cookie's."""
         request, engine = self.request, self.engine
         session = valid_uuid(request.session_header) if request.session_header else None
-        if session is None and engine.persistence_cookie is not None:
-            session = session_from_cookie(request.cookie_header, engine.persistence_cookie)
+        name = engine.persistence_cookie
+        # Most requests carry no posthog-js cookie: one substring test settles them.
+        if session is None and name is not None and name in request.cookie_header:
+            session = session_from_cookie(request.cookie_header, name)
         return session
 
     def request_properties(self) -> dict[str, str]:
