@@ -138,7 +138,9 @@ def demo(session: nox.Session) -> None:
 
 # The build and the upload check the release workflow runs too (.github/workflows/release.yml);
 # twine 7 reads the metadata version hatchling writes (2.4 for PEP 639 licence files, then 2.5).
-PACKAGE_DEPS = ["build>=1.2", "twine>=7"]
+# build's isolated environments come from uv: three builds, 4-6 s instead of 11-13 s with pip.
+PACKAGE_DEPS = ["build[uv]>=1.2", "twine>=7"]
+BUILD = ("python", "-m", "build", "--installer", "uv")
 #: What the plugin example (examples/testing/test_flask_analytics.py) needs beside the wheel.
 EXAMPLE_DEPS = ["pytest>=8", "flask>=3"]
 
@@ -154,7 +156,7 @@ def package(session: nox.Session) -> None:
     dist = Path("dist")
     shutil.rmtree(dist, ignore_errors=True)
     # `build` with no target builds the sdist, then the wheel from that sdist.
-    session.run("python", "-m", "build", "--outdir", str(dist))
+    session.run(*BUILD, "--outdir", str(dist))
     [sdist] = dist.glob("*.tar.gz")
     [wheel] = dist.glob("*.whl")
     session.run("twine", "check", "--strict", str(sdist), str(wheel))
@@ -162,7 +164,7 @@ def package(session: nox.Session) -> None:
     tmp = Path(session.create_tmp())
     tree = tmp / "from-tree"
     shutil.rmtree(tree, ignore_errors=True)
-    session.run("python", "-m", "build", "--wheel", "--outdir", str(tree), ".")
+    session.run(*BUILD, "--wheel", "--outdir", str(tree), ".")
     [tree_wheel] = tree.glob("*.whl")
     problems = _archive_problems(sdist, wheel, tree_wheel)
     if problems:
@@ -170,9 +172,10 @@ def package(session: nox.Session) -> None:
 
     venv = tmp / "user"  # fresh every run: only the wheel and the example's needs
     shutil.rmtree(venv, ignore_errors=True)
-    session.run("python", "-m", "venv", str(venv))
+    # Without a pip of its own (5 s less); this session's pip installs into it.
+    session.run("python", "-m", "venv", "--without-pip", str(venv))
     python = str(venv / "bin" / "python")
-    session.run(python, "-m", "pip", "install", "--quiet", str(wheel), *EXAMPLE_DEPS, external=True)
+    session.run("pip", "--python", python, "install", "--quiet", str(wheel), *EXAMPLE_DEPS)
     session.run(python, "tests/project/check_installed.py", external=True)
 
 
