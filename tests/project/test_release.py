@@ -50,7 +50,7 @@ def test_the_licence_is_the_mit_licence_the_readme_names_and_both_artifacts_ship
     assert "The posthog-identity authors" in licence
     assert PROJECT["license"] == "MIT"
     assert PROJECT["license-files"] == ["LICENSE"]
-    assert readme.rstrip().endswith("## License\n\nMIT")
+    assert "\n## License\n\nMIT\n" in readme
 
 
 def test_the_project_urls_point_into_the_repository_the_docs_site_names() -> None:
