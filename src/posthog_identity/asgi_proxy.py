@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
-from .proxy import TOO_LARGE, error_reply
+from .proxy import BAD_PATH, TOO_LARGE, error_reply
 
 if TYPE_CHECKING:
     from .asgi_scope import Receive, Scope, Send
@@ -38,6 +38,9 @@ async def _proxy_reply(
     proxy: Proxy, scope: Scope, path: str, headers: list[tuple[str, str]], receive: Receive
 ) -> Reply:
     lowered = {name.lower(): value for name, value in headers}
+    raw_path = scope.get("raw_path")
+    if proxy.refuses(path, raw_path.decode("latin-1") if raw_path else None):
+        return error_reply(400, BAD_PATH)
     if proxy.too_large(lowered.get("content-length")):
         return error_reply(413, TOO_LARGE)
     parts: list[bytes] = []

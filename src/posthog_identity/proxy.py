@@ -21,7 +21,7 @@ from collections.abc import Generator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
@@ -30,7 +30,7 @@ from .hosts import assets_host
 from .logs import logger
 from .session import client_ip
 
-__all__ = ["TOO_LARGE", "Proxy", "Reply", "error_reply", "status_line"]
+__all__ = ["BAD_PATH", "TOO_LARGE", "Proxy", "Reply", "error_reply", "status_line"]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and what a proxy sets itself.
 _HOP_BY_HOP = frozenset(
@@ -55,8 +55,9 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     "x-forwarded-for",
     "forwarded",
 }
-# What would touch the site rather than posthog-js: PostHog's own cookies.
-_NOT_RETURNED = _HOP_BY_HOP | {"set-cookie", "set-cookie2"}
+# What would touch the site rather than posthog-js (PostHog's own cookies), and what
+# the app's server sets itself: a second Date or Server would contradict the first.
+_NOT_RETURNED = _HOP_BY_HOP | {"set-cookie", "set-cookie2", "date", "server"}
 _ASSETS = ("/static/", "/array/")
 CHUNK = 64 * 1024
 
@@ -75,7 +76,7 @@ class Reply(NamedTuple):
 
 
 def error_reply(status: int, text: str) -> Reply:
-    """A short plain-text answer of the proxy's own (413, 502, 504)."""
+    """A short plain-text answer of the proxy's own (400, 413, 502, 504)."""
     body = text.encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
     return Reply(status, headers, (piece for piece in (body,)), own=True)
@@ -119,6 +120,21 @@ class Proxy:
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def refuses(self, path: str, raw_path: str | None = None) -> bool:
+        """Does the path hide a ``.`` or ``..`` segment or an encoded ``/``?
+
+        `path` is the decoded path, `raw_path` the one on the wire when the server
+        tells it. Such a path could name another resource upstream than it seems
+        to (servers resolve ``..`` and decode ``%2F`` each their own way), so it is
+        refused rather than forwarded; posthog-js never sends one.
+        """
+        for text in (path[len(self.prefix) :], raw_path or ""):
+            if "%2f" in text.lower():
+                return True
+            if any(segment in (".", "..") for segment in unquote(text).split("/")):
+                return True
+        return False
 
     def upstream(self, path: str, query: str) -> str:
         """The URL a request for `path` (below the mount point) is forwarded to."""
@@ -210,6 +226,7 @@ def _chunks(
 
 
 TOO_LARGE = "the request body is larger than POSTHOG_IDENTITY_PROXY_MAX_BODY\n"
+BAD_PATH = "the path has a . or .. segment or an encoded /\n"
 
 
 def status_line(status: int) -> str:

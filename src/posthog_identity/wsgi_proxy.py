@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from .proxy import TOO_LARGE, error_reply, status_line
+from .proxy import BAD_PATH, TOO_LARGE, error_reply, status_line
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -25,6 +25,11 @@ def forward(
 
 
 def _proxy_reply(proxy: Proxy, environ: WSGIEnvironment) -> Reply:
+    # The path as sent, where the server tells it (gunicorn, waitress): %2F survives there.
+    raw_uri = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    raw_path = raw_uri.partition("?")[0] if raw_uri else None
+    if proxy.refuses(environ.get("PATH_INFO", ""), raw_path):
+        return error_reply(400, BAD_PATH)
     declared = environ.get("CONTENT_LENGTH") or None
     if proxy.too_large(declared):
         return error_reply(413, TOO_LARGE)

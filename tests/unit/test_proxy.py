@@ -38,3 +38,38 @@ def test_the_proxy_answers_its_path(path: str) -> None:
 @pytest.mark.parametrize("path", ["/ingestion", "/", "/static/ingest"])
 def test_the_proxy_leaves_other_paths_to_the_app(path: str) -> None:
     assert not Proxy("/ingest", "https://x", max_body=1, timeout=1).matches(path)
+
+
+# -- which paths are refused --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "raw_path"),
+    [
+        ("/ingest/static/../../etc/passwd", None),
+        ("/ingest/./e/", None),
+        ("/ingest/..", None),
+        ("/ingest/%2e%2e/x", None),
+        ("/ingest/a/b", "/ingest/a%2Fb"),
+        ("/ingest/a/b", "/ingest/a%2fb"),
+        ("/ingest/../x", "/ingest/%2E%2E/x"),
+    ],
+    ids=["dot-dot", "dot", "trailing", "encoded-in-decoded", "slash", "slash-lower", "raw-dots"],
+)
+def test_dot_segments_and_encoded_slashes_are_refused(path: str, raw_path: str | None) -> None:
+    assert Proxy("/ingest", "https://x", max_body=1, timeout=1).refuses(path, raw_path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ingest/e/",
+        "/ingest/static/array.full.js",
+        "/ingest/i/v1/analytics/events",
+        "/ingest/.well-known/x",
+        "/ingest/...",
+        "/ingest",
+    ],
+)
+def test_posthog_js_paths_are_not_refused(path: str) -> None:
+    assert not Proxy("/ingest", "https://x", max_body=1, timeout=1).refuses(path, path)
