@@ -5,8 +5,8 @@ answers a complete request with 200 and a small JSON body, carrying its own
 `Date` and `Server` headers as PostHog's answers do. A request whose body ends
 early (the proxy aborted it) is never recorded, only counted in `aborted`, as a
 real ingestion host would drop it. `first_bytes` is set when any body byte
-arrives, so a test can hold back the rest of its body until the upstream has
-seen the start.
+arrives (and `started` names each request whose body began), so a test can
+hold back the rest of its body until the upstream has seen the start.
 """
 
 from __future__ import annotations
@@ -39,11 +39,13 @@ class RecordingUpstream:
     received: list[Received] = field(default_factory=list)
     aborted: list[str] = field(default_factory=list)  #: targets whose body ended early
     first_bytes: threading.Event = field(default_factory=threading.Event)
+    started: list[str] = field(default_factory=list)  #: targets whose body began to arrive
 
     def reset(self) -> None:
         self.received.clear()
         self.aborted.clear()
         self.first_bytes.clear()
+        self.started.clear()
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -69,7 +71,10 @@ def _handler(state: RecordingUpstream) -> type[BaseHTTPRequestHandler]:
                 piece = self.rfile.read1(min(size, 65536))
                 if not piece:
                     raise _Truncated
-                state.first_bytes.set()
+                if not self._began:
+                    self._began = True
+                    state.started.append(self.path)
+                    state.first_bytes.set()
                 parts.append(piece)
                 size -= len(piece)
             return b"".join(parts)
@@ -90,6 +95,7 @@ def _handler(state: RecordingUpstream) -> type[BaseHTTPRequestHandler]:
                     raise _Truncated
 
         def _answer(self) -> None:
+            self._began = False
             try:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                     body = self._chunked()

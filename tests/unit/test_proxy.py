@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from posthog_identity.proxy import Proxy
+from posthog_identity.proxy import BodyTooLarge, Proxy, limited
 
 # -- where requests go ----------------------------------------------------------------
 
@@ -73,3 +73,28 @@ def test_dot_segments_and_encoded_slashes_are_refused(path: str, raw_path: str |
 )
 def test_posthog_js_paths_are_not_refused(path: str) -> None:
     assert not Proxy("/ingest", "https://x", max_body=1, timeout=1).refuses(path, path)
+
+
+# -- the body's bound and the cap ------------------------------------------------------
+
+
+def test_a_body_within_its_bound_passes_chunk_for_chunk() -> None:
+    assert list(limited([b"ab", b"", b"cd"], 4)) == [b"ab", b"", b"cd"]
+
+
+def test_a_body_crossing_its_bound_stops_before_the_chunk_that_crosses() -> None:
+    chunks = limited([b"ab", b"cd", b"e"], 4)
+    assert (next(chunks), next(chunks)) == (b"ab", b"cd")
+    with pytest.raises(BodyTooLarge):
+        next(chunks)
+
+
+@pytest.mark.parametrize(("configured", "default", "places"), [(None, 3, 3), (2, 3, 2)])
+def test_the_cap_is_the_configured_one_or_the_adapters_default(
+    configured: int | None, default: int, places: int
+) -> None:
+    proxy = Proxy("/ingest", "https://x", max_body=1, timeout=1, concurrency=configured)
+    admitted = [proxy.admit(default) for _ in range(places + 1)]
+    assert admitted == [True] * places + [False]
+    proxy.release()
+    assert proxy.admit(default)
