@@ -438,7 +438,7 @@ def as_row(storm: Storm) -> dict[str, Any]:
         "idle_ms": storm.idle_ms,
         "storm_ms": storm.storm_ms,
         "latency_ratio": storm.storm_ms["p50"] / storm.idle_ms["p50"]
-        if storm.idle_ms["p50"]
+        if storm.idle_ms["n"] and storm.storm_ms["n"]
         else None,
         "probes_failed": storm.probes_failed,
     }
