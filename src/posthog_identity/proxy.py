@@ -112,7 +112,7 @@ class Reply(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: Generator[bytes, None, None]
-    own: bool = False  #: the proxy's own answer (413, 502, 504), not PostHog's
+    own: bool = False  #: the proxy's own answer (400, 408, 413, 502, 503, 504), not PostHog's
 
 
 def error_reply(status: int, text: str, *extra: tuple[str, str]) -> Reply:
@@ -193,12 +193,10 @@ class Proxy:
         `default` is the adapter's cap when none was configured. Every True must be
         followed by one `release` once the answer is sent.
         """
-        slots = self._slots
-        if slots is None:
-            with self._slots_lock:
-                if self._slots is None:
-                    self._slots = threading.BoundedSemaphore(self.concurrency or default)
-                slots = self._slots
+        with self._slots_lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(self.concurrency or default)
+            slots = self._slots
         return slots.acquire(blocking=False)
 
     def release(self) -> None:

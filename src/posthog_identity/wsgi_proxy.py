@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .proxy import (
@@ -110,7 +110,7 @@ class _Releasing:
     """The answer's body; its place is freed once it is read to its end or closed
     (PEP 3333: the server always closes it), whichever comes first."""
 
-    def __init__(self, body: Iterator[bytes], release: Callable[[], None]) -> None:
+    def __init__(self, body: Generator[bytes, None, None], release: Callable[[], None]) -> None:
         self._body = body
         self._release: Callable[[], None] | None = release
 
@@ -120,9 +120,7 @@ class _Releasing:
 
     def close(self) -> None:
         try:
-            close = getattr(self._body, "close", None)
-            if close is not None:
-                close()
+            self._body.close()
         finally:
             self._done()
 

@@ -455,3 +455,19 @@ def test_wsgi_a_place_is_held_until_the_answer_is_closed(recording: RecordingUps
     assert again.startswith("200")
     assert b"".join(iterable) == b'{"status": 1}'
     iterable.close()
+
+
+def test_wsgi_a_place_is_freed_when_the_server_fails_to_start_the_answer(
+    recording: RecordingUpstream,
+) -> None:
+    app = wsgi_app(proxy_settings(recording.url, proxy_concurrency=1))
+
+    def broken_start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        raise OSError("the browser went away")
+
+    environ = wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2")
+    with pytest.raises(OSError, match="went away"):
+        app(environ, broken_start_response)
+    status, iterable = call_wsgi(app, wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2"))
+    iterable.close()
+    assert status.startswith("200")
