@@ -81,8 +81,8 @@ _NOT_RETURNED = _HOP_BY_HOP | {"set-cookie", "set-cookie2", "date", "server"}
 _ASSETS = ("/static/", "/array/")
 CHUNK = 64 * 1024
 #: Proxied requests in flight per process when POSTHOG_IDENTITY_PROXY_CONCURRENCY is
-#: unset. ASGI: each holds a thread of the proxy's own pool and about two chunks of
-#: memory, never the event loop. WSGI: each holds one of the server's threads for
+#: unset. ASGI: each holds a thread of the proxy's own pool and the piece of body in
+#: hand, never the event loop. WSGI: each holds one of the server's threads for
 #: as long as it lasts, so the cap must stay below the thread count (docs/proxy.md).
 ASGI_CONCURRENCY = 32
 WSGI_CONCURRENCY = 2
