@@ -72,6 +72,7 @@ class Engine:
                 max_body=settings.proxy_max_body,
                 timeout=settings.proxy_timeout,
                 trusted_proxies=settings.trusted_proxies,
+                concurrency=settings.proxy_concurrency,
             )
         self.snippet: Snippet | None = None
         if settings.inject and self.api_key is not None:
