@@ -126,7 +126,10 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
         proxy = engine.proxy
         if proxy is not None and proxy.matches(where):
             return
-        if engine.bypasses(where, request_scope.get("method", ""), header, request_scope):
+        method = request_scope.get("method", "")
+        if (ours._filters or method == "OPTIONS") and engine.bypasses(
+            where, method, header, request_scope
+        ):
             return
         if upto < 2:
             return

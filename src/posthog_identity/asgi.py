@@ -67,6 +67,9 @@ class IdentityMiddleware:
         self.app = app
         self.user_id = user_id
         self.engine = Engine(settings, client, init_options, flag_context, consent)
+        # Only these settings, or a CORS preflight, make a request pass through.
+        config = self.engine.settings
+        self._filters = config.disabled or bool(config.exclude_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -81,7 +84,10 @@ class IdentityMiddleware:
         if proxy is not None and kind == "http" and proxy.matches(path):
             await forward(proxy, scope, path, receive, send)
             return
-        if self.engine.bypasses(path, scope.get("method", ""), header, scope):
+        method = scope.get("method", "")
+        if (self._filters or method == "OPTIONS") and self.engine.bypasses(
+            path, method, header, scope
+        ):
             scope[BYPASSED] = True
             await self.app(scope, receive, send)
             return

@@ -50,30 +50,57 @@ class Responder:
             return self._start(message)
         return self.send(message)
 
-    async def _start(self, message: Message) -> None:
+    def _start(self, message: Message) -> Awaitable[None]:
+        """The response starts: settle the user, plan the response, send or hold the
+        head. A coroutine of ours only when something must be awaited first (an
+        async user callback, a remote flag evaluation); else the server's send."""
         exchange = self.exchange
         if not exchange.explicit:
             # An authentication middleware inside ours has run by now.
             report = self.reread()
             if not isinstance(report, (str, Absent)):  # a callback to await
-                report = await report
+                return self._start_after(message, report)
             if report is not NOTHING:  # reporting nothing changes nothing
                 settle(exchange, report)
+        return self._head(message)
+
+    async def _start_after(self, message: Message, pending: Coroutine[Any, Any, Report]) -> None:
+        report = await pending
+        if report is not NOTHING:
+            settle(self.exchange, report)
+        await self._head(message)
+
+    def _head(self, message: Message) -> Awaitable[None]:
+        exchange = self.exchange
         raw = message.get("headers", ())
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         status = message.get("status", 200)
         if exchange.flags is not None and exchange.flags_pending(status, headers):
-            # A remote flag evaluation must never hold the event loop.
-            await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
-        plan = exchange.respond(status, headers)
+            return self._flags_first(message, status, headers)
+        return self._planned(message, status, headers)
+
+    async def _flags_first(
+        self, message: Message, status: int, headers: list[tuple[str, str]]
+    ) -> None:
+        exchange = self.exchange
+        assert exchange.flags is not None
+        # A remote flag evaluation must never hold the event loop.
+        await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
+        await self._planned(message, status, headers)
+
+    def _planned(
+        self, message: Message, status: int, headers: list[tuple[str, str]]
+    ) -> Awaitable[None]:
+        plan = self.exchange.respond(status, headers)
         if plan.headers:
+            raw = message.get("headers", ())
             added = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
             message = {**message, "headers": [*raw, *added]}
         self.rewrite = plan.body
         if plan.body is None:
-            await self.send(message)
-        else:
-            self.held = message
+            return self.send(message)
+        self.held = message
+        return _nothing()
 
     async def _while_holding(self, message: Message) -> None:
         rewrite = self.rewrite
@@ -102,3 +129,7 @@ class Responder:
         assert self.held is not None
         held, self.held = self.held, None
         await self.send({**held, "headers": rewrite.raw_headers(held["headers"])})
+
+
+async def _nothing() -> None:
+    """What awaiting a held ``http.response.start`` does: nothing yet."""
