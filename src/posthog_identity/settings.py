@@ -51,6 +51,7 @@ ENV_VARS: dict[str, str] = {
     "proxy_path": "POSTHOG_IDENTITY_PROXY_PATH",
     "proxy_max_body": "POSTHOG_IDENTITY_PROXY_MAX_BODY",
     "proxy_timeout": "POSTHOG_IDENTITY_PROXY_TIMEOUT",
+    "capture_exceptions": "POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -151,6 +152,8 @@ class Settings:
     proxy_path: str | None = None
     proxy_max_body: int = 20 * 1024 * 1024
     proxy_timeout: float = 10.0
+    #: Unhandled errors of a request go to PostHog error tracking (`$exception`).
+    capture_exceptions: bool = True
 
     def __post_init__(self) -> None:
         # One check per variable, all run: the error lists every bad one.
@@ -245,7 +248,7 @@ class Settings:
 
     def _check_injection(self) -> None:
         errors = []
-        for name in ("inject", "reset_on_logout", "disabled"):
+        for name in ("inject", "reset_on_logout", "disabled", "capture_exceptions"):
             if not isinstance(getattr(self, name), bool):
                 errors.append(_fail(name, "must be true or false"))
         lookahead = self.inject_lookahead
@@ -590,4 +593,5 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "trusted_proxies": _whole("proxies"),
     "proxy_max_body": _whole("bytes"),
     "proxy_timeout": _seconds,
+    "capture_exceptions": parse_bool,
 }
