@@ -193,4 +193,3 @@ def exceptions_before_marker(server: Running) -> list[dict[str, Any]]:
     events = server.sink.events()
     cut = next(i for i, e in enumerate(events) if marked(e))
     return [e for e in events[:cut] if e["event"] == EXCEPTION]
-

@@ -1,8 +1,8 @@
 """Apps whose `/boom` raises, for the error tracking tests under real servers.
 
 The same three routes in each: `/boom` raises `Boom` (the framework answers
-500), `/marker?id=X` captures `MARKER` (property `marker`: X) with posthog's module-level `capture`, `/ok`
-answers 200 (the servers' readiness check). Configured by environment
+500), `/marker?id=X` captures `MARKER` (property `marker`: X) with posthog's
+module-level `capture`, `/ok` answers 200 (the servers' readiness check). Configured by environment
 variables only: the middleware builds posthog's default client from them.
 
 - `django_wsgi()` / `django_asgi()`: a Django project (no database needed)

@@ -101,7 +101,7 @@ def exceptions_sent(sink: Sink, client: posthog.Client) -> list[dict[str, Any]]:
 
 
 SHAPES = [("wsgi", "before"), ("wsgi", "during"), ("asgi", "before"), ("asgi", "during")]
-SHAPE_IDS = ["wsgi-before-response", "wsgi-while-streaming", "asgi-before-response", "asgi-mid-body"]
+SHAPE_IDS = ["wsgi-before-response", "wsgi-streaming", "asgi-before-response", "asgi-mid-body"]
 
 
 @pytest.mark.parametrize(("adapter", "when"), SHAPES, ids=SHAPE_IDS)

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
-from django.core.signals import got_request_exception
+from django.core.signals import got_request_exception  # type: ignore[import-untyped]
 
 from posthog_identity.context import has_request, report_user
 from posthog_identity.engine import BYPASSED, logger
