@@ -16,12 +16,14 @@ from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
+import flask
 import posthog
 import pytest
 from posthog.integrations.asgi import PosthogASGIMiddleware
 
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.errors import capture_unhandled
+from posthog_identity.integrations.flask import init_app
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
@@ -229,3 +231,39 @@ def test_a_failing_capture_is_logged_and_the_apps_error_still_propagates(
 
     [record] = [r for r in caplog_identity.records if r.levelno == logging.ERROR]
     assert "capturing an unhandled error failed" in record.getMessage()
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
+def test_an_exit_is_not_an_error_of_the_app(
+    adapter: str, sink: Sink, settings: Settings, client: posthog.Client
+) -> None:
+    def wsgi(environ: dict[str, Any], start_response: Any) -> Any:
+        raise SystemExit(3)
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise SystemExit(3)
+
+    app = wrap(adapter, wsgi if adapter == "wsgi" else asgi, settings, client)
+    with pytest.raises(SystemExit):
+        (call_wsgi if adapter == "wsgi" else call_asgi)(app, "GET", "/", {})
+
+    assert exceptions_sent(sink, client) == []
+
+
+def test_flask_answers_its_500_and_the_error_is_sent_once(
+    sink: Sink, settings: Settings, client: posthog.Client
+) -> None:
+    app = flask.Flask(__name__)
+
+    @app.get("/boom")
+    def boom() -> str:
+        raise Boom("the database is down")
+
+    init_app(app, settings=settings, client=client)
+
+    reply = call_wsgi(app, "GET", "/boom", {"User-Agent": AGENT})
+
+    assert reply.status == 500
+    [event] = exceptions_sent(sink, client)
+    assert event["properties"]["$exception_list"][0]["type"] == "Boom"
+    assert event["properties"]["$exception_source"] == "flask.got_request_exception"
