@@ -19,10 +19,12 @@ from typing import Any
 import flask
 import posthog
 import pytest
+from fastapi import FastAPI
 from posthog.integrations.asgi import PosthogASGIMiddleware
 
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.errors import capture_unhandled
+from posthog_identity.integrations.fastapi import install
 from posthog_identity.integrations.flask import init_app
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
@@ -267,3 +269,30 @@ def test_flask_answers_its_500_and_the_error_is_sent_once(
     [event] = exceptions_sent(sink, client)
     assert event["properties"]["$exception_list"][0]["type"] == "Boom"
     assert event["properties"]["$exception_source"] == "flask.got_request_exception"
+
+
+def test_fastapi_answers_its_500_and_the_error_is_sent_once(
+    sink: Sink, settings: Settings, client: posthog.Client
+) -> None:
+    app = FastAPI()
+
+    @app.get("/orders/{number}")
+    def order(number: int) -> str:
+        raise Boom("the database is down")
+
+    install(app, settings=settings, client=client)
+    answered: list[int] = []
+
+    async def server(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def sent(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answered.append(message["status"])
+            await send(message)
+
+        await app(scope, receive, sent)
+
+    call("asgi", server)  # Starlette re-raises after answering, for the server to log
+
+    assert answered == [500]
+    [event] = exceptions_sent(sink, client)
+    assert event["properties"]["$exception_source"] == "asgi.middleware"
