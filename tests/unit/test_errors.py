@@ -296,3 +296,20 @@ def test_fastapi_answers_its_500_and_the_error_is_sent_once(
     assert answered == [500]
     [event] = exceptions_sent(sink, client)
     assert event["properties"]["$exception_source"] == "asgi.middleware"
+
+
+@pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
+def test_a_signed_in_users_error_carries_the_user_id_with_person_processing(
+    adapter: str, sink: Sink, settings: Settings, client: posthog.Client
+) -> None:
+    app = app_for(adapter)
+    if adapter == "wsgi":
+        wrapped = WSGIMiddleware(app, settings, client=client, user_id=lambda environ: "user-42")
+    else:
+        wrapped = ASGIMiddleware(app, settings, client=client, user_id=lambda scope: "user-42")
+
+    call(adapter, wrapped)
+
+    [event] = exceptions_sent(sink, client)
+    assert distinct_id(event) == "user-42"
+    assert PERSONLESS not in event["properties"]
