@@ -1,7 +1,7 @@
 """Background jobs: a Celery task enqueued during a request captures as that request.
 
-The web app of `tests.sites.jobs` (Flask under gunicorn, a plain ASGI app
-under uvicorn) and a real Celery worker run in subprocesses, configured by
+The web app of `tests.sites.jobs` (Flask under gunicorn, Django and a plain
+ASGI app under uvicorn) and a real Celery worker run in subprocesses, configured by
 environment variables only, sharing a filesystem broker; both send to one
 `Sink`. A visitor with our signed cookie and posthog-js's session header asks
 for `/enqueue`; the task, run by the worker, captures with the visitor's
@@ -46,6 +46,7 @@ SESSION = "0190a4b2-7c3e-7d41-8b2a-5f6e7d8c9b0a"
 
 WEB = {
     "flask-gunicorn": lambda port: gunicorn_command(f"{SITE}:flask_wsgi()", port),
+    "django-uvicorn": lambda port: uvicorn_factory_command(f"{SITE}:django_asgi", port),
     "plain-asgi-uvicorn": lambda port: uvicorn_factory_command(f"{SITE}:plain_asgi", port),
 }
 

@@ -1,7 +1,8 @@
 """A web app that enqueues a Celery task during a request, and the Celery app its worker runs.
 
-`/enqueue?order=X` (Flask under gunicorn: `flask_wsgi()`, or a plain ASGI app
-under uvicorn: `plain_asgi`) enqueues `jobs.record(X)`; the task captures
+`/enqueue?order=X` (Flask under gunicorn: `flask_wsgi()`; Django under
+uvicorn: `django_asgi`, whose sync view runs in a worker thread; a plain ASGI
+app under uvicorn: `plain_asgi`) enqueues `jobs.record(X)`; the task captures
 `JOB_DONE` with posthog's module-level `capture` (property `order`: X). `/ok`
 answers 200. The worker is ``celery -A tests.sites.jobs worker``.
 
@@ -20,6 +21,8 @@ from urllib.parse import parse_qs
 
 import posthog
 from celery import Celery
+from django.http import HttpRequest, HttpResponse
+from django.urls import path
 
 from posthog_identity.integrations.celery import instrument
 from tests.sites.basic import serve_lifespan
@@ -74,6 +77,43 @@ def flask_wsgi() -> Any:
 
     init_app(app)
     return app
+
+
+def django_enqueue(request: HttpRequest) -> HttpResponse:
+    record.delay(request.GET["order"])
+    return HttpResponse("queued")
+
+
+def django_ok(request: HttpRequest) -> HttpResponse:
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("enqueue", django_enqueue), path("ok", django_ok)]
+
+
+def django_asgi() -> Any:
+    import django
+    from django.conf import settings
+    from django.core.asgi import get_asgi_application
+
+    from posthog_identity.asgi import IdentityMiddleware
+
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="the-jobs-site-django-key",
+        ALLOWED_HOSTS=["127.0.0.1"],
+        INSTALLED_APPS=["django.contrib.auth", "django.contrib.contenttypes"],
+        MIDDLEWARE=[
+            "django.contrib.sessions.middleware.SessionMiddleware",
+            "django.contrib.auth.middleware.AuthenticationMiddleware",
+            "posthog_identity.integrations.django.IdentityMiddleware",
+        ],
+        ROOT_URLCONF=__name__,
+        SESSION_ENGINE="django.contrib.sessions.backends.signed_cookies",
+        DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}},
+    )
+    django.setup()
+    return IdentityMiddleware(get_asgi_application())
 
 
 def plain_asgi() -> Any:
