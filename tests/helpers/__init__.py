@@ -9,6 +9,7 @@
 - `consent`: the consent states and settings the consent tests share.
 - `node`: running the snippet's JavaScript in Node against a stand-in posthog.
 - `servers`: real servers (gunicorn, uvicorn, hypercorn, granian, waitress) in subprocesses.
+- `upstream`: PostHog as the proxy sees it, recording every request (and every aborted one).
 - `faults`: PostHog failing on 127.0.0.1 (hanging, 500, 429, closing, refused).
 - `flags`: posthog-python's own flag answers, to compare with the bootstrap; posthog's
   module as an app configures it.
