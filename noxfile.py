@@ -31,6 +31,8 @@ TEST_DEPS = [
     "granian>=2",  # reads the WSGI head as soon as the application returns
     "httpx>=0.27",
     "html5lib>=1.1",  # a real HTML5 parser checks where the snippet lands
+    # a real worker runs a task enqueued during a request (posthog's Celery integration)
+    "celery>=5.4",
     *FRAMEWORKS,
 ]
 DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
