@@ -132,7 +132,10 @@ def demo(session: nox.Session) -> None:
     session.run("posthog-identity", "demo", *session.posargs)
 
 
-E2E_DEPS = ["playwright>=1.45"]  # drives Debian's Chromium; never `playwright install`
+E2E_DEPS = [
+    "playwright>=1.45",  # drives Debian's Chromium; never `playwright install`
+    "flask-cors>=5",  # the SPA API's CORS under gunicorn, as docs/frameworks/spa.md shows it
+]
 CHROMIUM = "/usr/bin/chromium"
 
 
