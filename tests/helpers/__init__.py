@@ -13,4 +13,5 @@
 - `flags`: posthog-python's own flag answers, to compare with the bootstrap.
 - `sink`: raw HTTP requests to a `Sink` and the payloads clients send, for the sink's own tests.
 - `browser`: Chromium's path and flags, the pinned posthog-js, the browser site under a server.
+- `spa`: the example single-page app (`examples/spa/`) under a plain static server.
 """

@@ -19,8 +19,8 @@ headers and credentials: Starlette's ``CORSMiddleware``, flask-cors.
 ``ours`` (posthog-identity: ``install`` / ``init_app`` with a ``user_id``
 callback, and ``identify_user``/``forget_user`` at login and logout) or
 ``peer`` (posthog-python's own ``PosthogASGIMiddleware`` /
-``PosthogFlaskIntegration``, with posthog's module configured from
-``POSTHOG_API_KEY`` and ``POSTHOG_HOST``). The browser's user agent ends with
+``PosthogFlaskIntegration``). Either way posthog's module client is built from
+``POSTHOG_API_KEY`` and ``POSTHOG_HOST``, and the middleware uses it. The browser's user agent ends with
 ``PHIdentityE2E/<tag>``: captures copy the tag into ``e2e_browser``.
 """
 
@@ -64,9 +64,11 @@ def _origins() -> list[str]:
 
 
 def _configure_posthog_module() -> None:
-    """The peer's set-up: posthog's module client, from the environment."""
-    posthog.api_key = os.environ["POSTHOG_API_KEY"]
-    posthog.host = os.environ["POSTHOG_HOST"]
+    """posthog's module client, from the environment, sending each event at once
+    (its default waits up to 5 s); the middleware, ours or the peer's, uses it."""
+    posthog.default_client = posthog.Client(
+        os.environ["POSTHOG_API_KEY"], host=os.environ["POSTHOG_HOST"], flush_interval=0.05
+    )
 
 
 def user_of(authorization: str, session: str | None) -> str | None:
@@ -104,6 +106,7 @@ def _signed_out() -> None:
 
 def asgi_factory() -> Any:
     """For uvicorn: ``--factory tests.sites.spa:asgi_factory``, configured by environment."""
+    _configure_posthog_module()
     app = FastAPI()
     app.add_middleware(
         CORSMiddleware,
@@ -146,7 +149,6 @@ def asgi_factory() -> Any:
     else:
         from posthog.integrations.asgi import PosthogASGIMiddleware
 
-        _configure_posthog_module()
         app.add_middleware(PosthogASGIMiddleware)
     return app
 
@@ -161,6 +163,7 @@ def wsgi_factory() -> Any:
     from flask.typing import ResponseReturnValue
     from flask_cors import CORS
 
+    _configure_posthog_module()
     app = Flask(__name__)
     CORS(
         app,
@@ -203,6 +206,5 @@ def wsgi_factory() -> Any:
     else:
         from posthog.integrations.flask import PosthogFlaskIntegration
 
-        _configure_posthog_module()
         PosthogFlaskIntegration(app)
     return app
