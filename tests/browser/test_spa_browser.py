@@ -25,17 +25,17 @@ the browser's user agent) and the API's "API Called" captures (tagged in
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from tests.helpers.servers import Server, check_errors, serving, server_environment, start_app
+from tests.helpers.servers import Server, check_errors, server_environment, serving, start_app
 from tests.helpers.spa import static_site
 from tests.helpers.wire import distinct_id
 from tests.sites.spa import API_CALLED
@@ -64,6 +64,23 @@ def props(event: Event) -> dict[str, Any]:
 
 def is_web(event: Event) -> bool:
     return props(event).get("$lib") == "web"
+
+
+#: What `shown` keeps of an event's properties.
+SHOWN = (
+    "$lib",
+    "$session_id",
+    "$window_id",
+    "$current_url",
+    "$request_path",
+    "$process_person_profile",
+)
+
+
+def shown(event: Event) -> str:
+    """One event as the sink received it: its name, distinct id and identifying properties."""
+    kept = {name: props(event)[name] for name in SHOWN if name in props(event)}
+    return json.dumps({"event": event["event"], "distinct_id": distinct_id(event), **kept})
 
 
 def links(events: list[Event]) -> list[tuple[str, str]]:
@@ -272,6 +289,7 @@ def test_anonymous_api_events_carry_the_browsers_id_and_session(visitor: Visitor
     second = visitor.call()
 
     pageview = visitor.pageview()
+    print("\nAs the sink received them:", *map(shown, [pageview, first, second]), sep="\n")
     browser_id = distinct_id(pageview)
     assert browser_id == visitor.browser_id()
     assert [distinct_id(first), distinct_id(second)] == [browser_id, browser_id]

@@ -19,9 +19,10 @@ headers and credentials: Starlette's ``CORSMiddleware``, flask-cors.
 ``ours`` (posthog-identity: ``install`` / ``init_app`` with a ``user_id``
 callback, and ``identify_user``/``forget_user`` at login and logout) or
 ``peer`` (posthog-python's own ``PosthogASGIMiddleware`` /
-``PosthogFlaskIntegration``). Either way posthog's module client is built from
-``POSTHOG_API_KEY`` and ``POSTHOG_HOST``, and the middleware uses it. The browser's user agent ends with
-``PHIdentityE2E/<tag>``: captures copy the tag into ``e2e_browser``.
+``PosthogFlaskIntegration``). Either way posthog's module client is built
+from ``POSTHOG_API_KEY`` and ``POSTHOG_HOST``, and the middleware uses it. The
+browser's user agent ends with ``PHIdentityE2E/<tag>``: captures copy the tag
+into ``e2e_browser``.
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ import posthog
 from fastapi import FastAPI, Request, Response
 from fastapi.middleware.cors import CORSMiddleware
 from itsdangerous import BadSignature, URLSafeSerializer
-
 from starlette.requests import cookie_parser
 
 from posthog_identity import forget_user, identify_user
@@ -174,7 +174,9 @@ def wsgi_factory() -> Any:
     )
 
     def request_user() -> str | None:
-        return user_of(request.headers.get("Authorization", ""), request.cookies.get(SESSION_COOKIE))
+        return user_of(
+            request.headers.get("Authorization", ""), request.cookies.get(SESSION_COOKIE)
+        )
 
     @app.get("/api/hello")
     def hello() -> ResponseReturnValue:
