@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from posthog.client import Client
 
@@ -33,8 +33,10 @@ from .snippet import Snippet
 __all__ = ["BYPASSED", "Engine", "logger"]
 
 #: Key the adapters set in the environ/scope of a request they pass through on
-#: purpose (excluded path, kill switch), so framework glue stays quiet about it.
+#: purpose (excluded path, kill switch, CORS preflight), so framework glue stays quiet about it.
 BYPASSED = "posthog_identity.bypassed"
+
+_Native = TypeVar("_Native")
 
 
 class Engine:
@@ -107,9 +109,28 @@ class Engine:
         key = getattr(self.client, "api_key", None)
         return key if isinstance(key, str) and key else self.settings.api_key
 
-    def bypasses(self, path: str) -> bool:
-        """True when the middleware must pass this request through untouched."""
+    def bypasses(
+        self,
+        path: str,
+        method: str = "GET",
+        header: Callable[[_Native, str], str | None] | None = None,
+        native: _Native | None = None,
+    ) -> bool:
+        """True when the middleware must pass this request through untouched:
+        the kill switch, an excluded path, a CORS preflight.
+
+        `header(native, name)` reads a request header; it is asked only for an
+        OPTIONS request. A preflight is the browser's question before a
+        cross-origin call: no identity, no cookie, no context belong on it.
+        """
         if self.settings.disabled:
+            return True
+        if (
+            method == "OPTIONS"
+            and header is not None
+            and native is not None
+            and header(native, "access-control-request-method") is not None
+        ):
             return True
         for prefix in self.settings.exclude_paths:
             if prefix == "/" or path == prefix or path.startswith(prefix + "/"):

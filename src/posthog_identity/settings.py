@@ -51,6 +51,7 @@ ENV_VARS: dict[str, str] = {
     "proxy_path": "POSTHOG_IDENTITY_PROXY_PATH",
     "proxy_max_body": "POSTHOG_IDENTITY_PROXY_MAX_BODY",
     "proxy_timeout": "POSTHOG_IDENTITY_PROXY_TIMEOUT",
+    "adopt_browser_id": "POSTHOG_IDENTITY_ADOPT_BROWSER_ID",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -151,6 +152,9 @@ class Settings:
     proxy_path: str | None = None
     proxy_max_body: int = 20 * 1024 * 1024
     proxy_timeout: float = 10.0
+    #: Without a cookie of ours, take posthog-js's own anonymous id (a UUIDv7 it
+    #: sends as X-POSTHOG-DISTINCT-ID or keeps in its cookie) instead of minting one.
+    adopt_browser_id: bool = True
 
     def __post_init__(self) -> None:
         # One check per variable, all run: the error lists every bad one.
@@ -245,7 +249,7 @@ class Settings:
 
     def _check_injection(self) -> None:
         errors = []
-        for name in ("inject", "reset_on_logout", "disabled"):
+        for name in ("inject", "reset_on_logout", "disabled", "adopt_browser_id"):
             if not isinstance(getattr(self, name), bool):
                 errors.append(_fail(name, "must be true or false"))
         lookahead = self.inject_lookahead
@@ -590,4 +594,5 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "trusted_proxies": _whole("proxies"),
     "proxy_max_body": _whole("bytes"),
     "proxy_timeout": _seconds,
+    "adopt_browser_id": parse_bool,
 }

@@ -62,7 +62,7 @@ class IdentityMiddleware:
         proxy = self.engine.proxy
         if proxy is not None and proxy.matches(get("PATH_INFO", "")):
             return forward(proxy, environ, start_response)
-        if self.engine.bypasses(get("PATH_INFO", "")):
+        if self.engine.bypasses(get("PATH_INFO", ""), get("REQUEST_METHOD", ""), _header, environ):
             environ[BYPASSED] = True
             return self.app(environ, start_response)
         try:
@@ -81,6 +81,7 @@ class IdentityMiddleware:
                 get("HTTP_X_FORWARDED_FOR", ""),
                 get("HTTP_X_POSTHOG_SESSION_ID", ""),
                 get("HTTP_X_POSTHOG_WINDOW_ID", ""),
+                get(_DISTINCT_ID, ""),
             )
             exchange = Exchange(self.engine, request, self.read_user(environ), environ)
             if _DISTINCT_ID in environ:
@@ -107,6 +108,12 @@ class IdentityMiddleware:
 
 
 _DISTINCT_ID = "HTTP_X_POSTHOG_DISTINCT_ID"
+
+
+def _header(environ: WSGIEnvironment, name: str) -> str | None:
+    """Request header `name` (lower case, dashes) as PEP 3333 keys it, or None."""
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return value if isinstance(value, str) else None
 
 
 def _server_host(environ: WSGIEnvironment) -> str:

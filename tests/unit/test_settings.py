@@ -105,6 +105,7 @@ def test_two_different_api_keys_are_an_error() -> None:
         ("POSTHOG_IDENTITY_INJECT", "inject"),
         ("POSTHOG_IDENTITY_RESET_ON_LOGOUT", "reset_on_logout"),
         ("POSTHOG_IDENTITY_DISABLED", "disabled"),
+        ("POSTHOG_IDENTITY_ADOPT_BROWSER_ID", "adopt_browser_id"),
     ],
 )
 def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
@@ -117,6 +118,7 @@ def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
         "POSTHOG_IDENTITY_INJECT",
         "POSTHOG_IDENTITY_RESET_ON_LOGOUT",
         "POSTHOG_IDENTITY_DISABLED",
+        "POSTHOG_IDENTITY_ADOPT_BROWSER_ID",
     ],
 )
 @pytest.mark.parametrize("raw", ["maybe", "2", "tru", "y"])
@@ -692,3 +694,9 @@ def test_personal_api_key_is_read_and_masked_in_repr() -> None:
 
 def test_a_blank_personal_api_key_counts_as_unset() -> None:
     assert from_env(POSTHOG_PERSONAL_API_KEY="   ").personal_api_key is None
+
+
+def test_adopting_the_browsers_id_is_on_by_default_and_checked_as_a_boolean() -> None:
+    assert from_env().adopt_browser_id is True
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_ADOPT_BROWSER_ID"):
+        Settings(secrets=("s",), adopt_browser_id="yes")  # type: ignore[arg-type]
