@@ -341,6 +341,8 @@ def test_the_spa_api_answers_the_pages_preflight_for_posthogs_tracing_headers(
         )
 
     assert reply.status_code == 200
+    # It passes through the middleware untouched: no identity cookie.
+    assert identity_set_cookies(reply) == []
     assert reply.headers["access-control-allow-origin"] == SPA_ORIGIN
     allowed = {h.strip().lower() for h in reply.headers["access-control-allow-headers"].split(",")}
     assert set(requested.split(",")) <= allowed
