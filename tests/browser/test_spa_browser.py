@@ -18,14 +18,18 @@ comes, so it proves the harness. After login the page calls
 ``posthog.identify(user)`` as a real SPA does, so the peer's events carry the
 user too; only ours also knows the user from the API's own sign-in.
 
+The example's own API (``examples/spa/api.py`` under uvicorn, as its docs run
+it) goes through the whole story once, cross-site.
+
 Events are read at the session's sink: posthog-js's (``$lib`` "web", tagged by
-the browser's user agent) and the API's "API Called" captures (tagged in
-``e2e_browser``).
+the browser's user agent) and the API's captures (tagged in ``e2e_browser``,
+or carrying that user agent in ``$user_agent``).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -35,7 +39,14 @@ from urllib.parse import urlencode, urlsplit
 
 import pytest
 
-from tests.helpers.servers import Server, check_errors, server_environment, serving, start_app
+from tests.helpers.servers import (
+    Server,
+    check_errors,
+    server_environment,
+    serving,
+    start_app,
+    start_process,
+)
 from tests.helpers.spa import static_site
 from tests.helpers.wire import distinct_id
 from tests.sites.spa import API_CALLED
@@ -123,11 +134,9 @@ def page_port(sink: Sink, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 @dataclass(frozen=True)
 class Api:
     server: Server
-    middleware: str  # "ours" or "peer"
-
-    @property
-    def ours(self) -> bool:
-        return self.middleware == "ours"
+    middleware: str  # "ours", "peer", or "example" (ours, as examples/spa/api.py wires it)
+    #: What the API captures on ``GET /api/hello``.
+    called: str = API_CALLED
 
 
 @pytest.fixture(scope="module", params=APIS, ids=[f"{kind}-{which}" for kind, which in APIS])
@@ -181,7 +190,7 @@ class Visitor:
         """Click "Call the API"; return the API's capture of that call."""
         before = len(self.api_events())
         self.page.click("#call")
-        self.wait(lambda e: e["event"] == API_CALLED and not is_web(e), count=before + 1)
+        self.wait(lambda e: e["event"] == self.api.called and not is_web(e), count=before + 1)
         return self.api_events()[before]
 
     def login(self, name: str) -> None:
@@ -209,13 +218,16 @@ class Visitor:
         def mine(event: Event) -> bool:
             if is_web(event):
                 return self.tag in str(props(event).get("$raw_user_agent", ""))
-            return props(event).get("e2e_browser") == self.tag
+            # The sites tag their captures; the example's carry the request's user agent.
+            return props(event).get("e2e_browser") == self.tag or self.tag in str(
+                props(event).get("$user_agent", "")
+            )
 
         return [e for e in self.sink.events() if mine(e)]
 
     def api_events(self) -> list[Event]:
         # One posthog client per API process sends them in order.
-        return [e for e in self.events() if e["event"] == API_CALLED and not is_web(e)]
+        return [e for e in self.events() if e["event"] == self.api.called and not is_web(e)]
 
     def pageview(self) -> Event:
         [found] = [e for e in self.events() if e["event"] == "$pageview" and is_web(e)]
@@ -243,15 +255,13 @@ def user_agent(browser: Browser, tag: str) -> str:
     )
 
 
-@pytest.fixture(params=SETUPS, ids=[setup.name for setup in SETUPS])
-def visitor(
-    request: pytest.FixtureRequest, browser: Browser, api: Api, page_port: int
-) -> Iterator[Visitor]:
-    """A fresh profile with the page open and its $pageview arrived."""
+def visiting(browser: Browser, api: Api, setup: Setup, page_port: int) -> Iterator[Visitor]:
+    """A fixture's body: a fresh profile with the page open and its $pageview arrived;
+    afterwards, its story printed and the API's log checked."""
     tag = uuid.uuid4().hex
     context = browser.new_context(user_agent=user_agent(browser, tag))
     context.set_default_timeout(EVENT_TIMEOUT * 1000)
-    visitor = Visitor(api, request.param, context.new_page(), context, tag)
+    visitor = Visitor(api, setup, context.new_page(), context, tag)
     log_start = api.server.log.stat().st_size
 
     def local_only(route: Route) -> None:
@@ -274,6 +284,13 @@ def visitor(
     api.server.log_size_at_teardown = api.server.log.stat().st_size
     assert visitor.blocked == [], "the page asked for something off this machine"
     assert visitor.errors == []
+
+
+@pytest.fixture(params=SETUPS, ids=[setup.name for setup in SETUPS])
+def visitor(
+    request: pytest.FixtureRequest, browser: Browser, api: Api, page_port: int
+) -> Iterator[Visitor]:
+    yield from visiting(browser, api, request.param, page_port)
 
 
 def new_user() -> str:
@@ -330,3 +347,60 @@ def test_after_logout_and_reset_api_events_carry_the_browsers_new_id(visitor: Vi
     # Nothing links the user to the next visitor's id.
     everything = visitor.sink.events()
     assert [pair for pair in links(everything) if new_id in pair] == []
+
+
+# ---------------------------------------------------------------------------
+# The example as shipped: examples/spa/api.py under uvicorn, the page on another site
+
+
+@pytest.fixture(scope="module")
+def example_api(
+    sink: Sink, page_port: int, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
+    env = server_environment(sink.url)
+    env["SPA_ORIGINS"] = f"http://{CROSS_SITE.page_host}:{page_port}"
+
+    def command(port: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "uvicorn", "examples.spa.api:app"),
+            *("--host", "127.0.0.1", "--port", str(port), "--lifespan", "on"),
+        ]
+
+    started = start_process("uvicorn", command, env, tmp_path_factory.mktemp("spa-example"))
+    server = Server("uvicorn", started.url, sink, started.process, started.log)
+    for running in serving(server):
+        yield Api(running, "example", called="api called")
+
+
+@pytest.fixture
+def example_visitor(browser: Browser, example_api: Api, page_port: int) -> Iterator[Visitor]:
+    yield from visiting(browser, example_api, CROSS_SITE, page_port)
+
+
+def answered_id(visitor: Visitor) -> object:
+    """The distinct id the API's last answer, shown on the page, says it captured with."""
+    return json.loads(visitor.page.text_content("#answer") or "null")["distinct_id"]
+
+
+def test_the_example_joins_the_browsers_id_then_the_user_then_the_browsers_next_id(
+    example_visitor: Visitor,
+) -> None:
+    visitor = example_visitor
+    anonymous = visitor.call()
+    shown_anonymous = answered_id(visitor)
+    user = new_user()
+    visitor.login(user)
+    signed_in = visitor.call()
+    visitor.logout()
+    after = visitor.call()
+
+    browser_id = distinct_id(visitor.pageview())
+    next_id = visitor.browser_id()
+    assert next_id not in (browser_id, user)
+    assert [distinct_id(anonymous), distinct_id(signed_in), distinct_id(after)] == [
+        browser_id,
+        user,
+        next_id,
+    ]
+    # The page shows what the API answered: the same ids.
+    assert (shown_anonymous, answered_id(visitor)) == (browser_id, next_id)
