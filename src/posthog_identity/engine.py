@@ -26,7 +26,7 @@ from .linking import RecentLinks
 from .logs import WarnOnce, logger
 from .proxy import Proxy
 from .session import persistence_cookie
-from .settings import Settings
+from .settings import ENV_VARS, Settings
 from .signing import CookieCodec, Verified
 from .snippet import Snippet
 
@@ -86,11 +86,10 @@ class Engine:
         self.flags: FlagSource | None = None
         if self.settings.bootstrap_flags and self.client is not None:
             wanted = self.settings.bootstrap_flags
-            personal = self.settings.personal_api_key or getattr(client, "personal_api_key", None)
             self.flags = FlagSource(
                 self.client,
                 wanted if isinstance(wanted, tuple) else (),
-                local=bool(personal),
+                local=_evaluates_locally(self.client, self.settings),
                 timeout=self.settings.flags_timeout,
             )
         #: posthog-js's persistence cookie, where the browser keeps its session id.
@@ -175,3 +174,27 @@ class Engine:
         """Deliver queued events (shutdown); never raises, never waits unbounded."""
         if self.client is not None:
             flush([self.client])
+
+
+def _evaluates_locally(client: Client, settings: Settings) -> bool:
+    """Whether flags can be evaluated locally: only a client holding a personal key can.
+
+    The key in the settings reaches the client we build, and the module client
+    built for us (client.py); a client that already existed without one (passed
+    in, or posthog's module client built before the middleware) evaluates
+    remotely instead, and start-up says so once.
+    """
+    if getattr(client, "personal_api_key", None):
+        return True
+    if settings.personal_api_key is not None:
+        logger.warning(
+            "posthog_identity: %s is set, but the posthog client the middleware sends "
+            "through (client=, or posthog's module client built before the middleware) "
+            "has no personal key: flags are evaluated remotely, one /flags request per "
+            "page within %s (%ss). Build that client with secret_key=..., or let the "
+            "middleware build it, for local evaluation",
+            ENV_VARS["personal_api_key"],
+            ENV_VARS["flags_timeout"],
+            settings.flags_timeout,
+        )
+    return False

@@ -10,7 +10,8 @@
 - `node`: running the snippet's JavaScript in Node against a stand-in posthog.
 - `servers`: real servers (gunicorn, uvicorn, hypercorn, granian, waitress) in subprocesses.
 - `faults`: PostHog failing on 127.0.0.1 (hanging, 500, 429, closing, refused).
-- `flags`: posthog-python's own flag answers, to compare with the bootstrap.
+- `flags`: posthog-python's own flag answers, to compare with the bootstrap; posthog's
+  module as an app configures it.
 - `sink`: raw HTTP requests to a `Sink` and the payloads clients send, for the sink's own tests.
 - `browser`: Chromium's path and flags, the pinned posthog-js, the browser site under a server.
 - `spa`: the example single-page app (`examples/spa/`) under a plain static server.
