@@ -146,19 +146,20 @@ class Exchange:
         of the same request: reporting nothing changes nothing."""
         if report is not NOTHING and report != self._reported:
             if self._explicit is None:
-                self._leaving(self._reported)
+                self._leaving(self._reported, report)
             self._reported = report
             self._resolution = None
 
     def set_explicit(self, report: Report) -> None:
         """identify_user() / forget_user(): wins over the user source from now on."""
-        self._leaving(self._reported if self._explicit is None else self._explicit)
+        self._leaving(self._reported if self._explicit is None else self._explicit, report)
         self._explicit = report
         self._resolution = None
 
-    def _leaving(self, before: Report) -> None:
-        # The resolver never takes the browser's id when it is this user's.
-        if isinstance(before, str):
+    def _leaving(self, before: Report, after: Report) -> None:
+        # A user who stops being reported: the resolver never takes their id
+        # for the browser's anonymous one.
+        if isinstance(before, str) and before != after:
             self._left = before
 
     @property
