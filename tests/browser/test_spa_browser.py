@@ -169,6 +169,8 @@ class Visitor:
     console: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    #: The API's answers to "Call the API", as the page shows them.
+    answers: list[Any] = field(default_factory=list)
 
     @property
     def sink(self) -> Sink:
@@ -187,9 +189,20 @@ class Visitor:
         return str(self.page.evaluate("posthog.get_session_id()"))
 
     def call(self) -> Event:
-        """Click "Call the API"; return the API's capture of that call."""
+        """Click "Call the API", wait until the page shows its answer (kept in
+        `answers`); return the API's capture of that call."""
         before = len(self.api_events())
-        self.page.click("#call")
+        with self.page.expect_response(
+            lambda r: urlsplit(r.url).path == "/api/hello" and r.request.method == "GET"
+        ) as reply:
+            self.page.click("#call")
+        answer = reply.value.json()
+        self.answers.append(answer)
+        self.page.wait_for_function(
+            "expected => document.getElementById('answer').textContent"
+            " === JSON.stringify(expected)",
+            arg=answer,
+        )
         self.wait(lambda e: e["event"] == self.api.called and not is_web(e), count=before + 1)
         return self.api_events()[before]
 
@@ -377,17 +390,11 @@ def example_visitor(browser: Browser, example_api: Api, page_port: int) -> Itera
     yield from visiting(browser, example_api, CROSS_SITE, page_port)
 
 
-def answered_id(visitor: Visitor) -> object:
-    """The distinct id the API's last answer, shown on the page, says it captured with."""
-    return json.loads(visitor.page.text_content("#answer") or "null")["distinct_id"]
-
-
 def test_the_example_joins_the_browsers_id_then_the_user_then_the_browsers_next_id(
     example_visitor: Visitor,
 ) -> None:
     visitor = example_visitor
     anonymous = visitor.call()
-    shown_anonymous = answered_id(visitor)
     user = new_user()
     visitor.login(user)
     signed_in = visitor.call()
@@ -402,5 +409,5 @@ def test_the_example_joins_the_browsers_id_then_the_user_then_the_browsers_next_
         user,
         next_id,
     ]
-    # The page shows what the API answered: the same ids.
-    assert (shown_anonymous, answered_id(visitor)) == (browser_id, next_id)
+    # The page shows what the API answered it captured with: the same ids.
+    assert [answer["distinct_id"] for answer in visitor.answers] == [browser_id, user, next_id]
