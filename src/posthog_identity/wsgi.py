@@ -59,16 +59,16 @@ class IdentityMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         get = environ.get
+        path, method = get("PATH_INFO", ""), get("REQUEST_METHOD", "GET")
         proxy = self.engine.proxy
-        if proxy is not None and proxy.matches(get("PATH_INFO", "")):
+        if proxy is not None and proxy.matches(path):
             return forward(proxy, environ, start_response)
-        if self.engine.bypasses(get("PATH_INFO", ""), get("REQUEST_METHOD", ""), _header, environ):
+        if self.engine.bypasses(path, method, _header, environ):
             environ[BYPASSED] = True
             return self.app(environ, start_response)
         try:
-            path = get("PATH_INFO", "")
             request = RequestInfo(
-                get("REQUEST_METHOD", "GET"),
+                method,
                 get("wsgi.url_scheme", "http"),
                 path,
                 get("HTTP_COOKIE", ""),

@@ -9,16 +9,21 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from posthog.client import Client
 
 from posthog_identity.engine import Engine
 from posthog_identity.exchange import Exchange, RequestInfo
-from posthog_identity.identity import NOBODY, NOTHING, Link, Report
+from posthog_identity.identity import NOBODY, NOTHING, Link, Report, browser_id
 from posthog_identity.response import UNTOUCHED, ResponsePlan
+from posthog_identity.session import distinct_id_from_cookie
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
 from tests.helpers.pages import snippet_options
+from tests.helpers.posthog_js import PERSISTENCE
 from tests.helpers.project import SECRET
 from tests.helpers.wire import ALIAS, COOKIE, parse_set_cookie, read_cookie
 
@@ -316,3 +321,22 @@ def test_the_user_source_stopping_to_report_is_a_logout_too(engine: Engine) -> N
     exchange = Exchange(engine, REQUEST._replace(distinct_header=BROWSER), BROWSER)
     exchange.report(NOBODY)
     assert exchange.identity.anonymous_id != BROWSER
+
+
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.text(st.characters(max_codepoint=255), max_size=60)
+    | st.sampled_from([BROWSER, BROWSER.upper(), "alice", ""]),
+    cookie=st.text(max_size=120)
+    | st.sampled_from([posthog_js_cookie(OTHER)[len(PERSISTENCE) + 1 :]]),
+)
+def test_no_header_or_cookie_value_raises_and_only_a_uuidv7_is_taken(
+    engine: Engine, header: str, cookie: str
+) -> None:
+    request = REQUEST._replace(distinct_header=header, cookie_header=f"{PERSISTENCE}={cookie}")
+    exchange = Exchange(engine, request)
+    anonymous_id = exchange.identity.anonymous_id
+    offered = header or distinct_id_from_cookie(request.cookie_header, PERSISTENCE)
+    if anonymous_id != browser_id(offered):
+        assert uuid.UUID(anonymous_id).version == 4, "minted"
+    exchange.respond(200, JSON)
