@@ -24,6 +24,7 @@ from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
 from tests.helpers.pages import snippet_options
 from tests.helpers.posthog_js import PERSISTENCE
+from tests.helpers.posthog_js import posthog_js_cookie as persistence_cookie
 from tests.helpers.project import SECRET
 from tests.helpers.wire import ALIAS, COOKIE, parse_set_cookie, read_cookie
 
@@ -252,9 +253,7 @@ OTHER = "0193a6b3-0000-7000-8000-000000000002"
 
 def posthog_js_cookie(distinct_id: str, user_state: str = "anonymous") -> str:
     """posthog-js's persistence cookie for the test project (encodeURIComponent(JSON))."""
-    from tests.helpers.posthog_js import posthog_js_cookie as cookie
-
-    return cookie(distinct_id=distinct_id, **{"$user_state": user_state})
+    return persistence_cookie(distinct_id=distinct_id, **{"$user_state": user_state})
 
 
 def test_without_our_cookie_the_request_runs_on_the_headers_id(engine: Engine) -> None:

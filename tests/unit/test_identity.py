@@ -452,6 +452,14 @@ def test_login_after_logout_without_a_new_browser_id_links_ours(offered: str | N
     assert result.cookie == CookieState(B, CODEC.user_hash("u2"), True, NOW)
 
 
+def test_login_after_logout_of_a_browser_identified_as_the_new_user_links_ours() -> None:
+    # posthog.identify(user) ran before the login request: its header is the user's id.
+    other = "0193a6b2-2222-7222-a222-222222222222"
+    result = run(after_logout(), other, offered=other)
+    assert result.link == Link(other, B)
+    assert result.identity == Identity(B, other, True)
+
+
 @given(st.text(max_size=80), st.sampled_from([NOBODY, NOTHING, "u1", UV7]), st.integers(0, 4))
 def test_any_offered_value_never_raises_and_is_taken_only_as_a_uuidv7(
     offered: str, report: Report, cookie_kind: int
