@@ -206,7 +206,10 @@ def _archive_problems(sdist: Path, wheel: Path, tree_wheel: Path) -> list[str]:
     return problems
 
 
-E2E_DEPS = ["playwright>=1.45"]  # drives Debian's Chromium; never `playwright install`
+E2E_DEPS = [
+    "playwright>=1.45",  # drives Debian's Chromium; never `playwright install`
+    "flask-cors>=5",  # the SPA API's CORS under gunicorn, as docs/frameworks/spa.md shows it
+]
 CHROMIUM = "/usr/bin/chromium"
 
 
