@@ -31,6 +31,8 @@ TEST_DEPS = [
     "granian>=2",  # reads the WSGI head as soon as the application returns
     "httpx>=0.27",
     "html5lib>=1.1",  # a real HTML5 parser checks where the snippet lands
+    # a real worker runs a task enqueued during a request (posthog's Celery integration)
+    "celery>=5.4",
     *FRAMEWORKS,
 ]
 DOCS_DEPS = ["mkdocs>=1.6", "mkdocs-material>=9.5"]
@@ -204,7 +206,10 @@ def _archive_problems(sdist: Path, wheel: Path, tree_wheel: Path) -> list[str]:
     return problems
 
 
-E2E_DEPS = ["playwright>=1.45"]  # drives Debian's Chromium; never `playwright install`
+E2E_DEPS = [
+    "playwright>=1.45",  # drives Debian's Chromium; never `playwright install`
+    "flask-cors>=5",  # the SPA API's CORS under gunicorn, as docs/frameworks/spa.md shows it
+]
 CHROMIUM = "/usr/bin/chromium"
 
 

@@ -22,6 +22,7 @@ from .asgi_scope import (
 from .asgi_send import Responder
 from .context import bind
 from .engine import BYPASSED, Engine, logger
+from .errors import capture_unhandled
 from .exchange import Exchange
 from .identity import NOTHING, Absent, Report
 from .lifespan import serve_lifespan
@@ -104,13 +105,17 @@ class IdentityMiddleware:
             await self.app(scope, receive, send)
             return
         with bind(exchange):
-            if kind == "websocket":
-                # Identity for the context only: a websocket sets no cookie.
-                await self.app(scope, receive, send)
-            else:
-                # An authentication middleware inside ours may set scope["user"] later.
-                reread = partial(self.user_now, scope)
-                await self.app(scope, receive, Responder(exchange, send, reread))
+            try:
+                if kind == "websocket":
+                    # Identity for the context only: a websocket sets no cookie.
+                    await self.app(scope, receive, send)
+                else:
+                    # An authentication middleware inside ours may set scope["user"] later.
+                    reread = partial(self.user_now, scope)
+                    await self.app(scope, receive, Responder(exchange, send, reread))
+            except Exception as error:
+                capture_unhandled(error, "asgi.middleware")
+                raise
 
     def user_now(self, scope: Scope) -> Report | Coroutine[Any, Any, Report]:
         """`read_user`, without a coroutine to await when no callback may need one

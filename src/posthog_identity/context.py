@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 __all__ = [
     "EventEnricher",
     "bind",
+    "current_exchange",
     "current_identity",
     "current_resolution",
     "enriches",
@@ -143,6 +144,11 @@ def current_resolution() -> Resolution | None:
     return None if exchange is None else exchange.resolution
 
 
+def current_exchange() -> Exchange | None:
+    """The current request's exchange, or None outside a request (for the error hooks)."""
+    return _exchange.get()
+
+
 def has_request() -> bool:
     """True inside a request the middleware handles (integrations check their wrapping)."""
     return _exchange.get() is not None
@@ -160,6 +166,8 @@ class bind:
         exchange = self._exchange
         self._token = _exchange.set(exchange)
         try:
+            # Off: errors.py captures an unhandled error itself, once, only with
+            # consent and POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS, marked unhandled.
             self._context = posthog.new_context(fresh=True, capture_exceptions=False)
             self._context.__enter__()
             posthog.identify_context(exchange.identity.distinct_id)

@@ -53,6 +53,7 @@ ENV_VARS: dict[str, str] = {
     "proxy_timeout": "POSTHOG_IDENTITY_PROXY_TIMEOUT",
     "proxy_concurrency": "POSTHOG_IDENTITY_PROXY_CONCURRENCY",
     "adopt_browser_id": "POSTHOG_IDENTITY_ADOPT_BROWSER_ID",
+    "capture_exceptions": "POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -159,6 +160,8 @@ class Settings:
     #: Without a cookie of ours, take posthog-js's own anonymous id (a UUIDv7 it
     #: sends as X-POSTHOG-DISTINCT-ID or keeps in its cookie) instead of minting one.
     adopt_browser_id: bool = True
+    #: Unhandled errors of a request go to PostHog error tracking (`$exception`).
+    capture_exceptions: bool = True
 
     def __post_init__(self) -> None:
         # One check per variable, all run: the error lists every bad one.
@@ -253,7 +256,13 @@ class Settings:
 
     def _check_injection(self) -> None:
         errors = []
-        for name in ("inject", "reset_on_logout", "disabled", "adopt_browser_id"):
+        for name in (
+            "inject",
+            "reset_on_logout",
+            "disabled",
+            "adopt_browser_id",
+            "capture_exceptions",
+        ):
             if not isinstance(getattr(self, name), bool):
                 errors.append(_fail(name, "must be true or false"))
         lookahead = self.inject_lookahead
@@ -605,4 +614,5 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "proxy_timeout": _seconds,
     "proxy_concurrency": _whole("requests"),
     "adopt_browser_id": parse_bool,
+    "capture_exceptions": parse_bool,
 }

@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .context import settle
+from .errors import capture_unhandled
 from .identity import NOTHING
 from .logs import logger
 
@@ -138,6 +139,7 @@ class Body:
             while head.pending and self._read():
                 pass
         except BaseException as error:
+            self._context.run(capture_unhandled, error, _SOURCE)
             # The server never sees this iterable, so it is closed here.
             try:
                 self._close_iterable()
@@ -163,7 +165,12 @@ class Body:
     def __next__(self) -> bytes:
         ready = self._ready
         while not ready:
-            if not self._read() and not ready:
+            try:
+                more = self._read()
+            except Exception as error:
+                self._context.run(capture_unhandled, error, _SOURCE)
+                raise
+            if not more and not ready:
                 raise StopIteration
         return ready.popleft()
 
@@ -189,6 +196,10 @@ class Body:
         # unclosed still leaves the context inside the request's own context,
         # not in whichever one the garbage collector runs in.
         self._leave()
+
+
+#: `$exception_source` of an error that left the app through the WSGI middleware.
+_SOURCE = "wsgi.middleware"
 
 
 def _status_code(status: str) -> int:

@@ -15,4 +15,5 @@
   module as an app configures it.
 - `sink`: raw HTTP requests to a `Sink` and the payloads clients send, for the sink's own tests.
 - `browser`: Chromium's path and flags, the pinned posthog-js, the browser site under a server.
+- `spa`: the example single-page app (`examples/spa/`) under a plain static server.
 """

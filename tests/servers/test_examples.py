@@ -12,9 +12,11 @@ events at the sink are complete and absence can be asserted without sleeping.
 from __future__ import annotations
 
 import html
+import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from posthog_identity.testing import Sink
 from tests.helpers.pages import html5_parent_of_snippet, snippet_options
 from tests.helpers.project import API_KEY, ROOT
 from tests.helpers.servers import (
+    NoCookies,
     check_stopped,
     free_port,
     read_log,
@@ -87,6 +90,7 @@ TARGETS = {
     "starlette_app": "examples.starlette_app:app",
     "wsgi_app": "examples.wsgi_app:application",
     "asgi_app": "examples.asgi_app:application",
+    "spa_api": "examples.spa.api:app",
 }
 
 MATRIX = [
@@ -301,3 +305,85 @@ def test_without_the_secret_the_example_exits_under_uvicorn_before_serving_namin
     assert returncode != 0, logged
     assert "Uvicorn running on" not in logged
     assert "POSTHOG_IDENTITY_SECRET: is required" in logged
+
+
+# ---------------------------------------------------------------------------
+# The single-page app's API (examples/spa/api.py), called as posthog-js calls it
+
+
+SPA_ORIGIN = "http://localhost:5173"  # the example's page, another site than the API
+SPA_EVENT = "api called"
+
+
+def uuid7() -> str:
+    """A UUIDv7, as posthog-js mints its anonymous ids: milliseconds, then randomness."""
+    value = (time.time_ns() // 1_000_000) << 80 | int.from_bytes(os.urandom(10), "big")
+    value = value & ~(0xF << 76) | 0x7 << 76  # version 7
+    value = value & ~(0x3 << 62) | 0x2 << 62  # RFC 4122 variant
+    return str(uuid.UUID(int=value))
+
+
+def test_the_spa_api_answers_the_pages_preflight_for_posthogs_tracing_headers(
+    server_sink: Sink, tmp_path: Path
+) -> None:
+    requested = "x-posthog-distinct-id,x-posthog-session-id,x-posthog-window-id,authorization"
+    with (
+        serve("spa_api", "uvicorn", server_sink, tmp_path) as running,
+        httpx.Client(base_url=running.url, cookies=NoCookies(), timeout=10.0) as http,
+    ):
+        reply = http.options(
+            "/api/hello",
+            headers={
+                "Origin": SPA_ORIGIN,
+                "Access-Control-Request-Method": "GET",
+                "Access-Control-Request-Headers": requested,
+            },
+        )
+
+    assert reply.status_code == 200
+    # It passes through the middleware untouched: no identity cookie.
+    assert identity_set_cookies(reply) == []
+    assert reply.headers["access-control-allow-origin"] == SPA_ORIGIN
+    allowed = {h.strip().lower() for h in reply.headers["access-control-allow-headers"].split(",")}
+    assert set(requested.split(",")) <= allowed
+
+
+def test_the_spa_api_joins_the_browsers_anonymous_id_then_the_user_then_the_next_id(
+    server_sink: Sink, tmp_path: Path
+) -> None:
+    """A page on another site: no cookies, posthog-js's id in a header, a bearer token."""
+    browser_id, next_id, user = uuid7(), uuid7(), f"user-{uuid.uuid4().hex[:12]}"
+    session = uuid7()
+
+    def tracing(distinct: str) -> dict[str, str]:
+        return {
+            "Origin": SPA_ORIGIN,
+            "X-POSTHOG-DISTINCT-ID": distinct,
+            "X-POSTHOG-SESSION-ID": session,
+        }
+
+    with (
+        serve("spa_api", "uvicorn", server_sink, tmp_path) as running,
+        httpx.Client(base_url=running.url, cookies=NoCookies(), timeout=10.0) as http,
+    ):
+        answers = [http.get("/api/hello", headers=tracing(browser_id)).json() for _ in range(2)]
+        login = http.post("/api/login", json={"name": user}, headers=tracing(browser_id))
+        assert login.status_code == 200, login.text
+        bearer = {"Authorization": f"Bearer {login.json()['token']}"}
+        # The page also calls posthog.identify(user): the header names the user now.
+        answers.append(http.get("/api/hello", headers={**tracing(user), **bearer}).json())
+        logout = http.post("/api/logout", headers={**tracing(user), **bearer})
+        assert logout.status_code == 200, logout.text
+        # The page dropped its token and called posthog.reset(): a new id.
+        answers.append(http.get("/api/hello", headers=tracing(next_id)).json())
+    # The server has stopped and flushed.
+
+    ids = [answer["distinct_id"] for answer in answers]
+    assert ids == [browser_id, browser_id, user, next_id]
+    called = [e for e in server_sink.events(event=SPA_EVENT) if distinct_id(e) in ids]
+    assert [(distinct_id(e), e["properties"].get("$session_id")) for e in called] == [
+        (browser_id, session),
+        (browser_id, session),
+        (user, session),
+        (next_id, session),
+    ]

@@ -31,6 +31,7 @@ def test_defaults_match_the_design() -> None:
     assert settings.exclude_paths == ()
     assert settings.person_profiles == "identified_only"
     assert settings.disabled is False
+    assert settings.capture_exceptions is True
 
 
 def test_missing_secret_names_the_variable() -> None:
@@ -106,6 +107,7 @@ def test_two_different_api_keys_are_an_error() -> None:
         ("POSTHOG_IDENTITY_RESET_ON_LOGOUT", "reset_on_logout"),
         ("POSTHOG_IDENTITY_DISABLED", "disabled"),
         ("POSTHOG_IDENTITY_ADOPT_BROWSER_ID", "adopt_browser_id"),
+        ("POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS", "capture_exceptions"),
     ],
 )
 def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
@@ -119,6 +121,7 @@ def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
         "POSTHOG_IDENTITY_RESET_ON_LOGOUT",
         "POSTHOG_IDENTITY_DISABLED",
         "POSTHOG_IDENTITY_ADOPT_BROWSER_ID",
+        "POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS",
     ],
 )
 @pytest.mark.parametrize("raw", ["maybe", "2", "tru", "y"])
@@ -340,6 +343,10 @@ def test_reads_os_environ_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
         (
             {"secrets": ("ok",), "exclude_paths": ("x",)},
             "POSTHOG_IDENTITY_EXCLUDE_PATHS",
+        ),
+        (
+            {"secrets": ("ok",), "capture_exceptions": "no"},
+            "POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS",
         ),
     ],
     ids=lambda v: str(v) if isinstance(v, str) else None,

@@ -13,14 +13,17 @@ responses and users are ``Any`` here.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
+from django.core.signals import got_request_exception  # type: ignore[import-untyped]
 
 from posthog_identity.context import has_request, report_user
 from posthog_identity.engine import BYPASSED, logger
+from posthog_identity.errors import capture_unhandled
 from posthog_identity.identity import NOTHING
 
 __all__ = ["IdentityMiddleware"]
@@ -238,3 +241,22 @@ def _settle(user_id: object) -> None:
     nothing of Django's there) changes nothing.
     """
     report_user(user_id)
+
+
+# -- unhandled errors ---------------------------------------------------------
+
+
+def _got_request_exception(sender: object, **extra: object) -> None:
+    """Django turned an unhandled error into a 500: send it to error tracking.
+
+    No WSGI/ASGI middleware ever sees that error, so it is caught here. Django
+    sends this signal inside its ``except`` block (under ASGI in a thread that
+    asgiref enters with the same exception and the request's context), so the
+    error is the one being handled.
+    """
+    capture_unhandled(sys.exc_info()[1], "django.got_request_exception")
+
+
+got_request_exception.connect(
+    _got_request_exception, dispatch_uid="posthog_identity.got_request_exception"
+)

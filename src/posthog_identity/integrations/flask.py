@@ -10,10 +10,11 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from flask import has_request_context
+from flask import got_request_exception, has_request_context
 
 from posthog_identity.context import has_request, recheck_consent, report_user
 from posthog_identity.engine import logger
+from posthog_identity.errors import capture_unhandled
 from posthog_identity.identity import NOTHING
 from posthog_identity.wsgi import IdentityMiddleware
 
@@ -91,6 +92,7 @@ def init_app(
         user.flask_login.user_logged_out.connect(hooks.logged_out, app)
     if user_id is None and user.flask_login is None:
         user.announce()
+    _capture_errors(app)
     return middleware
 
 
@@ -176,3 +178,16 @@ def _import_flask_login() -> ModuleType | None:
         return importlib.import_module("flask_login")
     except ImportError:
         return None
+
+
+# -- unhandled errors ---------------------------------------------------------
+
+
+def _capture_errors(app: Flask) -> None:
+    """Send the app's unhandled errors to error tracking: Flask answers them with
+    a 500 itself, so no WSGI middleware ever sees them."""
+    got_request_exception.connect(_got_request_exception, app)
+
+
+def _got_request_exception(sender: Flask, exception: BaseException, **extra: object) -> None:
+    capture_unhandled(exception, "flask.got_request_exception")

@@ -696,3 +696,36 @@ def test_a_views_capture_carries_the_request_properties(
     assert properties["$request_path"] == "/capture"
     assert properties["$user_agent"] == "Agent/1"
     assert properties["$ip"] == "127.0.0.1"
+
+
+# An unhandled error in a view: Django answers its 500 before any WSGI middleware
+# sees the error, and its got_request_exception signal sends it to error tracking.
+
+
+def boom_view(request: HttpRequest) -> HttpResponse:
+    raise LookupError("the order is gone")
+
+
+urlpatterns.append(path("boom", boom_view))
+
+
+def test_an_unhandled_error_in_a_view_is_one_exception_event_while_django_answers_500(
+    django_project: None, sink: Sink, client: Any
+) -> None:
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+
+    app = WSGIMiddleware(WSGIHandler(), Settings(secrets=(SECRET,)), client=client)
+    headers = {"Host": "testserver", "Cookie": anonymous_cookie()}
+
+    assert call_wsgi(app, "GET", "/boom", headers).status == 500
+
+    client.capture("Marker", distinct_id="marker")
+    sink.wait_for(event="Marker")
+    names = [e["event"] for e in sink.events()]
+    assert names[: names.index("Marker")] == ["$exception"]
+    [event] = sink.events("$exception")
+    assert event["distinct_id"] == ANONYMOUS_ID
+    assert event["properties"]["$exception_source"] == "django.got_request_exception"
+    assert event["properties"]["$exception_list"][0]["type"] == "LookupError"

@@ -1,0 +1,49 @@
+"""Celery glue: posthog's Celery integration, on the client the middleware uses.
+
+posthog-python's ``PosthogCeleryIntegration`` (posthog 7.15 and later) puts
+posthog's context (distinct id, session id, tags) into the headers of every
+task published and restores it in the worker around the task. A task enqueued
+during a request therefore captures as that request. `instrument` turns it on
+with the process's one posthog client, the one the middleware would pick;
+a worker process never builds a middleware, so without it a worker configured
+by environment variables only would have no client at all.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from posthog_identity.client import process_client
+from posthog_identity.settings import Settings
+
+try:
+    from posthog.integrations.celery import PosthogCeleryIntegration
+except ImportError as error:  # pragma: no cover - depends on the installed posthog
+    raise ImportError(
+        "posthog_identity.integrations.celery needs posthog 7.15 or later "
+        "(posthog.integrations.celery): pip install 'posthog>=7.15'"
+    ) from error
+
+if TYPE_CHECKING:
+    from posthog.client import Client
+
+__all__ = ["instrument"]
+
+
+def instrument(
+    *, settings: Settings | None = None, client: Client | None = None, **options: Any
+) -> PosthogCeleryIntegration:
+    """Turn on posthog's Celery integration; call it in the web and the worker processes.
+
+    The client is the one the middleware uses: `client` when given, else
+    posthog's module client when the app configured it, else one built from
+    the settings (default ``Settings.from_env()``) that becomes posthog's
+    default client, so ``posthog.capture()`` in a task reaches PostHog.
+
+    :param options: passed to ``PosthogCeleryIntegration`` (``capture_exceptions``,
+        ``capture_task_lifecycle_events``, ``task_filter``...).
+    """
+    used = process_client(Settings.from_env() if settings is None else settings, client)
+    integration = PosthogCeleryIntegration(client=used, **options)
+    integration.instrument()
+    return integration
