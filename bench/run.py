@@ -169,7 +169,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         summary["comparisons"] = report.ratio_targets(measured)
         summary["captured_event"] = [
             cost
-            for cost in (report.captured_event_cost(measured, p) for p in ("asgi", "wsgi"))
+            for cost in (
+                report.captured_event_cost(summary["inprocess"], p) for p in ("asgi", "wsgi")
+            )
             if cost is not None
         ]
 
