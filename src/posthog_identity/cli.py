@@ -19,7 +19,7 @@ from .client import FLUSH_TIMEOUT
 from .hosts import assets_host
 from .proxy import Proxy
 from .resend import POLICY
-from .settings import ENV_VARS, ConfigurationError, Settings
+from .settings import ENV_VARS, MIN_SECRET_LENGTH, ConfigurationError, Settings
 
 __all__ = ["EXIT_CODES", "check", "main"]
 
@@ -34,7 +34,6 @@ exit codes:
   {USAGE}  usage error: unknown command, bad option or port number
   {INVALID}  invalid configuration: the middleware would refuse to start
 """
-MIN_SECRET_LENGTH = 32
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _PREFIX = "POSTHOG_IDENTITY_"
 

@@ -121,6 +121,19 @@ def test_ping_fails_when_nothing_listens() -> None:
     assert "did not answer within 2s" in text
 
 
+def test_check_flags_a_short_secret_once_and_logs_no_start_up_warning() -> None:
+    env = {"PATH": "/usr/bin:/bin", **GOOD, "POSTHOG_IDENTITY_SECRET": "tiny"}
+    done = subprocess.run(
+        [sys.executable, "-m", "posthog_identity", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stderr.count("POSTHOG_IDENTITY_SECRET") == 1, done.stderr
+    assert done.stderr.startswith("error: POSTHOG_IDENTITY_SECRET: the newest secret has 4")
+
+
 def test_the_console_entry_point_reads_the_process_environment() -> None:
     env = {"PATH": "/usr/bin:/bin", **GOOD, "POSTHOG_IDENTITY_SECRET": "tiny"}
     done = subprocess.run(
