@@ -358,9 +358,7 @@ def test_the_fixture_sets_a_test_secret_when_none_is_set_and_restores_it(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     result = run_with_environment(pytester, monkeypatch, None)
-    result.stdout.fnmatch_lines(
-        [f"*secret inside: {TEST_SECRET}", "*secret after: None*"]
-    )
+    result.stdout.fnmatch_lines([f"*secret inside: {TEST_SECRET}", "*secret after: None*"])
     assert len(TEST_SECRET) >= 32, "long enough to start without the short-secret warning"
 
 
