@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
@@ -257,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sink_main(arguments[1:])
     options = parser.parse_args(arguments)
     if options.command == "demo":
-        return _demo(options.host, options.port)
+        return _demo(options.host, options.port, options.posthog_js)
     return check(ping=options.ping, timeout=options.timeout)
 
 
@@ -280,6 +281,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=port_number, default=8000, help="0 picks one (default: %(default)s)"
     )
+    demo.add_argument(
+        "--posthog-js",
+        metavar="DIR",
+        type=_posthog_js,
+        help="serve posthog-js from DIR (the posthog-js npm package or its dist/), so the "
+        "browser side works offline (default: PostHog's CDN)",
+    )
     commands.add_parser("sink", help="run a local PostHog ingestion sink", add_help=False)
     doctor = commands.add_parser(
         "check",
@@ -297,7 +305,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _demo(host: str, port: int) -> int:
+def _posthog_js(directory: str) -> Path:
+    """An argparse type: posthog-js's `dist/` directory, found from what was given."""
+    from .demo import find_posthog_js
+
+    try:
+        return find_posthog_js(directory)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _demo(host: str, port: int, posthog_js: Path | None) -> int:
     """Run the demo; a configuration it cannot use is one line per variable.
 
     A port in use is werkzeug's to report: it says so on stderr and exits 1.
@@ -305,7 +323,7 @@ def _demo(host: str, port: int) -> int:
     from .demo import serve
 
     try:
-        return serve(host, port)
+        return serve(host, port, posthog_js=posthog_js)
     except ConfigurationError as error:
         for variable, message in error.errors:
             print(f"posthog-identity demo: error: {variable}: {message}", file=sys.stderr)

@@ -12,5 +12,6 @@
 - `faults`: PostHog failing on 127.0.0.1 (hanging, 500, 429, closing, refused).
 - `flags`: posthog-python's own flag answers, to compare with the bootstrap.
 - `sink`: raw HTTP requests to a `Sink` and the payloads clients send, for the sink's own tests.
+- `demo`: the demo (`python -m posthog_identity demo`) in a subprocess, its terminal read.
 - `browser`: Chromium's path and flags, the pinned posthog-js, the browser site under a server.
 """

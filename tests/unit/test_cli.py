@@ -289,6 +289,20 @@ def test_a_port_out_of_range_is_a_usage_error_in_one_line(command: str, port: st
     )
 
 
+def test_a_posthog_js_directory_without_array_js_is_a_usage_error_in_one_line(
+    tmp_path: Path,
+) -> None:
+    done = posthog_identity("demo", "--posthog-js", str(tmp_path))
+
+    assert done.returncode == USAGE
+    *_, last = done.stderr.splitlines()
+    assert last == (
+        f"posthog-identity demo: error: argument --posthog-js: no array.js in {tmp_path} or "
+        f"{tmp_path / 'dist'}: give the posthog-js npm package (node_modules/posthog-js) or "
+        "its dist/ directory"
+    )
+
+
 def test_check_prints_the_configuration_on_stdout_and_problems_on_stderr() -> None:
     done = posthog_identity("check", env={**GOOD, "POSTHOG_IDENTITY_SECRET": "tiny"})
 
