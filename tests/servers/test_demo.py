@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 import time
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
+from posthog_identity.demo import build, find_posthog_js
 from tests.helpers.demo import Demo, demo_environment
 from tests.helpers.pages import snippet_options
 
@@ -34,7 +36,7 @@ def events(client: httpx.Client, predicate: Any, timeout: float = 15.0) -> dict[
     while True:
         snapshot = client.get("/events.json").json()
         if predicate(snapshot) or time.monotonic() > deadline:
-            return snapshot  # type: ignore[no-any-return]
+            return snapshot
         time.sleep(0.1)
 
 
@@ -123,3 +125,38 @@ def test_without_posthog_js_the_page_carries_a_hidden_line_for_when_the_cdn_fail
     )
     assert "--posthog-js DIR" in line
     assert "nox -s demo" in line
+
+
+# -- finding posthog-js, and what the pages say about it (in process) -------------
+
+
+@pytest.mark.parametrize("given", ["package", "dist"])
+def test_posthog_js_is_found_from_its_npm_package_or_its_dist(posthog_js: Path, given: str) -> None:
+    directory = posthog_js if given == "package" else posthog_js / "dist"
+    assert find_posthog_js(directory) == (posthog_js / "dist").resolve()
+
+
+def test_a_dist_without_a_package_json_is_served_without_a_version(tmp_path: Path) -> None:
+    (tmp_path / "array.js").write_text("/* posthog-js */", encoding="utf-8")
+    app, sink, client = build({}, io.StringIO(), find_posthog_js(tmp_path))
+    try:
+        assert app.engine.snippet is not None
+        assert app.engine.snippet.script_url == f"{sink.url}/static/array.js"
+        notes = " ".join(app.app.notes)
+        assert f"posthog-js comes from {tmp_path.resolve()}, served by the sink" in notes
+    finally:
+        client.shutdown()
+        assert sink is not None
+        sink.stop()
+
+
+def test_with_a_real_key_posthog_js_is_not_served_and_the_page_says_so(posthog_js: Path) -> None:
+    env = {"POSTHOG_API_KEY": "phc_real", "POSTHOG_HOST": "https://eu.i.posthog.com"}
+    app, sink, client = build(env, io.StringIO(), find_posthog_js(posthog_js))
+    try:
+        assert sink is None
+        assert app.engine.snippet is not None
+        assert app.engine.snippet.script_url.startswith("https://eu-assets.i.posthog.com/")
+        assert any("--posthog-js is ignored" in note for note in app.app.notes)
+    finally:
+        client.shutdown()
