@@ -408,6 +408,19 @@ def test_check_ping_through_the_proxy_names_an_unreachable_upstream() -> None:
     )
 
 
+def test_check_ping_through_the_proxy_without_an_api_key_asks_only_for_posthog_js(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "array.js").write_text("/* posthog-js */", encoding="utf-8")
+    env = {k: v for k, v in GOOD.items() if k != "POSTHOG_API_KEY"}
+    with Sink(static_dir=tmp_path) as sink:
+        env = {**env, "POSTHOG_HOST": sink.url, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"}
+        code, text = run(env, ping=True, timeout=5.0)
+    assert code == OK, text
+    assert f"proxy: /ingest/static/array.js -> {sink.url}/static/array.js: 200 OK" in text
+    assert sink.flag_requests() == []
+
+
 def test_check_ping_fails_when_posthog_js_is_not_found_through_the_proxy() -> None:
     with Sink() as sink:  # no static directory: /static/array.js is a 404
         env = {**GOOD, "POSTHOG_HOST": sink.url, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"}
