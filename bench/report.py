@@ -32,6 +32,10 @@ TARGET_SESSION_RATIO = 4.0
 TARGET_POSTHOG_RATIO = 2.5
 TARGET_INJECTION_MBPS = 1000.0
 TARGET_SERVER_RATIOS = {"uvicorn": 0.80, "gunicorn": 0.88}
+#: The proxy storm (1,000 concurrent 1 MiB uploads): uvicorn's peak RSS growth, and the
+#: app's own median latency during the storm against idle.
+STORM_RSS_MIB = 64
+STORM_LATENCY_RATIO = 3.0
 DASH = "\N{EN DASH}"
 
 Row = dict[str, Any]
@@ -209,6 +213,33 @@ def targets(summary: dict[str, Any]) -> list[Row]:
             growth <= 1.05 and not over,
             shown,
         )
+    for storm in summary.get("proxy_storm", []):
+        if storm.get("floor"):
+            continue
+        name = f"proxy storm under {storm['server']}"
+        if storm["server"] == "uvicorn":
+            value = storm["rss_growth_mib"]
+            goal = STORM_RSS_MIB
+            add(
+                f"{name}: peak RSS growth",
+                value,
+                f"≤ {goal} MiB",
+                value <= goal,
+                f"{value:.0f} MiB",
+            )
+        other = sum(storm["other"].values())
+        add(f"{name}: answers other than 200/503", other, "0", other == 0, str(other))
+        ratio = storm["latency_ratio"]
+        if ratio is not None:
+            goal_ratio = STORM_LATENCY_RATIO
+            shown = f"{ratio:.1f}x"
+            add(
+                f"{name}: app p50 storm/idle",
+                ratio,
+                f"≤ {goal_ratio:g}x",
+                ratio <= goal_ratio,
+                shown,
+            )
     for row in summary.get("servers", []):
         value = row["ratio"]["median"]
         goal = TARGET_SERVER_RATIOS.get(row["server"], 0.9)
@@ -397,6 +428,9 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 ],
             )
         )
+    storms = summary.get("proxy_storm", [])
+    if storms:
+        out.append(_storm_table(storms))
     servers = summary.get("servers", [])
     if servers:
         body = []
@@ -447,6 +481,39 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             )
         )
     return out
+
+
+def _storm_table(storms: list[dict[str, Any]]) -> tuple[str, list[str], list[list[str]]]:
+    first = storms[0]
+    body = []
+    for s in storms:
+        other = ", ".join(f"{k}: {v}" for k, v in sorted(s["other"].items())) or "0"
+        ratio = s["latency_ratio"]
+        body.append(
+            [
+                f"{s['server']} ({s['config']})",
+                f"{s['rss_base_mib']:.0f} → {s['rss_peak_mib']:.0f} (+{s['rss_growth_mib']:.0f})",
+                f"{s['ok']} / {s['busy']} / {other}",
+                f"{s['seconds']:.1f}",
+                f"{s['idle_ms']['p50']:.1f} / {s['idle_ms']['p95']:.1f}",
+                f"{s['storm_ms']['p50']:.1f} / {s['storm_ms']['p95']:.1f} ({s['storm_ms']['n']})",
+                f"{ratio:.1f}x" if ratio is not None else "n/a",
+            ]
+        )
+    title = (
+        f"First-party proxy storm: {first['uploads']} concurrent uploads of "
+        f"{first['size'] // 1024} KiB to /ingest/s/, app's /healthz probed idle and during"
+    )
+    header = [
+        "server",
+        "RSS MiB base → peak (growth)",
+        "answers 200 / 503 / other",
+        "storm s",
+        "app ms idle p50 / p95",
+        "app ms storm p50 / p95 (n)",
+        "storm/idle p50",
+    ]
+    return title, header, body
 
 
 def _mbps(s: dict[str, Any]) -> str:

@@ -31,6 +31,7 @@ import chart
 import injection
 import inprocess
 import proxy_latency
+import proxy_storm
 import report
 import servers
 from measure import Plan
@@ -53,6 +54,8 @@ class Scale:
     memory_sizes: list[int]
     servers: servers.Load
     proxy_requests: int
+    storm_uploads: int
+    storm_size: int
 
 
 FULL = Scale(
@@ -62,6 +65,8 @@ FULL = Scale(
     memory_sizes=[MiB, 10 * MiB, 100 * MiB],
     servers=servers.Load(duration=4.0, warmup=0.5, rounds=5),
     proxy_requests=500,
+    storm_uploads=proxy_storm.UPLOADS,
+    storm_size=proxy_storm.UPLOAD_SIZE,
 )
 QUICK = Scale(
     inprocess=Plan(rounds=3, round_seconds=0.01, warmup_seconds=0.01),
@@ -70,6 +75,8 @@ QUICK = Scale(
     memory_sizes=[MiB, 2 * MiB],
     servers=servers.Load(duration=0.3, warmup=0.1, rounds=1),
     proxy_requests=20,
+    storm_uploads=20,
+    storm_size=64 * KiB,
 )
 CHUNKS = [4 * KiB, 16 * KiB, 64 * KiB]
 VERSIONS = (
@@ -208,6 +215,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "proxied_ms": latency.proxied_ms,
             "added_ms": {q: latency.added(q) for q in ("p50", "p95")},
         }
+        log("first-party proxy under a storm of uploads ...")
+        summary["proxy_storm"] = [
+            proxy_storm.as_row(
+                proxy_storm.measure(kind, plan.storm_uploads, plan.storm_size, log, floor=floor)
+            )
+            for kind in ("uvicorn", "gunicorn")
+            for floor in (False, True)
+        ]
 
     summary["meta"]["load_after"] = _load_average()
     summary["targets"] = report.targets(summary)

@@ -1,4 +1,4 @@
-"""Four views: nothing here knows about posthog_identity."""
+"""Four views: nothing here knows about posthog_identity (not even the login view)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ def login_view(request: HttpRequest) -> HttpResponse:
     if request.method == "POST" and username:
         user, _ = User.objects.get_or_create(username=username)
         login(request, user)
+        # Right after login(): already the user's event, nothing to call first.
+        posthog.capture("Logged In")
         return redirect("home")
     return render(request, "login.html")
 
@@ -34,4 +36,6 @@ def page(request: HttpRequest) -> HttpResponse:
 @require_POST
 def logout_view(request: HttpRequest) -> HttpResponse:
     logout(request)
+    # Right after logout(): no longer the user's event.
+    posthog.capture("Logged Out")
     return redirect("home")

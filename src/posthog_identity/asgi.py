@@ -9,7 +9,16 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .asgi_proxy import forward
-from .asgi_scope import ASGIApp, Receive, Scope, Send, mount_path, request_info, vouch
+from .asgi_scope import (
+    ASGIApp,
+    Receive,
+    Scope,
+    Send,
+    header,
+    mount_path,
+    request_info,
+    vouch,
+)
 from .asgi_send import Responder
 from .context import bind
 from .engine import BYPASSED, Engine, logger
@@ -72,7 +81,7 @@ class IdentityMiddleware:
         if proxy is not None and kind == "http" and proxy.matches(path):
             await forward(proxy, scope, path, receive, send)
             return
-        if self.engine.bypasses(path):
+        if self.engine.bypasses(path, scope.get("method", ""), header, scope):
             scope[BYPASSED] = True
             await self.app(scope, receive, send)
             return

@@ -7,7 +7,17 @@ from typing import Any
 
 from .exchange import RequestInfo
 
-__all__ = ["ASGIApp", "Message", "Receive", "Scope", "Send", "mount_path", "request_info", "vouch"]
+__all__ = [
+    "ASGIApp",
+    "Message",
+    "Receive",
+    "Scope",
+    "Send",
+    "header",
+    "mount_path",
+    "request_info",
+    "vouch",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,15 +48,24 @@ _FIELDS = {
     b"x-forwarded-for": "forwarded_for",
     b"x-posthog-session-id": "session_header",
     b"x-posthog-window-id": "window_header",
+    b"x-posthog-distinct-id": "distinct_header",
 }
 _DISTINCT_ID = b"x-posthog-distinct-id"
+
+
+def header(scope: Scope, name: str) -> str | None:
+    """The first value of request header `name` (lower case), or None."""
+    wanted = name.encode("latin-1")
+    for key, value in scope.get("headers", ()):
+        if key == wanted or key.lower() == wanted:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
     """The request, and whether it carries X-POSTHOG-DISTINCT-ID."""
     cookies: list[str] = []
     found: dict[str, str] = {}
-    distinct = False
     for key, value in scope.get("headers", ()):
         # Servers send lower-case names; a hand-built scope may not.
         name = key if key.islower() else key.lower()
@@ -54,8 +73,7 @@ def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
             cookies.append(value.decode("latin-1"))
         elif name in _FIELDS:
             found.setdefault(_FIELDS[name], value.decode("latin-1"))
-        elif name == _DISTINCT_ID:
-            distinct = True
+    distinct = "distinct_header" in found
     client = scope.get("client")
     if "host" not in found:
         server = scope.get("server")

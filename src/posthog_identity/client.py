@@ -35,6 +35,13 @@ _SECRET_KEY = (
     else "personal_api_key"
 )
 
+# The module attribute `posthog.setup()` reads the personal key from (renamed alike).
+_MODULE_SECRET_KEY = "secret_key" if hasattr(posthog, "secret_key") else "personal_api_key"
+# posthog's own default flag timeout: a module still holding it was not tuned by the app.
+_DEFAULT_FLAGS_TIMEOUT = (
+    inspect.signature(Client.__init__).parameters["feature_flags_request_timeout_seconds"].default
+)
+
 # Clients the middlewares use, flushed together at process exit (WSGI has no
 # shutdown event); posthog's own exit hook waits one second in all.
 _flushed_at_exit: weakref.WeakSet[Client] = weakref.WeakSet()
@@ -76,6 +83,7 @@ def _module_client(settings: Settings) -> Client | None:
     if existing is not None and existing.api_key:
         client: Client = existing
     elif _stripped(posthog.project_api_key) or _stripped(posthog.api_key):
+        _prepare_module(settings)
         # posthog's own constructor for its module client, from the app's settings.
         client = posthog.setup()
     else:
@@ -87,6 +95,40 @@ def _module_client(settings: Settings) -> Client | None:
             ENV_VARS["api_key"],
         )
     return client
+
+
+def _prepare_module(settings: Settings) -> None:
+    """Before ``posthog.setup()`` builds the module client the app configured, give
+    posthog's module what flag bootstrapping needs and the app left unset.
+
+    Module attributes are posthog's public way to configure that client; once it
+    is built they are read no more. The personal key (local evaluation) is handed
+    only when the app set none. Without any, each page asks ``/flags``: then the
+    flag timeout too, while it is still posthog's default (3 s), so requests a
+    page gave up on end with it. The app's own choices stand. Logged once.
+    """
+    if not settings.bootstrap_flags:
+        return
+    handed: list[str] = []
+    key = settings.personal_api_key
+    has_key = bool(
+        _stripped(getattr(posthog, "secret_key", None)) or _stripped(posthog.personal_api_key)
+    )
+    if key is not None and not has_key:
+        setattr(posthog, _MODULE_SECRET_KEY, key)
+        handed.append(f"{ENV_VARS['personal_api_key']} as posthog.{_MODULE_SECRET_KEY}")
+        has_key = True
+    if not has_key and posthog.feature_flags_request_timeout_seconds == _DEFAULT_FLAGS_TIMEOUT:
+        posthog.feature_flags_request_timeout_seconds = settings.flags_timeout
+        handed.append(
+            f"{ENV_VARS['flags_timeout']} as posthog.feature_flags_request_timeout_seconds"
+        )
+    if handed:
+        logger.info(
+            "posthog_identity: posthog's module is configured by the app; for flag "
+            "bootstrapping its client is built with %s",
+            " and ".join(handed),
+        )
 
 
 def _build(settings: Settings) -> Client:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 from posthog.client import Client
 
@@ -33,8 +33,10 @@ from .snippet import Snippet
 __all__ = ["BYPASSED", "Engine", "logger"]
 
 #: Key the adapters set in the environ/scope of a request they pass through on
-#: purpose (excluded path, kill switch), so framework glue stays quiet about it.
+#: purpose (excluded path, kill switch, CORS preflight), so framework glue stays quiet about it.
 BYPASSED = "posthog_identity.bypassed"
+
+_Native = TypeVar("_Native")
 
 
 class Engine:
@@ -70,6 +72,7 @@ class Engine:
                 max_body=settings.proxy_max_body,
                 timeout=settings.proxy_timeout,
                 trusted_proxies=settings.trusted_proxies,
+                concurrency=settings.proxy_concurrency,
             )
         self.snippet: Snippet | None = None
         if settings.inject and self.api_key is not None:
@@ -84,11 +87,10 @@ class Engine:
         self.flags: FlagSource | None = None
         if self.settings.bootstrap_flags and self.client is not None:
             wanted = self.settings.bootstrap_flags
-            personal = self.settings.personal_api_key or getattr(client, "personal_api_key", None)
             self.flags = FlagSource(
                 self.client,
                 wanted if isinstance(wanted, tuple) else (),
-                local=bool(personal),
+                local=_evaluates_locally(self.client, self.settings),
                 timeout=self.settings.flags_timeout,
             )
         #: posthog-js's persistence cookie, where the browser keeps its session id.
@@ -117,9 +119,28 @@ class Engine:
         key = getattr(self.client, "api_key", None)
         return key if isinstance(key, str) and key else self.settings.api_key
 
-    def bypasses(self, path: str) -> bool:
-        """True when the middleware must pass this request through untouched."""
+    def bypasses(
+        self,
+        path: str,
+        method: str = "GET",
+        header: Callable[[_Native, str], str | None] | None = None,
+        native: _Native | None = None,
+    ) -> bool:
+        """True when the middleware must pass this request through untouched:
+        the kill switch, an excluded path, a CORS preflight.
+
+        `header(native, name)` reads a request header; it is asked only for an
+        OPTIONS request. A preflight is the browser's question before a
+        cross-origin call: no identity, no cookie, no context belong on it.
+        """
         if self.settings.disabled:
+            return True
+        if (
+            method == "OPTIONS"
+            and header is not None
+            and native is not None
+            and header(native, "access-control-request-method") is not None
+        ):
             return True
         for prefix in self.settings.exclude_paths:
             if prefix == "/" or path == prefix or path.startswith(prefix + "/"):
@@ -164,3 +185,27 @@ class Engine:
         """Deliver queued events (shutdown); never raises, never waits unbounded."""
         if self.client is not None:
             flush([self.client])
+
+
+def _evaluates_locally(client: Client, settings: Settings) -> bool:
+    """Whether flags can be evaluated locally: only a client holding a personal key can.
+
+    The key in the settings reaches the client we build, and the module client
+    built for us (client.py); a client that already existed without one (passed
+    in, or posthog's module client built before the middleware) evaluates
+    remotely instead, and start-up says so once.
+    """
+    if getattr(client, "personal_api_key", None):
+        return True
+    if settings.personal_api_key is not None:
+        logger.warning(
+            "posthog_identity: %s is set, but the posthog client the middleware sends "
+            "through (client=, or posthog's module client built before the middleware) "
+            "has no personal key: flags are evaluated remotely, one /flags request per "
+            "page within %s (%ss). Build that client with secret_key=..., or let the "
+            "middleware build it, for local evaluation",
+            ENV_VARS["personal_api_key"],
+            ENV_VARS["flags_timeout"],
+            settings.flags_timeout,
+        )
+    return False

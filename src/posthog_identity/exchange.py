@@ -22,7 +22,13 @@ from .identity import NOTHING, Identity, Report, Resolution, Transition, resolve
 from .linking import send_link
 from .logs import logger
 from .response import UNTOUCHED, BodyRewrite, ResponsePlan, shared_cacheable
-from .session import client_ip, request_properties, session_from_cookie, valid_uuid
+from .session import (
+    client_ip,
+    distinct_id_from_cookie,
+    request_properties,
+    session_from_cookie,
+    valid_uuid,
+)
 from .snippet import csp_nonce
 
 if TYPE_CHECKING:
@@ -48,6 +54,7 @@ class RequestInfo(NamedTuple):
     forwarded_for: str = ""  #: X-Forwarded-For, believed as far as trusted proxies allow
     session_header: str = ""  #: X-POSTHOG-SESSION-ID, sent by posthog-js
     window_header: str = ""  #: X-POSTHOG-WINDOW-ID, sent by posthog-js
+    distinct_header: str = ""  #: X-POSTHOG-DISTINCT-ID: posthog-js's own distinct id
 
 
 _GRANTED = Consent(ConsentState.GRANTED, "mode")
@@ -66,6 +73,7 @@ class Exchange:
         "_ephemeral",
         "_explicit",
         "_identity",
+        "_left",
         "_minted",
         "_reported",
         "_resolution",
@@ -93,6 +101,8 @@ class Exchange:
         self._verified = engine.read_cookie(request.cookie_header)
         self._reported = report
         self._explicit: Report | None = None
+        #: A user this request reported before its current report (a logout in it).
+        self._left: str | None = None
         self._minted: str | None = None
         self._ephemeral: str | None = None
         self._resolution: Resolution | None = None
@@ -135,13 +145,22 @@ class Exchange:
         """What the user source says now. NOTHING never replaces an earlier report
         of the same request: reporting nothing changes nothing."""
         if report is not NOTHING and report != self._reported:
+            if self._explicit is None:
+                self._leaving(self._reported, report)
             self._reported = report
             self._resolution = None
 
     def set_explicit(self, report: Report) -> None:
         """identify_user() / forget_user(): wins over the user source from now on."""
+        self._leaving(self._reported if self._explicit is None else self._explicit, report)
         self._explicit = report
         self._resolution = None
+
+    def _leaving(self, before: Report, after: Report) -> None:
+        # A user who stops being reported: the resolver never takes their id
+        # for the browser's anonymous one.
+        if isinstance(before, str) and before != after:
+            self._left = before
 
     @property
     def consent(self) -> Consent:
@@ -184,7 +203,17 @@ class Exchange:
             max_age=settings.cookie_max_age,
             reset_on_logout=settings.reset_on_logout,
             new_id=self._mint,
+            offered=self._browser_id if settings.adopt_browser_id else None,
+            left=self._left,
         )
+
+    def _browser_id(self) -> str | None:
+        """posthog-js's own distinct id: its X-POSTHOG-DISTINCT-ID header, else its cookie's."""
+        request = self.request
+        if request.distinct_header:
+            return request.distinct_header
+        name = self.engine.persistence_cookie
+        return None if name is None else distinct_id_from_cookie(request.cookie_header, name)
 
     def _mint(self) -> str:
         # One new id per request, however many times the request is re-resolved.

@@ -1,8 +1,9 @@
 """The identity core: (verified cookie, what the request reports) -> Resolution.
 
 Pure code: no I/O, no framework, no clock and no randomness of its own (the
-caller passes `now` and a `new_id` source). The transition table (first visit,
-login, logout, account switch; docs/identity.md), row by row, lives in `resolve`.
+caller passes `now`, a `new_id` source and what the browser offers). The
+transition table (first visit, login, logout, account switch, the browser's own
+id taken; docs/identity.md), row by row, lives in `resolve`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import enum
 import functools
 import hmac
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -30,6 +32,7 @@ __all__ = [
     "Report",
     "Resolution",
     "Transition",
+    "browser_id",
     "coerce_user_id",
     "resolve",
 ]
@@ -61,6 +64,7 @@ class Transition(enum.Enum):
     LOGIN = "login"
     LOGOUT = "logout"
     SWITCH = "switch"
+    ADOPT = "adopt"  #: an anonymous visitor on the browser's own id (posthog-js's)
 
 
 class InvalidUserId(TypeError):
@@ -217,6 +221,22 @@ def _new_id() -> str:
     return str(uuid.uuid4())
 
 
+# What posthog-js's uuidv7() prints: lower-case hex, version 7, RFC 4122 variant.
+_BROWSER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+
+
+def browser_id(value: str | None) -> str | None:
+    """`value` when it is an anonymous id posthog-js could have minted (a UUIDv7, in
+    the lower-case text posthog-js writes), else None: a user id, a name, junk."""
+    if value is not None and len(value) == 36 and _BROWSER_ID.fullmatch(value):
+        return value
+    return None
+
+
+Offered: TypeAlias = Callable[[], str | None]
+"""What the browser says its distinct id is (posthog-js's header or cookie), read on demand."""
+
+
 def resolve(
     verified: Verified | None,
     report: Report,
@@ -226,22 +246,26 @@ def resolve(
     max_age: int,
     reset_on_logout: bool = True,
     new_id: Callable[[], str] = _new_id,
+    offered: Offered | None = None,
+    left: str | None = None,
 ) -> Resolution:
-    """Apply the transition table (cookie held, user now -> action, cookie after) to a request."""
+    """Apply the transition table (cookie held, user now -> action, cookie after) to a request.
+
+    `offered` reads the browser's own distinct id (None: adoption is off); it is
+    read only in the rows that may take it: no usable cookie, a logout, a
+    cookie awaiting the browser's next id. `left` is a user this request
+    reported before its current report (a logout inside the request).
+    """
     if verified is None or verified.state.issued_at + max_age <= now:
-        anonymous_id = new_id()
-        if isinstance(report, str):
-            # A user with no cookie: nothing to link, the new id only carries them.
-            state = CookieState(anonymous_id, user_hash(report, 0), False, now)
-            return Resolution(Identity(anonymous_id, report, True), Transition.NEW_VISITOR, state)
-        state = CookieState(anonymous_id, None, False, now)
-        return Resolution(Identity(anonymous_id), Transition.NEW_VISITOR, state)
+        return _without_cookie(report, now, user_hash, new_id, offered, left)
 
     state, key_index = verified.state, verified.key_index
     anonymous_id = state.anonymous_id
     due = now - state.issued_at >= REISSUE_AFTER or verified.stale_key
 
     if state.user_hash is None:
+        if state.awaiting is not None:
+            return _awaiting(verified, report, now, user_hash, offered, left)
         if isinstance(report, str):
             after = CookieState(anonymous_id, user_hash(report, 0), True, now)
             # An anonymous id is linked at most once, ever.
@@ -260,13 +284,32 @@ def resolve(
         return Resolution(Identity(anonymous_id, None, True), Transition.NONE, renewed)
 
     if report is NOBODY:
-        if reset_on_logout:
-            fresh = new_id()
-            return Resolution(
-                Identity(fresh), Transition.LOGOUT, CookieState(fresh, None, False, now)
+        if not reset_on_logout:
+            kept = CookieState(anonymous_id, None, True, now)
+            return Resolution(Identity(anonymous_id), Transition.LOGOUT, kept)
+        user = state.user_hash
+
+        def signed_in_here(candidate: str) -> bool:
+            # The ids the browser had while signed in: the user's, and the
+            # anonymous id linked into them (a browser not reset yet sends them).
+            return candidate in (anonymous_id, left) or hmac.compare_digest(
+                user_hash(candidate, key_index), user
             )
-        kept = CookieState(anonymous_id, None, True, now)
-        return Resolution(Identity(anonymous_id), Transition.LOGOUT, kept)
+
+        taken = _take(offered, signed_in_here)
+        if taken is not None:
+            # The browser reset first: the next anonymous period is its new id.
+            return Resolution(
+                Identity(taken), Transition.LOGOUT, CookieState(taken, None, False, now)
+            )
+        # Minted here, never seen by a browser that keeps its own id: the
+        # cookie awaits the browser's next id and remembers which ids are not it
+        # (the user's hash as the cookie had it, unless this request named them).
+        left_hash = user if left is None else user_hash(left, 0)
+        awaiting = left_hash + user_hash(anonymous_id, 0)
+        fresh = new_id()
+        after = CookieState(fresh, None, False, now, awaiting)
+        return Resolution(Identity(fresh), Transition.LOGOUT, after)
 
     assert isinstance(report, str)
     if hmac.compare_digest(user_hash(report, key_index), state.user_hash):
@@ -279,3 +322,94 @@ def resolve(
     fresh = new_id()
     after = CookieState(fresh, user_hash(report, 0), False, now)
     return Resolution(Identity(fresh, report, True), Transition.SWITCH, after)
+
+
+def _take(offered: Offered | None, refused: Callable[[str], bool]) -> str | None:
+    """The browser's own anonymous id, when it offers one that may be taken."""
+    if offered is None:
+        return None
+    candidate = browser_id(offered())
+    return None if candidate is None or refused(candidate) else candidate
+
+
+def _without_cookie(
+    report: Report,
+    now: int,
+    user_hash: UserHasher,
+    new_id: Callable[[], str],
+    offered: Offered | None,
+    left: str | None,
+) -> Resolution:
+    """No usable cookie: the browser's own anonymous id stands in for it, else a new one."""
+
+    def known_user(candidate: str) -> bool:
+        return candidate in (report, left)
+
+    taken = _take(offered, known_user)
+    if isinstance(report, str):
+        if taken is None:
+            # A user with no cookie and no id of the browser's: nothing to link,
+            # the new id only carries them.
+            anonymous_id = new_id()
+            state = CookieState(anonymous_id, user_hash(report, 0), False, now)
+            return Resolution(Identity(anonymous_id, report, True), Transition.NEW_VISITOR, state)
+        # The browser's history joins the user, as posthog-js's identify() would.
+        state = CookieState(taken, user_hash(report, 0), True, now)
+        identity = Identity(taken, report, True)
+        return Resolution(identity, Transition.LOGIN, state, Link(report, taken))
+    if taken is not None:
+        logout = report is NOBODY and left is not None
+        transition = Transition.LOGOUT if logout else Transition.ADOPT
+        return Resolution(Identity(taken), transition, CookieState(taken, None, False, now))
+    anonymous_id = new_id()
+    if report is NOBODY and left is not None:
+        # A logout in a request without our cookie: await the browser's next id.
+        hashed = user_hash(left, 0)
+        state = CookieState(anonymous_id, None, False, now, hashed + hashed)
+        return Resolution(Identity(anonymous_id), Transition.LOGOUT, state)
+    state = CookieState(anonymous_id, None, False, now)
+    return Resolution(Identity(anonymous_id), Transition.NEW_VISITOR, state)
+
+
+def _awaiting(
+    verified: Verified,
+    report: Report,
+    now: int,
+    user_hash: UserHasher,
+    offered: Offered | None,
+    left: str | None,
+) -> Resolution:
+    """An anonymous cookie minted at a logout: the browser's next own id replaces it."""
+    state, key_index = verified.state, verified.key_index
+    awaiting = state.awaiting
+    assert awaiting is not None
+
+    def signed_in_before(candidate: str) -> bool:
+        if candidate in (report, left):
+            return True
+        hashed = user_hash(candidate, key_index)
+        return hmac.compare_digest(hashed, awaiting[:8]) or hmac.compare_digest(
+            hashed, awaiting[8:]
+        )
+
+    if isinstance(report, str):
+        # Login: the browser's own id when it has a new one, else ours.
+        anonymous_id = _take(offered, signed_in_before) or state.anonymous_id
+        after = CookieState(anonymous_id, user_hash(report, 0), True, now)
+        kept_linked = anonymous_id == state.anonymous_id and state.linked
+        link = None if kept_linked else Link(report, anonymous_id)
+        return Resolution(Identity(anonymous_id, report, True), Transition.LOGIN, after, link)
+
+    candidate = None if offered is None else offered()
+    if candidate == state.anonymous_id:
+        # The browser runs on our id (a page bootstrapped it): nothing to await.
+        settled = CookieState(state.anonymous_id, None, state.linked, now)
+        return Resolution(Identity(state.anonymous_id), Transition.NONE, settled)
+    taken = browser_id(candidate)
+    if taken is not None and not signed_in_before(taken):
+        return Resolution(Identity(taken), Transition.ADOPT, CookieState(taken, None, False, now))
+    # The hashes cannot be re-keyed, so a cookie signed by an older secret waits.
+    if now - state.issued_at < REISSUE_AFTER or verified.stale_key:
+        return _unchanged(verified)
+    renewed = replace(state, issued_at=now)
+    return Resolution(Identity(state.anonymous_id), Transition.NONE, renewed)

@@ -6,22 +6,28 @@ answers that path and forwards each request: ``/static/*`` and ``/array/*``
 (posthog-js itself, its config and lazy extensions) to the assets host,
 everything else (events, ``/flags``, surveys, replay) to the ingestion host.
 Method, query string and body go byte for byte; the app's cookies and
-credentials never leave; the response streams back.
+credentials never leave. Both directions stream: a request body goes upstream
+chunk by chunk as it arrives (memory per upload is one chunk, whatever its
+size), and the answer comes back the same way.
 
 The HTTP client is urllib3, already installed with posthog (through
-requests): pooled keep-alive connections, explicit timeouts, and bodies
-passed through undecoded (gzip stays gzip). It is blocking, so the ASGI
-adapter runs it in the proxy's own thread pool, off the event loop.
+requests): pooled keep-alive connections, explicit timeouts, bodies passed
+through undecoded (gzip stays gzip) and sent from an iterator. It is
+blocking, so the ASGI adapter runs it in the proxy's own thread pool, off the
+event loop. Proxied requests in flight are capped (`Proxy.admit`): beyond the
+cap the adapters answer 503 at once, so uploads never take every worker
+thread or pile up in memory.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Generator, Iterable
+from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import urllib3
 from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
@@ -30,7 +36,20 @@ from .hosts import assets_host
 from .logs import logger
 from .session import client_ip
 
-__all__ = ["TOO_LARGE", "Proxy", "Reply", "error_reply", "status_line"]
+__all__ = [
+    "ASGI_CONCURRENCY",
+    "BAD_PATH",
+    "TOO_LARGE",
+    "WSGI_CONCURRENCY",
+    "BodyIncomplete",
+    "BodyTooLarge",
+    "Proxy",
+    "Reply",
+    "busy_reply",
+    "error_reply",
+    "limited",
+    "status_line",
+]
 
 # Hop-by-hop headers (RFC 9110 7.6.1) and what a proxy sets itself.
 _HOP_BY_HOP = frozenset(
@@ -52,13 +71,35 @@ _NOT_FORWARDED = _HOP_BY_HOP | {
     "cookie",
     "authorization",
     "content-length",
+    "expect",  # 100-continue is the app server's business with the browser
     "x-forwarded-for",
     "forwarded",
 }
-# What would touch the site rather than posthog-js: PostHog's own cookies.
-_NOT_RETURNED = _HOP_BY_HOP | {"set-cookie", "set-cookie2"}
+# What would touch the site rather than posthog-js (PostHog's own cookies), and what
+# the app's server sets itself: a second Date or Server would contradict the first.
+_NOT_RETURNED = _HOP_BY_HOP | {"set-cookie", "set-cookie2", "date", "server"}
 _ASSETS = ("/static/", "/array/")
 CHUNK = 64 * 1024
+#: Proxied requests in flight per process when POSTHOG_IDENTITY_PROXY_CONCURRENCY is
+#: unset. ASGI: each holds a thread of the proxy's own pool and the piece of body in
+#: hand, never the event loop. WSGI: each holds one of the server's threads for
+#: as long as it lasts, so the cap must stay below the thread count (docs/proxy.md).
+ASGI_CONCURRENCY = 32
+WSGI_CONCURRENCY = 2
+#: Seconds posthog-js is told to wait after a 503 (it retries with its own backoff).
+RETRY_AFTER = "1"
+
+
+class BodyTooLarge(Exception):
+    """The request body crossed POSTHOG_IDENTITY_PROXY_MAX_BODY while it streamed."""
+
+
+class BodyIncomplete(Exception):
+    """The request body stopped before its end: the browser went away or fell silent.
+
+    Not an OSError, on purpose: urllib3 would take a reset for the upstream's and
+    wait for an answer; this one closes the upstream connection unfinished.
+    """
 
 
 class Reply(NamedTuple):
@@ -71,14 +112,34 @@ class Reply(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
     body: Generator[bytes, None, None]
-    own: bool = False  #: the proxy's own answer (413, 502, 504), not PostHog's
+    own: bool = False  #: the proxy's own answer (400, 408, 413, 502, 503, 504), not PostHog's
 
 
-def error_reply(status: int, text: str) -> Reply:
-    """A short plain-text answer of the proxy's own (413, 502, 504)."""
+def error_reply(status: int, text: str, *extra: tuple[str, str]) -> Reply:
+    """A short plain-text answer of the proxy's own (400, 408, 413, 502, 503, 504)."""
     body = text.encode()
     headers = [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    return Reply(status, headers, (piece for piece in (body,)), own=True)
+    return Reply(status, [*headers, *extra], (piece for piece in (body,)), own=True)
+
+
+def busy_reply() -> Reply:
+    """503 for a request beyond the cap, sent before its body is read.
+
+    The connection stays open: the server reads the unread body and drops it.
+    Closing instead would make the kernel reset a connection whose upload is
+    still arriving, and a client may lose the 503 with it.
+    """
+    return error_reply(503, BUSY, ("Retry-After", RETRY_AFTER))
+
+
+def limited(chunks: Iterable[bytes], limit: int) -> Iterator[bytes]:
+    """`chunks` as they come, until their total crosses `limit`: then `BodyTooLarge`."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        yield chunk
 
 
 class Proxy:
@@ -90,6 +151,8 @@ class Proxy:
     :param timeout: seconds to connect, and between bytes of the answer; silence
         longer than that gets 504, and no answer takes longer than it in all.
     :param trusted_proxies: hops of X-Forwarded-For believed, as ProxyFix counts.
+    :param concurrency: proxied requests in flight at once, beyond which 503;
+        None: the adapter's own default (`ASGI_CONCURRENCY`, `WSGI_CONCURRENCY`).
     """
 
     def __init__(
@@ -100,6 +163,7 @@ class Proxy:
         max_body: int,
         timeout: float,
         trusted_proxies: int = 0,
+        concurrency: int | None = None,
     ) -> None:
         self.prefix = prefix.rstrip("/")
         self.host = host.rstrip("/")
@@ -107,18 +171,55 @@ class Proxy:
         self.max_body = max_body
         self.timeout = timeout
         self.trusted_proxies = trusted_proxies
+        self.concurrency = concurrency
+        self._slots: threading.BoundedSemaphore | None = None
+        self._slots_lock = threading.Lock()
+        # Kept-alive connections for every request in flight (ASGI's default cap at most).
+        keep = concurrency or ASGI_CONCURRENCY
         self._pool = urllib3.PoolManager(
             num_pools=4,
-            maxsize=16,
+            maxsize=keep,
             block=False,
             retries=False,
             timeout=urllib3.Timeout(connect=timeout, read=timeout),
         )
-        #: Where the ASGI adapter runs the blocking calls (never the event loop).
-        self.executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="posthog-proxy")
+        #: Where the ASGI adapter runs the blocking calls (never the event loop): one
+        #: thread per request in flight, so an admitted request never waits for one.
+        self.executor = ThreadPoolExecutor(max_workers=keep, thread_name_prefix="posthog-proxy")
+
+    def admit(self, default: int) -> bool:
+        """Take a place for one proxied request, if one is free (never waits).
+
+        `default` is the adapter's cap when none was configured. Every True must be
+        followed by one `release` once the answer is sent.
+        """
+        with self._slots_lock:
+            if self._slots is None:
+                self._slots = threading.BoundedSemaphore(self.concurrency or default)
+            slots = self._slots
+        return slots.acquire(blocking=False)
+
+    def release(self) -> None:
+        assert self._slots is not None, "release without admit"
+        self._slots.release()
 
     def matches(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
+
+    def refuses(self, path: str, raw_path: str | None = None) -> bool:
+        """Does the path hide a ``.`` or ``..`` segment or an encoded ``/``?
+
+        `path` is the decoded path, `raw_path` the one on the wire when the server
+        tells it. Such a path could name another resource upstream than it seems
+        to (servers resolve ``..`` and decode ``%2F`` each their own way), so it is
+        refused rather than forwarded; posthog-js never sends one.
+        """
+        for text in (path[len(self.prefix) :], raw_path or ""):
+            if "%2f" in text.lower():
+                return True
+            if any(segment in (".", "..") for segment in unquote(text).split("/")):
+                return True
+        return False
 
     def upstream(self, path: str, query: str) -> str:
         """The URL a request for `path` (below the mount point) is forwarded to."""
@@ -153,20 +254,41 @@ class Proxy:
             sent["X-Forwarded-For"] = client
         return sent
 
-    def forward(self, method: str, url: str, headers: dict[str, str], body: bytes | None) -> Reply:
-        """Send the request upstream; the reply streams (blocking: run it off a loop)."""
+    def forward(
+        self,
+        method: str,
+        url: str,
+        headers: dict[str, str],
+        body: Iterable[bytes] | bytes | None,
+        length: int | None = None,
+    ) -> Reply:
+        """Send the request upstream; the reply streams (blocking: run it off a loop).
+
+        `body` may be an iterator of chunks, sent as they come: with `length` (the
+        declared Content-Length) as they are, without it chunked. One that raises
+        `BodyTooLarge` or `BodyIncomplete` leaves the upstream request unfinished,
+        its connection closed, so nothing is ingested; the answer is then 413 or 408.
+        """
         deadline = time.monotonic() + self.timeout
+        if length is not None:
+            headers = {**headers, "Content-Length": str(length)}
+        streamed = body is not None and not isinstance(body, bytes) and length is None
         try:
             response = self._pool.urlopen(
                 method,
                 url,
                 body=body,
                 headers=headers,
+                chunked=streamed,
                 redirect=False,
                 preload_content=False,
                 decode_content=False,
                 assert_same_host=False,
             )
+        except BodyTooLarge:
+            return error_reply(413, TOO_LARGE)
+        except BodyIncomplete:
+            return error_reply(408, INCOMPLETE)
         except NewConnectionError as error:  # also a ConnectTimeoutError, for history
             logger.warning("posthog_identity: proxy: %s unreachable (%s)", _origin(url), error)
             return error_reply(502, "PostHog is unreachable\n")
@@ -210,6 +332,9 @@ def _chunks(
 
 
 TOO_LARGE = "the request body is larger than POSTHOG_IDENTITY_PROXY_MAX_BODY\n"
+BAD_PATH = "the path has a . or .. segment or an encoded /\n"
+INCOMPLETE = "the request body ended early or stalled\n"
+BUSY = "too many requests to PostHog in flight; retry shortly\n"
 
 
 def status_line(status: int) -> str:

@@ -6,7 +6,8 @@ and sends it on fetch/XHR as ``X-POSTHOG-SESSION-ID`` to the hosts its
 ``tracing_headers`` option lists. A server event that carries it lands in the
 browser's session and replay. These values come from the client: they place
 an event in a session, never decide whose it is, and anything malformed
-simply means "no session".
+simply means "no session". The same cookie holds posthog-js's own distinct id,
+which the resolver may take for an anonymous visitor who has no cookie of ours.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 
 __all__ = [
     "client_ip",
+    "distinct_id_from_cookie",
     "persistence_cookie",
     "request_properties",
     "session_from_cookie",
@@ -31,6 +33,17 @@ _AFTER_SESID = re.compile(
     r"(?:%22|\")"
 )
 _BEFORE_SESID = ("%22%24", '"$')
+# `"distinct_id":"<uuid>"` in posthog-js's cookie, encoded or not (`$anon_distinct_id`
+# and the like do not match: the key must follow its opening quote).
+_DISTINCT_ID = re.compile(
+    r"(?:%22|\")distinct_id(?:%22|\")(?:%3A|:)(?:%22|\")"
+    r"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"
+    r"(?:%22|\")"
+)
+# posthog-js marks a browser that called identify(): its distinct id is then a user's.
+_IDENTIFIED = re.compile(
+    r"(?:%22|\")(?:%24|\$)user_state(?:%22|\")(?:%3A|:)(?:%22|\")identified(?:%22|\")"
+)
 #: Longer cookie values are not searched (posthog-js's own stays well below).
 MAX_PERSISTENCE_COOKIE = 8192
 
@@ -55,6 +68,26 @@ def persistence_cookie(token: str, options: Mapping[str, object]) -> str:
 
 def session_from_cookie(cookie_header: str, name: str) -> str | None:
     """The session id in posthog-js's persistence cookie `name`, if it holds a valid one."""
+    found = _cookie_value(cookie_header, name)
+    return None if found is None else _session_in(cookie_header, *found)
+
+
+def distinct_id_from_cookie(cookie_header: str, name: str) -> str | None:
+    """The anonymous distinct id in posthog-js's persistence cookie `name`, if it
+    holds one shaped like a UUID; None once posthog-js identified a user."""
+    found = _cookie_value(cookie_header, name)
+    if found is None:
+        return None
+    begin, end = found
+    matched = _DISTINCT_ID.search(cookie_header, begin, end)
+    if matched is None or _IDENTIFIED.search(cookie_header, begin, end):
+        return None
+    return matched.group(1)
+
+
+def _cookie_value(cookie_header: str, name: str) -> tuple[int, int] | None:
+    """Where the value of cookie `name` starts and ends in the header; None when
+    absent or longer than posthog-js's own ever is."""
     prefix = name + "="
     start = cookie_header.find(prefix)
     while start != -1:
@@ -64,7 +97,7 @@ def session_from_cookie(cookie_header: str, name: str) -> str | None:
             end = len(cookie_header) if end == -1 else end
             if end - begin > MAX_PERSISTENCE_COOKIE:
                 return None
-            return _session_in(cookie_header, begin, end)
+            return begin, end
         start = cookie_header.find(prefix, start + 1)
     return None
 

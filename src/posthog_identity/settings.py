@@ -53,6 +53,8 @@ ENV_VARS: dict[str, str] = {
     "proxy_path": "POSTHOG_IDENTITY_PROXY_PATH",
     "proxy_max_body": "POSTHOG_IDENTITY_PROXY_MAX_BODY",
     "proxy_timeout": "POSTHOG_IDENTITY_PROXY_TIMEOUT",
+    "proxy_concurrency": "POSTHOG_IDENTITY_PROXY_CONCURRENCY",
+    "adopt_browser_id": "POSTHOG_IDENTITY_ADOPT_BROWSER_ID",
 }
 #: posthog-js init options the snippet sets itself to put the browser on the
 #: request's identity; users cannot override them.
@@ -151,8 +153,14 @@ class Settings:
     trusted_proxies: int = 0
     #: The path the middleware answers as a proxy to PostHog (``/ingest``); None: off.
     proxy_path: str | None = None
-    proxy_max_body: int = 20 * 1024 * 1024
+    #: Above the largest request posthog-js builds (a session-replay flush); see docs/proxy.md.
+    proxy_max_body: int = 10 * 1024 * 1024
     proxy_timeout: float = 10.0
+    #: Proxied requests in flight per process, beyond which 503; None: the adapter's default.
+    proxy_concurrency: int | None = None
+    #: Without a cookie of ours, take posthog-js's own anonymous id (a UUIDv7 it
+    #: sends as X-POSTHOG-DISTINCT-ID or keeps in its cookie) instead of minting one.
+    adopt_browser_id: bool = True
 
     def __post_init__(self) -> None:
         # One check per variable, all run: the error lists every bad one.
@@ -247,7 +255,7 @@ class Settings:
 
     def _check_injection(self) -> None:
         errors = []
-        for name in ("inject", "reset_on_logout", "disabled"):
+        for name in ("inject", "reset_on_logout", "disabled", "adopt_browser_id"):
             if not isinstance(getattr(self, name), bool):
                 errors.append(_fail(name, "must be true or false"))
         lookahead = self.inject_lookahead
@@ -312,6 +320,11 @@ class Settings:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
             errors.append(
                 _fail("proxy_timeout", f"must be a positive number of seconds, got {timeout!r}")
+            )
+        cap = self.proxy_concurrency
+        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+            errors.append(
+                _fail("proxy_concurrency", f"must be a whole number of requests >= 1, got {cap!r}")
             )
         if errors:
             raise ConfigurationError.combine(errors)
@@ -592,4 +605,6 @@ _PARSERS: dict[str, Callable[[str, str], Any]] = {
     "trusted_proxies": _whole("proxies"),
     "proxy_max_body": _whole("bytes"),
     "proxy_timeout": _seconds,
+    "proxy_concurrency": _whole("requests"),
+    "adopt_browser_id": parse_bool,
 }

@@ -1,7 +1,8 @@
 """The identity cookie: a compact binary payload, signed with itsdangerous.
 
 Payload (before base64): version, 16-byte anonymous UUID, flags, issue time as
-uint32 seconds, and, when a user was seen, an 8-byte keyed hash of the user id.
+uint32 seconds; when a user was seen, an 8-byte keyed hash of the user id; after
+a logout that awaits the browser's next id, two more 8-byte keyed hashes.
 No user id or e-mail is stored, and the size never depends on the id.
 """
 
@@ -17,14 +18,17 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, Signer
 
-__all__ = ["MAX_COOKIE_SIZE", "CookieCodec", "CookieState", "Verified"]
+__all__ = ["AWAITING_SIZE", "MAX_COOKIE_SIZE", "CookieCodec", "CookieState", "Verified"]
 
 MAX_COOKIE_SIZE = 4096
 _VERSION = 1
 _HEADER = struct.Struct(">B16sBI")  # version, anonymous id, flags, issued_at
 _HASH_SIZE = 8
+#: The `awaiting` hashes: the user's and the linked anonymous id's.
+AWAITING_SIZE = 2 * _HASH_SIZE
 _LINKED = 0x01
 _HAS_USER = 0x02
+_AWAITING = 0x04
 _SALT = b"posthog-identity.cookie"
 _MEMO_SIZE = 4096
 _USER_HASH_SALT = b"posthog-identity.user-hash"
@@ -38,6 +42,11 @@ class CookieState:
     user_hash: bytes | None = None
     linked: bool = False
     issued_at: int = 0
+    #: Set by a logout whose anonymous id was minted here, not offered by the
+    #: browser: the browser's next own id replaces it. Holds the keyed hashes
+    #: (8 bytes each) of the two ids the browser had while signed in, the user's
+    #: and the anonymous id linked into them, which are never taken for it.
+    awaiting: bytes | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,10 +94,16 @@ class CookieCodec:
 
     def dumps(self, state: CookieState) -> str:
         """Serialize and sign with the newest secret."""
-        flags = (_LINKED if state.linked else 0) | (_HAS_USER if state.user_hash else 0)
+        flags = (
+            (_LINKED if state.linked else 0)
+            | (_HAS_USER if state.user_hash else 0)
+            | (_AWAITING if state.awaiting else 0)
+        )
         raw = _HEADER.pack(_VERSION, uuid.UUID(state.anonymous_id).bytes, flags, state.issued_at)
         if state.user_hash:
             raw += state.user_hash
+        if state.awaiting:
+            raw += state.awaiting
         payload = base64.urlsafe_b64encode(raw).rstrip(b"=")
         return self._signers[0].sign(payload).decode("ascii")
 
@@ -135,16 +150,18 @@ def _parse(payload: bytes) -> CookieState | None:
         return None
     version, anon, flags, issued_at = _HEADER.unpack_from(raw)
     rest = raw[_HEADER.size :]
-    has_user = bool(flags & _HAS_USER)
+    user_size = _HASH_SIZE if flags & _HAS_USER else 0
+    awaiting_size = AWAITING_SIZE if flags & _AWAITING else 0
     if (
         version != _VERSION
-        or flags & ~(_LINKED | _HAS_USER)
-        or len(rest) != (_HASH_SIZE if has_user else 0)
+        or flags & ~(_LINKED | _HAS_USER | _AWAITING)
+        or len(rest) != user_size + awaiting_size
     ):
         return None
     return CookieState(
         anonymous_id=str(uuid.UUID(bytes=anon)),
-        user_hash=rest if has_user else None,
+        user_hash=rest[:user_size] if user_size else None,
         linked=bool(flags & _LINKED),
         issued_at=issued_at,
+        awaiting=rest[user_size:] if awaiting_size else None,
     )

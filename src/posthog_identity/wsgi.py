@@ -59,16 +59,16 @@ class IdentityMiddleware:
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         get = environ.get
+        path, method = get("PATH_INFO", ""), get("REQUEST_METHOD", "GET")
         proxy = self.engine.proxy
-        if proxy is not None and proxy.matches(get("PATH_INFO", "")):
+        if proxy is not None and proxy.matches(path):
             return forward(proxy, environ, start_response)
-        if self.engine.bypasses(get("PATH_INFO", "")):
+        if self.engine.bypasses(path, method, _header, environ):
             environ[BYPASSED] = True
             return self.app(environ, start_response)
         try:
-            path = get("PATH_INFO", "")
             request = RequestInfo(
-                get("REQUEST_METHOD", "GET"),
+                method,
                 get("wsgi.url_scheme", "http"),
                 path,
                 get("HTTP_COOKIE", ""),
@@ -81,6 +81,7 @@ class IdentityMiddleware:
                 get("HTTP_X_FORWARDED_FOR", ""),
                 get("HTTP_X_POSTHOG_SESSION_ID", ""),
                 get("HTTP_X_POSTHOG_WINDOW_ID", ""),
+                get(_DISTINCT_ID, ""),
             )
             exchange = Exchange(self.engine, request, self.read_user(environ), environ)
             if _DISTINCT_ID in environ:
@@ -107,6 +108,12 @@ class IdentityMiddleware:
 
 
 _DISTINCT_ID = "HTTP_X_POSTHOG_DISTINCT_ID"
+
+
+def _header(environ: WSGIEnvironment, name: str) -> str | None:
+    """Request header `name` (lower case, dashes) as PEP 3333 keys it, or None."""
+    value = environ.get("HTTP_" + name.upper().replace("-", "_"))
+    return value if isinstance(value, str) else None
 
 
 def _server_host(environ: WSGIEnvironment) -> str:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import posthog
 import pytest
 from posthog.client import Client
 
@@ -33,7 +34,13 @@ from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Reply, call_asgi, call_wsgi
-from tests.helpers.flags import posthog_client, sdk_flag, sdk_payload
+from tests.helpers.flags import (
+    app_configured_posthog,
+    loaded,
+    posthog_client,
+    sdk_flag,
+    sdk_payload,
+)
 from tests.helpers.project import API_KEY, SECRET
 from tests.sites.flags import (
     BETA,
@@ -201,6 +208,71 @@ def test_the_payload_accessor_gives_the_decoded_payload(
     reply = get("wsgi", app, "/variant", X_User="user-1")
     shown = json.loads(page_text(reply, r'<p id="payload">(.*?)</p>'))
     assert shown == sdk_payload(independent, EXPERIMENT, "user-1")
+
+
+# -- whichever client sends: posthog's module the app configured, one passed in, ours -----
+
+
+def first_bootstrap(adapter: str, app: Any) -> None:
+    """Wait until a page is bootstrapped: the client loads its definitions in the background."""
+    deadline = time.monotonic() + 10
+    while bootstrap(get(adapter, app, "/")) is None:
+        assert time.monotonic() < deadline, "no page was ever bootstrapped"
+        time.sleep(0.02)
+
+
+def agrees_with_the_sdk(reply: Reply, independent: Client) -> bool:
+    flags = bootstrap(reply)
+    assert flags is not None, "no flag bootstrap"
+    distinct = distinct_id(reply)
+    return all(flags["values"][k] == sdk_flag(independent, k, distinct) for k in EXAMPLE_KEYS)
+
+
+def test_a_module_the_app_configured_bootstraps_what_posthog_evaluates_locally(
+    flag_sink: Sink, independent: Client, adapter: str
+) -> None:
+    with app_configured_posthog(flag_sink.url):
+        settings = settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY)
+        app = make_site(adapter, settings, None)
+        first_bootstrap(adapter, app)
+        loaded(app.engine.client)
+        replies = [
+            get(adapter, app, "/", **({"X_User": f"u-{n}"} if n % 2 else {})) for n in range(20)
+        ]
+
+    assert all(agrees_with_the_sdk(reply, independent) for reply in replies)
+    assert flag_sink.flag_requests() == []  # evaluated locally
+
+
+def test_a_client_passed_in_without_a_personal_key_bootstraps_remotely_and_says_so_once(
+    flag_sink: Sink,
+    independent: Client,
+    adapter: str,
+    caplog_identity: pytest.LogCaptureFixture,
+) -> None:
+    settings = settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY, flags_timeout=5.0)
+    with posthog_client(flag_sink.url) as given:
+        app = make_site(adapter, settings, given)
+        replies = [get(adapter, app, "/", X_User=f"user-{n}") for n in range(5)]
+
+    assert all(agrees_with_the_sdk(reply, independent) for reply in replies)
+    assert len(flag_sink.flag_requests()) == 5
+    [warning] = identity_warnings(caplog_identity, "evaluated remotely")
+    assert "POSTHOG_PERSONAL_API_KEY" in warning
+    assert "POSTHOG_IDENTITY_FLAGS_TIMEOUT" in warning
+
+
+def test_a_module_client_built_before_the_middleware_without_a_key_bootstraps_remotely(
+    flag_sink: Sink, independent: Client, adapter: str
+) -> None:
+    settings = settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY, flags_timeout=5.0)
+    with app_configured_posthog(flag_sink.url):
+        posthog.setup()  # a capture at import time, say, built posthog's client already
+        app = make_site(adapter, settings, None)
+        reply = get(adapter, app, "/", X_User="user-1")
+
+    assert agrees_with_the_sdk(reply, independent)
+    assert len(flag_sink.flag_requests()) == 1
 
 
 # -- never slow a page ---------------------------------------------------------------------
@@ -567,6 +639,7 @@ def test_a_personal_key_from_the_settings_builds_a_client_without_warnings(
     flag_sink: Sink,
 ) -> None:
     app = make_site("wsgi", settings_for(flag_sink.url, personal_api_key=PERSONAL_KEY), None)
+    loaded(app.engine.client)
     app.engine.client.shutdown()
 
 

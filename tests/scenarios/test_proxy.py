@@ -8,7 +8,9 @@ WSGI one driven by werkzeug's test client, the ASGI one by httpx).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gzip
+import io
 import json
 import threading
 import time
@@ -26,6 +28,7 @@ from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.project import API_KEY, SECRET
 from tests.helpers.servers import free_port
+from tests.helpers.upstream import RecordingUpstream, recording_upstream
 
 # -- an upstream that records what it received ------------------------------------
 
@@ -307,3 +310,164 @@ def test_without_the_proxy_the_path_belongs_to_the_app(adapter: str, upstream: U
     settings = replace(proxy_settings(upstream.url), proxy_path=None)
     with pytest.raises(AssertionError, match="reached the app"):
         send(adapter, settings, "GET", "/ingest/flags/")
+
+
+# -- bodies that end early, and places held and freed (in process) -------------------------
+
+
+@pytest.fixture
+def recording() -> Iterator[RecordingUpstream]:
+    with recording_upstream() as running:
+        yield running
+
+
+def asgi_post(app: Any, messages: list[dict[str, Any]], length: int) -> list[dict[str, Any]]:
+    """POST to `app` as a server would, the body as `messages`; then the browser waits
+    for ever (a stalled upload). Returns what the app sent within 20 s."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/ingest/s/",
+        "raw_path": b"/ingest/s/",
+        "query_string": b"",
+        "headers": [(b"host", b"shop.example"), (b"content-length", str(length).encode())],
+        "client": ("1.2.3.4", 5555),
+        "server": ("shop.example", 80),
+    }
+    sent: list[dict[str, Any]] = []
+
+    async def run() -> None:
+        pending = list(messages)
+
+        async def receive() -> dict[str, Any]:
+            if pending:
+                return pending.pop(0)
+            await asyncio.Event().wait()
+            raise AssertionError("unreachable")
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(app(scope, receive, send), 20)
+
+    with contextlib.suppress(asyncio.TimeoutError):
+        asyncio.run(run())
+    return sent
+
+
+@pytest.mark.parametrize(
+    ("ending", "timeout"),
+    [([{"type": "http.disconnect"}], 10.0), ([], 0.5)],
+    ids=["browser-gone", "browser-silent"],
+)
+def test_asgi_a_body_that_stops_early_gets_408_and_the_upstream_request_is_aborted(
+    recording: RecordingUpstream, ending: list[dict[str, Any]], timeout: float
+) -> None:
+    app = asgi_app(proxy_settings(recording.url, proxy_timeout=timeout))
+    first = {"type": "http.request", "body": b"x" * 500, "more_body": True}
+    sent = asgi_post(app, [first, *ending], length=1000)
+    assert sent[0]["status"] == 408
+    assert recording.wait_until(lambda: recording.aborted == ["/s/"])
+    assert recording.received == []
+
+
+def wsgi_environ(body: io.RawIOBase | io.BufferedIOBase, **extra: Any) -> dict[str, Any]:
+    return {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/ingest/s/",
+        "QUERY_STRING": "",
+        "SERVER_NAME": "shop.example",
+        "SERVER_PORT": "80",
+        "REMOTE_ADDR": "1.2.3.4",
+        "wsgi.input": body,
+        "wsgi.url_scheme": "http",
+        **extra,
+    }
+
+
+def call_wsgi(app: Any, environ: dict[str, Any]) -> tuple[str, Any]:
+    statuses: list[str] = []
+    iterable = app(environ, lambda status, headers, exc_info=None: statuses.append(status))
+    return statuses[0], iterable
+
+
+class BrokenInput(io.RawIOBase):
+    """A request body whose connection breaks after its first read."""
+
+    def __init__(self) -> None:
+        self.reads = 0
+
+    def read(self, size: int = -1) -> bytes:
+        self.reads += 1
+        if self.reads > 1:
+            raise ConnectionResetError("the browser went away")
+        return b"x" * min(size, 100)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [io.BytesIO(b"x" * 500), BrokenInput()],
+    ids=["shorter-than-its-length", "connection-broken"],
+)
+def test_wsgi_a_body_that_stops_early_gets_408_and_nothing_is_recorded(
+    recording: RecordingUpstream, body: io.IOBase
+) -> None:
+    app = wsgi_app(proxy_settings(recording.url))
+    status, iterable = call_wsgi(app, wsgi_environ(body, CONTENT_LENGTH="1000"))
+    b"".join(iterable)
+    iterable.close()
+    assert status.startswith("408")
+    assert recording.received == []
+
+
+def test_wsgi_a_chunked_body_crossing_the_bound_gets_413_and_nothing_is_recorded(
+    recording: RecordingUpstream,
+) -> None:
+    app = wsgi_app(proxy_settings(recording.url, proxy_max_body=100 * 1024))
+    environ = wsgi_environ(
+        io.BytesIO(b"x" * 200 * 1024),
+        HTTP_TRANSFER_ENCODING="chunked",
+        **{"wsgi.input_terminated": True},
+    )
+    status, iterable = call_wsgi(app, environ)
+    iterable.close()
+    assert status.startswith("413")
+    assert recording.wait_until(lambda: recording.aborted == ["/s/"])
+    assert recording.received == []
+
+
+def test_wsgi_a_place_is_held_until_the_answer_is_closed(recording: RecordingUpstream) -> None:
+    app = wsgi_app(proxy_settings(recording.url, proxy_concurrency=1))
+
+    def post() -> tuple[str, Any]:
+        return call_wsgi(app, wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2"))
+
+    status, held = post()
+    assert status.startswith("200")
+    refused, iterable = post()
+    iterable.close()
+    assert refused.startswith("503")
+    held.close()  # never iterated, as when the browser goes away before the answer
+    again, iterable = post()
+    assert again.startswith("200")
+    assert b"".join(iterable) == b'{"status": 1}'
+    iterable.close()
+
+
+def test_wsgi_a_place_is_freed_when_the_server_fails_to_start_the_answer(
+    recording: RecordingUpstream,
+) -> None:
+    app = wsgi_app(proxy_settings(recording.url, proxy_concurrency=1))
+
+    def broken_start_response(status: str, headers: Any, exc_info: Any = None) -> None:
+        raise OSError("the browser went away")
+
+    environ = wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2")
+    with pytest.raises(OSError, match="went away"):
+        app(environ, broken_start_response)
+    status, iterable = call_wsgi(app, wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2"))
+    iterable.close()
+    assert status.startswith("200")

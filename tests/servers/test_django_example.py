@@ -54,6 +54,8 @@ from tests.helpers.servers import (
 from tests.helpers.wire import ALIAS, COOKIE, PERSONLESS, distinct_id, parse_set_cookie, read_cookie
 
 PAGE_VIEWED = "Page Viewed"
+LOGGED_IN = "Logged In"  # captured by the login view right after login()
+LOGGED_OUT = "Logged Out"  # captured by the logout view right after logout()
 CSRF_FIELD = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 # ---------------------------------------------------------------------------
@@ -334,12 +336,28 @@ def test_logout_moves_the_visitor_to_a_new_anonymous_id(walk: Walk) -> None:
     }
 
 
-def test_nothing_after_logout_lands_on_the_user(walk: Walk) -> None:
-    [view] = walk.events_of(walk.logged_out.anonymous_id)
+def test_a_capture_right_after_login_in_the_view_carries_the_user_with_person_processing(
+    walk: Walk,
+) -> None:
+    [logged_in] = walk.events_of(walk.pk, LOGGED_IN)
 
-    assert view["event"] == PAGE_VIEWED
-    assert view["properties"][PERSONLESS] is False
-    assert sorted(e["event"] for e in walk.events_of(walk.pk)) == [ALIAS, PAGE_VIEWED]
+    assert logged_in["properties"].get(PERSONLESS) is not False
+    assert walk.events_of(walk.anonymous.anonymous_id, LOGGED_IN) == []
+
+
+def test_a_capture_right_after_logout_in_the_view_is_not_the_users(walk: Walk) -> None:
+    [logged_out] = [e for e in walk.events if e["event"] == LOGGED_OUT]
+
+    assert distinct_id(logged_out) == walk.logged_out.anonymous_id
+    assert logged_out["properties"][PERSONLESS] is False
+
+
+def test_nothing_after_logout_lands_on_the_user(walk: Walk) -> None:
+    after = walk.events_of(walk.logged_out.anonymous_id)
+
+    assert sorted(e["event"] for e in after) == [LOGGED_OUT, PAGE_VIEWED]
+    assert all(e["properties"][PERSONLESS] is False for e in after)
+    assert sorted(e["event"] for e in walk.events_of(walk.pk)) == [ALIAS, LOGGED_IN, PAGE_VIEWED]
     linked = [e["properties"]["alias"] for e in walk.events if e["event"] == ALIAS]
     assert walk.logged_out.anonymous_id not in linked
 

@@ -3,22 +3,28 @@ middleware (the user named by an `X-User` header), for both protocols; the PostH
 talks to, a `Sink` serving `DEFINITIONS` to the personal keys; and readers for its pages.
 
 A real server imports `flag_server_app` by name
-(`uvicorn --factory tests.sites.flags:flag_server_app`), configured by environment.
+(`uvicorn --factory tests.sites.flags:flag_server_app`), configured by environment;
+`module_wsgi_app`/`module_asgi_app` are the same site in an app that configures
+posthog's module itself, as posthog's README does.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qs
 
+import posthog
+
 from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS, Sink
+from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.drivers import Reply
 from tests.helpers.pages import snippet_options
 from tests.sites.basic import serve_lifespan
@@ -155,6 +161,24 @@ def user_from_header(native: Any) -> str | None:
 
 def flag_server_app() -> Any:
     """`uvicorn --factory tests.sites.flags:flag_server_app`, configured by environment."""
+    return ASGIMiddleware(asgi_page, user_id=user_from_header)
+
+
+def configure_posthog_module() -> None:
+    """What posthog's README (and many an app) does: set posthog's module itself."""
+    posthog.api_key = os.environ["POSTHOG_API_KEY"]
+    posthog.host = os.environ["POSTHOG_HOST"]
+
+
+def module_wsgi_app() -> WSGIMiddleware:
+    """`gunicorn 'tests.sites.flags:module_wsgi_app()'`: posthog's module set by the app."""
+    configure_posthog_module()
+    return WSGIMiddleware(wsgi_page, user_id=user_from_header)
+
+
+def module_asgi_app() -> ASGIMiddleware:
+    """`uvicorn --factory tests.sites.flags:module_asgi_app`: posthog's module set by the app."""
+    configure_posthog_module()
     return ASGIMiddleware(asgi_page, user_id=user_from_header)
 
 

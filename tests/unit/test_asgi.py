@@ -419,3 +419,29 @@ def test_asgi_content_length_is_corrected(settings: Settings) -> None:
     )
     length = dict(sent[0]["headers"])[b"content-length"]
     assert int(length) == sum(len(m["body"]) for m in sent[1:])
+
+
+def test_a_cors_preflight_passes_through_marked_bypassed(settings: Settings) -> None:
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append({"bypassed": scope.get("posthog_identity.bypassed"), "who": current_identity()})
+        await plain(scope, receive, send)
+
+    reply = drive(IdentityMiddleware(app, settings)).get(
+        "/api", method="OPTIONS", headers={"Access-Control-Request-Method": "POST"}
+    )
+    assert reply.headers_named("Set-Cookie") == []
+    assert seen == [{"bypassed": True, "who": None}]
+
+
+def test_request_info_reads_posthog_js_distinct_id_whatever_the_headers_case() -> None:
+    from posthog_identity.asgi_scope import header, request_info
+
+    browser = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+    scope = {"type": "http", "headers": [(b"X-PostHog-Distinct-Id", browser.encode())]}
+    request, present = request_info(scope, "/")
+    assert (request.distinct_header, present) == (browser, True)
+    assert header(scope, "x-posthog-distinct-id") == browser
+    assert header(scope, "access-control-request-method") is None
+    assert request_info({"type": "http", "headers": []}, "/")[0].distinct_header == ""

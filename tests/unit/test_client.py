@@ -19,6 +19,7 @@ from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.settings import Settings
 from posthog_identity.testing import Sink
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+from tests.helpers.flags import app_configured_posthog, loaded
 from tests.helpers.project import API_KEY
 
 # ---------------------------------------------------------------------------
@@ -121,3 +122,71 @@ def test_a_module_configured_with_another_key_wins_and_the_difference_is_logged(
     assert middleware.engine.client is posthog.setup()
     assert middleware.engine.api_key == API_KEY
     assert any("POSTHOG_API_KEY differs" in r.getMessage() for r in caplog.records)
+
+
+# ---------------------------------------------------------------------------
+# A module client the app configured, built for flag bootstrapping
+
+PERSONAL_KEY = "phx_from_the_settings"
+
+
+def flag_settings(settings: Settings, **overrides: Any) -> Settings:
+    return replace(settings, bootstrap_flags=True, **overrides)
+
+
+def test_the_module_client_the_app_configured_is_built_with_the_settings_personal_key(
+    adapter: str, settings: Settings, sink: Sink, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="posthog_identity")
+    with app_configured_posthog(sink.url):
+        middleware = wrap(adapter, flag_settings(settings, personal_api_key=PERSONAL_KEY))
+
+        client = middleware.engine.client
+        loaded(client)
+        assert client is posthog.default_client
+        assert (client.api_key, client.host) == (API_KEY, sink.url)
+        assert client.personal_api_key == PERSONAL_KEY
+        # With a key it evaluates locally: posthog's own flag timeout stands.
+        assert client.feature_flags_request_timeout_seconds == 3
+    [line] = [r.getMessage() for r in caplog.records if "posthog's module" in r.getMessage()]
+    assert "POSTHOG_PERSONAL_API_KEY" in line
+
+
+def test_without_a_personal_key_the_module_client_gets_the_flags_timeout(
+    adapter: str, settings: Settings, sink: Sink
+) -> None:
+    with app_configured_posthog(sink.url):
+        middleware = wrap(adapter, flag_settings(settings, flags_timeout=0.5))
+
+        assert middleware.engine.client.personal_api_key is None
+        assert middleware.engine.client.feature_flags_request_timeout_seconds == 0.5
+
+
+def test_a_personal_key_the_app_set_on_posthogs_module_is_kept(
+    adapter: str, settings: Settings, sink: Sink
+) -> None:
+    with app_configured_posthog(sink.url, secret_key="phx_the_apps_own"):
+        middleware = wrap(adapter, flag_settings(settings, personal_api_key=PERSONAL_KEY))
+        loaded(middleware.engine.client)
+
+        assert middleware.engine.client.personal_api_key == "phx_the_apps_own"
+
+
+def test_a_flag_timeout_the_app_set_on_posthogs_module_is_kept(
+    adapter: str, settings: Settings, sink: Sink
+) -> None:
+    with app_configured_posthog(sink.url, feature_flags_request_timeout_seconds=2.0):
+        middleware = wrap(adapter, flag_settings(settings, flags_timeout=0.5))
+
+        assert middleware.engine.client.feature_flags_request_timeout_seconds == 2.0
+
+
+def test_without_flag_bootstrapping_posthogs_module_is_built_as_the_app_configured_it(
+    adapter: str, settings: Settings, sink: Sink
+) -> None:
+    with app_configured_posthog(sink.url):
+        middleware = wrap(adapter, replace(settings, personal_api_key=PERSONAL_KEY))
+
+        client = middleware.engine.client
+        assert client.personal_api_key is None
+        assert client.feature_flags_request_timeout_seconds == 3

@@ -207,6 +207,37 @@ def test_with_the_proxy_the_page_talks_to_the_sites_own_origin() -> None:
     assert engine.snippet.script_url == "/ingest/static/array.js"
 
 
+def header_reader(headers: dict[str, str]) -> tuple[object, object]:
+    """A request's headers and the (native, name) reader the adapters give `bypasses`."""
+    return headers, lambda native, name: native.get(name)
+
+
+@pytest.mark.parametrize(
+    ("method", "headers", "bypassed"),
+    [
+        ("OPTIONS", {"access-control-request-method": "POST"}, True),
+        ("OPTIONS", {"access-control-request-method": ""}, True),
+        ("OPTIONS", {}, False),
+        ("POST", {"access-control-request-method": "POST"}, False),
+        ("GET", {}, False),
+    ],
+    ids=["preflight", "preflight-empty-value", "plain-options", "post-with-the-header", "get"],
+)
+def test_a_cors_preflight_is_bypassed(
+    settings: Settings, client: Client, method: str, headers: dict[str, str], bypassed: bool
+) -> None:
+    engine = Engine(settings, client)
+    native, reader = header_reader(headers)
+    assert engine.bypasses("/api/x", method, reader, native) is bypassed  # type: ignore[arg-type]
+
+
+def test_only_an_options_request_has_its_headers_read(settings: Settings, client: Client) -> None:
+    def never(native: object, name: str) -> str | None:
+        raise AssertionError("headers read for a request that cannot be a preflight")
+
+    assert Engine(settings, client).bypasses("/", "GET", never, {}) is False
+
+
 def secret_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [message for message in warnings(caplog) if "POSTHOG_IDENTITY_SECRET" in message]
 

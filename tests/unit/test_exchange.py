@@ -9,16 +9,22 @@ import uuid
 from dataclasses import replace
 
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 from posthog.client import Client
 
 from posthog_identity.engine import Engine
 from posthog_identity.exchange import Exchange, RequestInfo
-from posthog_identity.identity import NOBODY, NOTHING, Link, Report
+from posthog_identity.identity import NOBODY, NOTHING, Link, Report, browser_id
 from posthog_identity.response import UNTOUCHED, ResponsePlan
+from posthog_identity.session import distinct_id_from_cookie
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
 from tests.helpers.pages import snippet_options
+from tests.helpers.posthog_js import PERSISTENCE
+from tests.helpers.posthog_js import posthog_js_cookie as persistence_cookie
 from tests.helpers.project import SECRET
 from tests.helpers.wire import ALIAS, COOKIE, parse_set_cookie, read_cookie
 
@@ -237,3 +243,99 @@ def test_the_events_url_is_the_whole_path_and_the_request_path_the_routed_one(
 
     assert properties["$current_url"] == url
     assert properties["$request_path"] == "/cart"
+
+
+# -- the browser's own anonymous id --------------------------------------------------
+
+BROWSER = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+OTHER = "0193a6b3-0000-7000-8000-000000000002"
+
+
+def posthog_js_cookie(distinct_id: str, user_state: str = "anonymous") -> str:
+    """posthog-js's persistence cookie for the test project (encodeURIComponent(JSON))."""
+    return persistence_cookie(distinct_id=distinct_id, **{"$user_state": user_state})
+
+
+def test_without_our_cookie_the_request_runs_on_the_headers_id(engine: Engine) -> None:
+    exchange = Exchange(engine, REQUEST._replace(distinct_header=BROWSER))
+    assert exchange.identity.anonymous_id == BROWSER
+    (value,) = identity_cookies(exchange.respond(200, JSON))
+    assert read_cookie(value).anonymous_id == BROWSER, "signed into our cookie as if minted"
+
+
+def test_without_the_header_the_request_runs_on_posthog_js_cookies_id(engine: Engine) -> None:
+    request = REQUEST._replace(cookie_header=posthog_js_cookie(BROWSER))
+    assert Exchange(engine, request).identity.anonymous_id == BROWSER
+
+
+def test_the_header_wins_over_posthog_js_cookie(engine: Engine) -> None:
+    request = REQUEST._replace(distinct_header=OTHER, cookie_header=posthog_js_cookie(BROWSER))
+    assert Exchange(engine, request).identity.anonymous_id == OTHER
+
+
+def test_posthog_js_cookie_of_an_identified_browser_offers_nothing(engine: Engine) -> None:
+    request = REQUEST._replace(cookie_header=posthog_js_cookie(BROWSER, "identified"))
+    assert Exchange(engine, request).identity.anonymous_id != BROWSER
+
+
+def test_a_forged_header_that_is_not_a_uuidv7_is_ignored(engine: Engine) -> None:
+    exchange = Exchange(engine, REQUEST._replace(distinct_header="someone-else"))
+    assert exchange.identity.anonymous_id != "someone-else"
+    assert uuid.UUID(exchange.identity.anonymous_id).version == 4, "minted as before"
+
+
+def test_a_valid_cookie_wins_over_the_header(engine: Engine) -> None:
+    request = returning("6a3d1a8e-2b7c-4f2e-9d7b-1c0e5f4a3b21")._replace(distinct_header=BROWSER)
+    exchange = Exchange(engine, request)
+    assert exchange.identity.anonymous_id == "6a3d1a8e-2b7c-4f2e-9d7b-1c0e5f4a3b21"
+    assert identity_cookies(exchange.respond(200, JSON)) == []
+
+
+def test_a_reported_user_wins_over_the_header(engine: Engine, sink: Sink) -> None:
+    exchange = Exchange(engine, REQUEST._replace(distinct_header=BROWSER), "kim")
+    assert exchange.identity.distinct_id == "kim"
+    exchange.respond(200, JSON)
+    engine.client.flush()  # type: ignore[union-attr]
+    (alias,) = sink.wait_for(event="$create_alias", count=1)
+    assert (alias["distinct_id"], alias["properties"]["alias"]) == ("kim", BROWSER)
+
+
+def test_adoption_off_mints_whatever_the_browser_offers(settings: Settings, client: Client) -> None:
+    engine = Engine(replace(settings, adopt_browser_id=False), client)
+    request = REQUEST._replace(distinct_header=BROWSER, cookie_header=posthog_js_cookie(BROWSER))
+    assert Exchange(engine, request).identity.anonymous_id != BROWSER
+
+
+def test_a_logout_in_the_request_never_takes_the_user_who_left(engine: Engine) -> None:
+    # An app whose user ids are UUIDv7: the SPA identified the user, so its header is theirs.
+    exchange = Exchange(engine, REQUEST._replace(distinct_header=BROWSER), BROWSER)
+    assert exchange.identity.distinct_id == BROWSER
+    exchange.set_explicit(NOBODY)  # forget_user()
+    assert exchange.identity.anonymous_id != BROWSER
+    (value,) = identity_cookies(exchange.respond(200, JSON))
+    assert read_cookie(value).awaiting is not None, "the cookie awaits the browser's next id"
+
+
+def test_the_user_source_stopping_to_report_is_a_logout_too(engine: Engine) -> None:
+    exchange = Exchange(engine, REQUEST._replace(distinct_header=BROWSER), BROWSER)
+    exchange.report(NOBODY)
+    assert exchange.identity.anonymous_id != BROWSER
+
+
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    header=st.text(st.characters(max_codepoint=255), max_size=60)
+    | st.sampled_from([BROWSER, BROWSER.upper(), "alice", ""]),
+    cookie=st.text(max_size=120)
+    | st.sampled_from([posthog_js_cookie(OTHER)[len(PERSISTENCE) + 1 :]]),
+)
+def test_no_header_or_cookie_value_raises_and_only_a_uuidv7_is_taken(
+    engine: Engine, header: str, cookie: str
+) -> None:
+    request = REQUEST._replace(distinct_header=header, cookie_header=f"{PERSISTENCE}={cookie}")
+    exchange = Exchange(engine, request)
+    anonymous_id = exchange.identity.anonymous_id
+    offered = header or distinct_id_from_cookie(request.cookie_header, PERSISTENCE)
+    if anonymous_id != browser_id(offered):
+        assert uuid.UUID(anonymous_id).version == 4, "minted"
+    exchange.respond(200, JSON)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from posthog_identity.session import (
     client_ip,
+    distinct_id_from_cookie,
     persistence_cookie,
     session_from_cookie,
     valid_uuid,
@@ -43,6 +44,53 @@ def test_a_hostile_persistence_cookie_means_no_session(value: str) -> None:
 @given(st.text(max_size=300))
 def test_no_persistence_cookie_value_raises(value: str) -> None:
     found = session_from_cookie(f"{PERSISTENCE}={value}", PERSISTENCE)
+    assert found is None or valid_uuid(found) == found
+
+
+# -- posthog-js's own distinct id, from the same cookie ---------------------------
+
+BROWSER = "0193a6b2-0000-7000-8000-000000000000"  # the helper cookie's distinct_id
+
+
+def test_the_distinct_id_is_read_from_posthog_js_persistence_cookie() -> None:
+    header = f"other=1; {posthog_js_cookie()}; ph_identity=x"
+    assert distinct_id_from_cookie(header, PERSISTENCE) == BROWSER
+
+
+def test_the_distinct_id_is_read_undecoded_too() -> None:
+    header = f'{PERSISTENCE}={{"$device_id":"x","distinct_id":"{BROWSER}"}}'
+    assert distinct_id_from_cookie(header, PERSISTENCE) == BROWSER
+
+
+def test_an_identified_browsers_distinct_id_is_a_users_and_is_not_offered() -> None:
+    header = posthog_js_cookie(distinct_id=BROWSER, **{"$user_state": "identified"})
+    assert distinct_id_from_cookie(header, PERSISTENCE) is None
+    anonymous = posthog_js_cookie(distinct_id=BROWSER, **{"$user_state": "anonymous"})
+    assert distinct_id_from_cookie(anonymous, PERSISTENCE) == BROWSER
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param(quote('{"distinct_id":"alice"}'), id="a-name"),
+        pytest.param(quote('{"$anon_distinct_id":"' + BROWSER + '"}'), id="another-key"),
+        pytest.param(quote('{"distinct_id":["' + BROWSER + '"]}'), id="not-a-string"),
+        pytest.param("x" * 10_000 + quote(f'"distinct_id":"{BROWSER}"'), id="10KB"),
+        pytest.param("\udcff\udcfe", id="non-utf8"),
+        pytest.param("", id="empty"),
+    ],
+)
+def test_a_hostile_persistence_cookie_offers_no_distinct_id(value: str) -> None:
+    assert distinct_id_from_cookie(f"{PERSISTENCE}={value}", PERSISTENCE) is None
+
+
+def test_without_posthog_js_cookie_no_distinct_id_is_offered() -> None:
+    assert distinct_id_from_cookie("ph_identity=x; other=1", PERSISTENCE) is None
+
+
+@given(st.text(max_size=300))
+def test_no_persistence_cookie_value_raises_when_its_distinct_id_is_read(value: str) -> None:
+    found = distinct_id_from_cookie(f"{PERSISTENCE}={value}", PERSISTENCE)
     assert found is None or valid_uuid(found) == found
 
 

@@ -105,6 +105,7 @@ def test_two_different_api_keys_are_an_error() -> None:
         ("POSTHOG_IDENTITY_INJECT", "inject"),
         ("POSTHOG_IDENTITY_RESET_ON_LOGOUT", "reset_on_logout"),
         ("POSTHOG_IDENTITY_DISABLED", "disabled"),
+        ("POSTHOG_IDENTITY_ADOPT_BROWSER_ID", "adopt_browser_id"),
     ],
 )
 def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
@@ -117,6 +118,7 @@ def test_booleans(variable: str, field: str, raw: str, expected: bool) -> None:
         "POSTHOG_IDENTITY_INJECT",
         "POSTHOG_IDENTITY_RESET_ON_LOGOUT",
         "POSTHOG_IDENTITY_DISABLED",
+        "POSTHOG_IDENTITY_ADOPT_BROWSER_ID",
     ],
 )
 @pytest.mark.parametrize("raw", ["maybe", "2", "tru", "y"])
@@ -641,6 +643,25 @@ def test_the_proxy_settings_come_from_the_environment() -> None:
     )
 
 
+@pytest.mark.parametrize(("raw", "parsed"), [(None, None), ("1", 1), ("64", 64)])
+def test_proxy_concurrency_variable(raw: str | None, parsed: int | None) -> None:
+    variables = {} if raw is None else {"POSTHOG_IDENTITY_PROXY_CONCURRENCY": raw}
+    assert from_env(**variables).proxy_concurrency == parsed
+
+
+@pytest.mark.parametrize("raw", ["0", "-4", "2.5", "many"])
+def test_a_proxy_concurrency_that_is_not_a_positive_count_fails_at_start_up(raw: str) -> None:
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_PROXY_CONCURRENCY"):
+        from_env(POSTHOG_IDENTITY_PROXY_CONCURRENCY=raw)
+
+
+def test_the_default_body_bound_holds_posthog_js_largest_request() -> None:
+    # A session-replay request: at most 7 MiB x 0.9 of JSON, base64 and form-encoded
+    # when compression is off (4/3, plus %2B %2F %3D for 3 of 64 characters).
+    largest = 7 * 1024 * 1024 * 0.9 * 4 / 3 * (1 + 2 * 3 / 64)
+    assert largest < from_env().proxy_max_body < 20 * 1024 * 1024
+
+
 # ---------------------------------------------------------------------------
 # Feature flags
 
@@ -692,3 +713,9 @@ def test_personal_api_key_is_read_and_masked_in_repr() -> None:
 
 def test_a_blank_personal_api_key_counts_as_unset() -> None:
     assert from_env(POSTHOG_PERSONAL_API_KEY="   ").personal_api_key is None
+
+
+def test_adopting_the_browsers_id_is_on_by_default_and_checked_as_a_boolean() -> None:
+    assert from_env().adopt_browser_id is True
+    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_ADOPT_BROWSER_ID"):
+        Settings(secrets=("s",), adopt_browser_id="yes")  # type: ignore[arg-type]

@@ -29,8 +29,9 @@ def state(**changes: object) -> CookieState:
         state(user_hash=CODEC.user_hash("user-1")),
         state(user_hash=CODEC.user_hash("user-1"), linked=True, issued_at=0),
         state(issued_at=2**32 - 1),
+        state(awaiting=CODEC.user_hash("user-1") + CODEC.user_hash(ANON)),
     ],
-    ids=["anonymous", "linked", "with-user", "linked-user-epoch", "max-time"],
+    ids=["anonymous", "linked", "with-user", "linked-user-epoch", "max-time", "awaiting"],
 )
 def test_round_trip(original: CookieState) -> None:
     verified = CODEC.loads(CODEC.dumps(original))
@@ -140,6 +141,10 @@ def test_validly_signed_but_malformed_payloads_read_as_no_cookie() -> None:
         base64.urlsafe_b64encode(b"\x02" + raw[1:]),  # unknown version
         base64.urlsafe_b64encode(raw[:17] + b"\x80" + raw[18:]),  # unknown flag
         base64.urlsafe_b64encode(raw[:17] + b"\x02" + raw[18:]),  # user flag, no hash
+        base64.urlsafe_b64encode(raw[:17] + b"\x04" + raw[18:] + b"x" * 8),  # awaiting, half
+        base64.urlsafe_b64encode(
+            raw[:17] + b"\x06" + raw[18:] + b"x" * 16
+        ),  # user + awaiting, short
         base64.urlsafe_b64encode(raw + b"extra"),  # trailing bytes
     ]
     for payload in candidates:
@@ -152,15 +157,20 @@ def test_arbitrary_text_never_raises(value: str) -> None:
 
 
 @given(
-    st.uuids(version=4),
+    st.uuids(version=4) | st.uuids(),
     st.none() | st.binary(min_size=8, max_size=8),
     st.booleans(),
     st.integers(min_value=0, max_value=2**32 - 1),
+    st.none() | st.binary(min_size=16, max_size=16),
 )
 def test_any_state_round_trips(
-    anonymous: uuid.UUID, user_hash: bytes | None, linked: bool, issued_at: int
+    anonymous: uuid.UUID,
+    user_hash: bytes | None,
+    linked: bool,
+    issued_at: int,
+    awaiting: bytes | None,
 ) -> None:
-    original = CookieState(str(anonymous), user_hash, linked, issued_at)
+    original = CookieState(str(anonymous), user_hash, linked, issued_at, awaiting)
     verified = CODEC.loads(CODEC.dumps(original))
     assert verified is not None
     assert verified.state == original

@@ -526,3 +526,35 @@ def test_wsgi_an_error_page_replaces_a_held_response(settings: Settings) -> None
 
     reply = call_wsgi(IdentityMiddleware(app, settings), "GET", "/", {})
     assert (reply.status, reply.body) == (500, b"sorry")
+
+
+def test_a_cors_preflight_passes_through_marked_bypassed(settings: Settings) -> None:
+    seen: list[dict[str, Any]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(
+            {"bypassed": environ.get("posthog_identity.bypassed"), "who": current_identity()}
+        )
+        start_response("204 No Content", [])
+        return []
+
+    reply = drive(app, settings).get(
+        "/api", method="OPTIONS", headers={"Access-Control-Request-Method": "POST"}
+    )
+    assert reply.headers_named("Set-Cookie") == []
+    assert seen == [{"bypassed": True, "who": None}]
+
+
+def test_posthog_js_distinct_id_header_is_read_and_then_replaced(settings: Settings) -> None:
+    browser = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+    seen: list[str] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        seen.append(environ["HTTP_X_POSTHOG_DISTINCT_ID"])
+        start_response("200 OK", TEXT)
+        return [b"ok"]
+
+    forged = drive(app, settings).get("/", headers={"X-POSTHOG-DISTINCT-ID": "someone-else"})
+    drive(app, settings).get("/", headers={"X-POSTHOG-DISTINCT-ID": browser})
+    assert seen[0] == read_cookie(forged.identity_cookies[0]).anonymous_id != "someone-else"
+    assert seen[1] == browser

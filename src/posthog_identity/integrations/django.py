@@ -3,8 +3,10 @@
 The WSGI/ASGI middleware wrapped around the project's ``application`` owns the
 cookie, the login link and the snippet. This middleware only says which user
 Django's authentication found: before the view, so server captures made in the
-view carry the user, and after it, where a ``login()`` or ``logout()`` in the
-view has replaced ``request.user``. Django ships no type hints: requests,
+view carry the user; the moment ``login()`` or ``logout()`` runs in the view
+(Django's ``user_logged_in``/``user_logged_out`` signals), so captures right
+after them carry the new state; and after the view, where ``request.user`` is
+what the response goes out with. Django ships no type hints: requests,
 responses and users are ``Any`` here.
 """
 
@@ -83,6 +85,7 @@ class IdentityMiddleware:
 
     def __init__(self, get_response: Callable[[Any], Any]) -> None:
         self.get_response = get_response
+        _listen_to_auth_signals()
         self.async_mode = iscoroutinefunction(get_response)
         if self.async_mode:
             markcoroutinefunction(self)
@@ -117,6 +120,48 @@ class IdentityMiddleware:
             user_id = await _aguarded(sync_to_async(_read)(request))
         _settle(user_id)
         return response
+
+
+def _listen_to_auth_signals() -> None:
+    """Hear Django's ``login()``/``logout()`` (and ``alogin()``/``alogout()``) as they run.
+
+    Connected once per process (a ``dispatch_uid``), however often Django builds
+    the middleware. Signals sent outside a request of the wrapper are ignored.
+    """
+    from django.contrib.auth.signals import (  # type: ignore[import-untyped]
+        user_logged_in,
+        user_logged_out,
+    )
+
+    user_logged_in.connect(_logged_in, dispatch_uid="posthog_identity.user_logged_in")
+    user_logged_out.connect(_logged_out, dispatch_uid="posthog_identity.user_logged_out")
+
+
+def _logged_in(sender: object, user: Any = None, **extra: object) -> None:
+    """``user_logged_in``: the rest of the view's captures carry the user (``str(pk)``)."""
+    if has_request():
+        _report_guarded(lambda: _user_id(user))
+
+
+def _logged_out(sender: object, **extra: object) -> None:
+    """``user_logged_out`` (sent before the session is flushed): nobody from now on."""
+    if has_request():
+        _report_guarded(lambda: None)
+
+
+def _report_guarded(read: Callable[[], object]) -> None:
+    # A receiver that raises would break login() itself: never let it.
+    try:
+        report_user(read())
+    except Exception as error:
+        kind = type(error).__name__
+        _process.log_once(
+            f"signal:{kind}",
+            logging.WARNING,
+            f"posthog_identity: following Django's login/logout signal raised {kind}; "
+            "the user is read again after the view. Logged once per kind.",
+            error,
+        )
 
 
 def _wrapped(request: Any) -> bool:

@@ -116,6 +116,9 @@ class User:
         self.pk = pk
         self.is_authenticated = authenticated
 
+    def save(self, **options: object) -> None:
+        """Django's own user_logged_in receiver saves last_login; nothing to save here."""
+
 
 ANONYMOUS = User(None, authenticated=False)
 
@@ -139,6 +142,9 @@ class Untouchable:
 
 
 class BrokenUser:
+    def save(self, **options: object) -> None:
+        pass
+
     @property
     def is_authenticated(self) -> bool:
         raise ConnectionError("the session store is down")
@@ -315,6 +321,109 @@ def test_logout_in_the_view_moves_the_visitor_to_a_new_anonymous_id(mode: str) -
 
     assert exchange.resolution.transition is Transition.LOGOUT
     assert exchange.identity.user_id is None
+
+
+# Django's login()/logout() send user_logged_in/user_logged_out: a capture right
+# after them in the same view already carries the new state.
+
+
+def what_a_capture_carries() -> tuple[str | None, object]:
+    """The distinct id and person-processing tag posthog puts on a capture made now."""
+    from posthog.contexts import get_context_distinct_id, get_tags
+
+    return get_context_distinct_id(), get_tags().get("$process_person_profile")
+
+
+def send_login(request: Request, user: object) -> None:
+    """What django.contrib.auth.login() does: the new user on the request, then the signal."""
+    from django.contrib.auth.signals import user_logged_in
+
+    request.user = user
+    user_logged_in.send(sender=type(user), request=request, user=user)
+
+
+def send_logout(request: Request) -> None:
+    """What django.contrib.auth.logout() does: the signal, then an anonymous user."""
+    from django.contrib.auth.signals import user_logged_out
+
+    user_logged_out.send(sender=type(request.user), request=request, user=request.user)
+    request.user = ANONYMOUS
+
+
+def test_a_capture_right_after_login_in_the_view_carries_the_user_with_a_person(
+    mode: str,
+) -> None:
+    seen: list[object] = []
+
+    def view(request: Request) -> None:
+        seen.append(what_a_capture_carries())
+        send_login(request, User(99))
+        seen.append(what_a_capture_carries())
+
+    exchange = serve(middleware_for(mode, view), Request(ANONYMOUS), anonymous_cookie())
+
+    assert seen == [(ANONYMOUS_ID, False), ("99", True)]
+    assert exchange.resolution.link == Link("99", ANONYMOUS_ID)
+
+
+def test_a_capture_right_after_logout_in_the_view_is_not_the_users(mode: str) -> None:
+    seen: list[object] = []
+
+    def view(request: Request) -> None:
+        send_logout(request)
+        seen.append(what_a_capture_carries())
+
+    exchange = serve(middleware_for(mode, view), Request(User(7)), signed_in_cookie("7"))
+
+    [(distinct, personless)] = seen
+    assert exchange.resolution.transition is Transition.LOGOUT
+    assert distinct == exchange.identity.distinct_id != ANONYMOUS_ID
+    assert personless is False
+
+
+def test_alogin_in_an_async_view_is_heard_through_the_async_signal() -> None:
+    from django.contrib.auth.signals import user_logged_in
+
+    seen: list[object] = []
+    user = User(42)
+
+    async def view(request: Request) -> str:
+        request.user = user
+        await user_logged_in.asend(sender=User, request=request, user=user)  # alogin()
+        seen.append(what_a_capture_carries())
+        return RESPONSE
+
+    serve(IdentityMiddleware(view), Request(ANONYMOUS), anonymous_cookie())
+
+    assert seen == [("42", True)]
+
+
+def test_login_signals_outside_a_wrapped_request_are_ignored(mode: str) -> None:
+    middleware_for(mode)  # connects the receivers
+    request = Request(ANONYMOUS)
+
+    send_login(request, User(3))
+    send_logout(request)
+
+    assert current_identity() is None
+
+
+def test_a_user_that_fails_in_the_login_signal_never_breaks_login_and_is_logged_once(
+    mode: str, identity_log: pytest.LogCaptureFixture
+) -> None:
+    seen: list[object] = []
+
+    def view(request: Request) -> None:
+        send_login(request, BrokenUser())
+        seen.append(what_a_capture_carries())
+
+    for _ in range(2):
+        serve(middleware_for(mode, view), Request(ANONYMOUS), anonymous_cookie())
+
+    assert seen == [(ANONYMOUS_ID, False)] * 2
+    warnings = [r.getMessage() for r in our_records(identity_log, logging.WARNING)]
+    [signal] = [w for w in warnings if "signal" in w]
+    assert "ConnectionError" in signal
 
 
 def test_async_mode_reads_the_user_with_auser_never_request_user(

@@ -274,18 +274,23 @@ def test_login_user_in_a_view_links_the_anonymous_id_in_that_response(
     assert alias["properties"]["alias"] == anonymous
 
 
+@pytest.mark.parametrize(
+    ("key", "user"),
+    [("7", "7"), ("fsu-rotatable", "42"), ("k-9", "k-9")],
+    ids=["flask-login", "flask-security-too-shape", "get-id-only"],
+)
 def test_captures_after_login_user_in_the_login_view_carry_the_user(
-    settings: Settings, client: posthog.Client
+    settings: Settings, client: posthog.Client, key: str, user: str
 ) -> None:
     app = site()
     init_app(app, settings=settings, client=client)
     http = app.test_client()
 
-    seen = fetch(http, "/login/7").json
+    seen = fetch(http, f"/login/{key}").json
 
     assert seen is not None
-    assert seen["user"] == "7"
-    assert seen["context"] == "7"
+    assert seen["user"] == user
+    assert seen["context"] == user
 
 
 def test_logout_user_in_a_view_moves_to_a_new_anonymous_id_at_once(
