@@ -17,6 +17,7 @@ from . import __version__
 from .client import FLUSH_TIMEOUT
 from .hosts import assets_host
 from .ping import ask
+from .proxy import ASGI_CONCURRENCY, WSGI_CONCURRENCY
 from .resend import POLICY
 from .settings import ENV_VARS, MIN_SECRET_LENGTH, ConfigurationError, Settings
 
@@ -212,6 +213,9 @@ _UNSET = {
     "cookie_domain": "(host-only)",
     "cookie_secure": "auto",
     "script_url": "(default for the host)",
+    "proxy_concurrency": (
+        f"({ASGI_CONCURRENCY} in flight under ASGI, {WSGI_CONCURRENCY} under WSGI)"
+    ),
 }
 
 

@@ -379,6 +379,14 @@ def test_check_describes_the_proxy() -> None:
     )
 
 
+def test_check_shows_the_proxy_cap_each_server_kind_gets_when_unset() -> None:
+    code, text = run({**GOOD, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"})
+    assert code == OK, text
+    assert re.search(
+        r"POSTHOG_IDENTITY_PROXY_CONCURRENCY +\(32 in flight under ASGI, 2 under WSGI\)", text
+    ), text
+
+
 def test_check_ping_tries_posthog_through_the_proxy(tmp_path: Path) -> None:
     (tmp_path / "array.js").write_text("/* posthog-js */", encoding="utf-8")
     with Sink(static_dir=tmp_path) as sink:
