@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tarfile
@@ -9,6 +10,7 @@ import zipfile
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 PYTHONS = ["3.10", "3.11", "3.12", "3.13"]
 FRAMEWORKS = [
@@ -131,11 +133,47 @@ def docs(session: nox.Session) -> None:
     )
 
 
+# posthog-js as the browser tests pin it (the browser session's own `npm ci`); the demo
+# serves it too.
+BROWSER_PACKAGE = "tests/browser"
+POSTHOG_JS = f"{BROWSER_PACKAGE}/node_modules/posthog-js"
+NPM_CI = ["npm", "ci", "--prefix", BROWSER_PACKAGE, "--ignore-scripts", "--no-audit", "--no-fund"]
+
+
+def _pinned_posthog_js_installed() -> bool:
+    """Is node_modules' posthog-js the version package-lock.json pins?"""
+    try:
+        with open(f"{BROWSER_PACKAGE}/package-lock.json", encoding="utf-8") as lock:
+            pinned = json.load(lock)["packages"]["node_modules/posthog-js"]["version"]
+        with open(f"{POSTHOG_JS}/package.json", encoding="utf-8") as package:
+            return bool(json.load(package)["version"] == pinned)
+    except (OSError, ValueError, KeyError):
+        return False
+
+
 @nox.session(python="3.11")
 def demo(session: nox.Session) -> None:
-    """Run the demo site (arguments after `--` go to `posthog-identity demo`)."""
+    """Run the demo site (arguments after `--` go to `posthog-identity demo`).
+
+    It serves the posthog-js the browser tests pin (npm installs it once), so
+    the browser side works offline; without npm, posthog-js comes from the CDN.
+    """
     session.install(".")
-    session.run("posthog-identity", "demo", *session.posargs)
+    options: list[str] = []
+    if shutil.which("npm") is None:
+        session.log(
+            "npm is not installed, so posthog-js loads from PostHog's CDN and browser events "
+            "need internet; `apt-get install -y nodejs npm` serves the pinned one offline"
+        )
+    else:
+        if not _pinned_posthog_js_installed():
+            try:
+                session.run(*NPM_CI, "--prefer-offline", external=True)
+            except CommandFailed:
+                session.log("npm could not install posthog-js: it loads from PostHog's CDN")
+        if _pinned_posthog_js_installed():
+            options = ["--posthog-js", POSTHOG_JS]
+    session.run("posthog-identity", "demo", *options, *session.posargs)
 
 
 # The build and the upload check the release workflow runs too (.github/workflows/release.yml);

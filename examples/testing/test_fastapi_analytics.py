@@ -60,9 +60,9 @@ def _cookie(scope: dict, name: str) -> str | None:
 
 
 @pytest.fixture
-def app(posthog_sink: object, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
-    # posthog_sink first: it points POSTHOG_HOST at the local sink.
-    monkeypatch.setenv("POSTHOG_IDENTITY_SECRET", "a-test-secret-that-is-32-chars-long")
+def app(posthog_sink: object) -> FastAPI:
+    # posthog_sink first: it points POSTHOG_HOST at the local sink (and sets a
+    # test POSTHOG_IDENTITY_SECRET and POSTHOG_API_KEY when you have none).
     return create_app()
 
 

@@ -46,9 +46,9 @@ def create_app() -> Flask:
 
 
 @pytest.fixture
-def app(posthog_sink: object, monkeypatch: pytest.MonkeyPatch) -> Flask:
-    # posthog_sink first: it points POSTHOG_HOST at the local sink.
-    monkeypatch.setenv("POSTHOG_IDENTITY_SECRET", "a-test-secret-that-is-32-chars-long")
+def app(posthog_sink: object) -> Flask:
+    # posthog_sink first: it points POSTHOG_HOST at the local sink (and sets a
+    # test POSTHOG_IDENTITY_SECRET and POSTHOG_API_KEY when you have none).
     return create_app()
 
 

@@ -7,19 +7,19 @@ import difflib
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import TextIO
 from urllib.parse import urlsplit
 
 from . import __version__
 from .client import FLUSH_TIMEOUT
 from .hosts import assets_host
-from .proxy import Proxy
+from .ping import ask
+from .proxy import ASGI_CONCURRENCY, WSGI_CONCURRENCY
 from .resend import POLICY
-from .settings import ENV_VARS, ConfigurationError, Settings
+from .settings import ENV_VARS, MIN_SECRET_LENGTH, ConfigurationError, Settings
 
 __all__ = ["EXIT_CODES", "check", "main"]
 
@@ -34,7 +34,6 @@ exit codes:
   {USAGE}  usage error: unknown command, bad option or port number
   {INVALID}  invalid configuration: the middleware would refuse to start
 """
-MIN_SECRET_LENGTH = 32
 _LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 _PREFIX = "POSTHOG_IDENTITY_"
 
@@ -81,7 +80,7 @@ def check(
     if settings.api_key is not None and not settings.disabled:
         _describe_delivery(out)
     if ping:
-        _ping(settings.host, timeout, report)
+        _ping(settings, timeout, out, report)
         if settings.proxy_path is not None:
             _ping_through_proxy(settings, timeout, out, report)
     _print_problems(report, err)
@@ -143,18 +142,37 @@ def _describe_delivery(out: TextIO) -> None:
     )
 
 
-def _ping(host: str, timeout: float, report: Report) -> None:
-    request = urllib.request.Request(f"{host}/flags/?v=2", method="GET")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout):
-            pass
-    except urllib.error.HTTPError:
-        pass  # any HTTP answer means the host is there
-    except (OSError, ValueError) as error:
-        reason = getattr(error, "reason", error)
-        report.errors.append(
-            f"{ENV_VARS['host']}: {host} did not answer within {timeout:g}s ({reason})"
+#: The distinct id `--ping` asks the flags of: no person has it.
+PING_DISTINCT_ID = "posthog-identity-check"
+
+
+def _flags_request(settings: Settings) -> bytes:
+    """A flags request as posthog-js makes it: PostHog answers 200 for the project's key."""
+    return json.dumps({"token": settings.api_key, "distinct_id": PING_DISTINCT_ID}).encode()
+
+
+def _ping(settings: Settings, timeout: float, out: TextIO, report: Report) -> None:
+    """Ask POSTHOG_HOST for flags with the project key; any error status or no answer fails."""
+    if settings.api_key is None:
+        report.warnings.append(
+            f"--ping: without {ENV_VARS['api_key']} nothing is sent, so nothing was asked"
         )
+        return
+    url = f"{settings.host}/flags/?v=2"
+    answer = ask("POST", url, _flags_request(settings), timeout)
+    if answer.ok:
+        print(f"ping: POST {url}: {answer.describe()}", file=out)
+    elif answer.status is not None:
+        report.errors.append(
+            f"{ENV_VARS['host']}: POST {url} answered {answer.describe()}"
+            + (
+                f"; is {ENV_VARS['api_key']} a key of a project on this host?"
+                if answer.status in (401, 403)
+                else ""
+            )
+        )
+    else:
+        report.errors.append(f"{ENV_VARS['host']}: POST {url}: {answer.describe()}")
 
 
 def _describe_proxy(settings: Settings, out: TextIO) -> None:
@@ -169,26 +187,25 @@ def _describe_proxy(settings: Settings, out: TextIO) -> None:
 
 
 def _ping_through_proxy(settings: Settings, timeout: float, out: TextIO, report: Report) -> None:
-    """Ask both upstreams through the proxy itself, as posthog-js will."""
+    """Ask each upstream the proxy forwards to what posthog-js will ask through it."""
     assert settings.proxy_path is not None
-    proxy = Proxy(
-        settings.proxy_path,
-        settings.host,
-        max_body=settings.proxy_max_body,
-        timeout=min(timeout, settings.proxy_timeout),
-    )
-    for path in ("/static/array.js", "/flags/?v=2"):
-        local, _, query = f"{settings.proxy_path}{path}".partition("?")
-        url = proxy.upstream(local, query)
-        reply = proxy.forward("GET", url, {}, None)
-        reply.body.close()
-        if reply.own:
-            report.errors.append(
-                f"{ENV_VARS['proxy_path']}: {url} gave no answer through the proxy "
-                f"({reply.status}: {'timed out' if reply.status == 504 else 'unreachable'})"
-            )
+    # Where the proxy forwards them: assets to the assets host, the rest to POSTHOG_HOST.
+    asks: list[tuple[str, str, str, bytes | None]] = [
+        ("GET", "/static/array.js", assets_host(settings.host), None)
+    ]
+    if settings.api_key is not None:
+        asks.append(("POST", "/flags/?v=2", settings.host, _flags_request(settings)))
+    for method, path, upstream, body in asks:
+        answer = ask(method, upstream + path, body, min(timeout, settings.proxy_timeout))
+        line = f"{settings.proxy_path}{path} -> {answer.url}"
+        if answer.ok:
+            print(f"proxy: {line}: {answer.describe()}", file=out)
+        elif answer.status is not None:
+            report.errors.append(f"{ENV_VARS['proxy_path']}: {line} answered {answer.describe()}")
         else:
-            print(f"proxy: {settings.proxy_path}{path} -> {url}: {reply.status}", file=out)
+            report.errors.append(
+                f"{ENV_VARS['proxy_path']}: {line} gave no answer: {answer.describe()}"
+            )
 
 
 #: How an unset value reads, where "none" would not say what happens.
@@ -196,6 +213,9 @@ _UNSET = {
     "cookie_domain": "(host-only)",
     "cookie_secure": "auto",
     "script_url": "(default for the host)",
+    "proxy_concurrency": (
+        f"({ASGI_CONCURRENCY} in flight under ASGI, {WSGI_CONCURRENCY} under WSGI)"
+    ),
 }
 
 
@@ -242,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sink_main(arguments[1:])
     options = parser.parse_args(arguments)
     if options.command == "demo":
-        return _demo(options.host, options.port)
+        return _demo(options.host, options.port, options.posthog_js)
     return check(ping=options.ping, timeout=options.timeout)
 
 
@@ -265,6 +285,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--port", type=port_number, default=8000, help="0 picks one (default: %(default)s)"
     )
+    demo.add_argument(
+        "--posthog-js",
+        metavar="DIR",
+        type=_posthog_js,
+        help="serve posthog-js from DIR (the posthog-js npm package or its dist/), so the "
+        "browser side works offline (default: PostHog's CDN)",
+    )
     commands.add_parser("sink", help="run a local PostHog ingestion sink", add_help=False)
     doctor = commands.add_parser(
         "check",
@@ -272,12 +299,27 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EXIT_CODES,
         formatter_class=formatter,
     )
-    doctor.add_argument("--ping", action="store_true", help="check that POSTHOG_HOST answers")
+    doctor.add_argument(
+        "--ping",
+        action="store_true",
+        help="ask POSTHOG_HOST (and, with the proxy, the assets host) as posthog-js will; "
+        "an error status or no answer fails",
+    )
     doctor.add_argument("--timeout", type=float, default=5.0)
     return parser
 
 
-def _demo(host: str, port: int) -> int:
+def _posthog_js(directory: str) -> Path:
+    """An argparse type: posthog-js's `dist/` directory, found from what was given."""
+    from .demo import find_posthog_js
+
+    try:
+        return find_posthog_js(directory)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _demo(host: str, port: int, posthog_js: Path | None) -> int:
     """Run the demo; a configuration it cannot use is one line per variable.
 
     A port in use is werkzeug's to report: it says so on stderr and exits 1.
@@ -285,7 +327,7 @@ def _demo(host: str, port: int) -> int:
     from .demo import serve
 
     try:
-        return serve(host, port)
+        return serve(host, port, posthog_js=posthog_js)
     except ConfigurationError as error:
         for variable, message in error.errors:
             print(f"posthog-identity demo: error: {variable}: {message}", file=sys.stderr)

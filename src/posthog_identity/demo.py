@@ -2,7 +2,8 @@
 
 With no POSTHOG_API_KEY everything goes to an embedded sink, so a newcomer sees
 the whole identity story (cookie, login link, captures, browser events) with no
-PostHog account.
+PostHog account. Given a posthog-js directory, the sink serves posthog-js too, so
+the browser side needs no internet either.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections import deque
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from itsdangerous import BadSignature, URLSafeSerializer
@@ -33,12 +35,25 @@ from .wsgi import IdentityMiddleware
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-__all__ = ["DemoSite", "serve"]
+__all__ = ["DemoSite", "find_posthog_js", "serve"]
 
 DEMO_API_KEY = "phc_posthog_identity_demo"
 #: posthog-js from PostHog's CDN; its events still go to the local sink.
 DEMO_SCRIPT_URL = "https://us-assets.i.posthog.com/static/array.js"
 _LOGIN_COOKIE = "demo_login"
+_OFFLINE_HINT = (
+    "To run the demo offline, serve posthog-js locally: posthog-identity demo --posthog-js DIR, "
+    "with DIR the dist/ directory of the posthog-js npm package (npm install posthog-js), or "
+    "nox -s demo in a clone of posthog-identity."
+)
+# Shown by the page itself when posthog-js is not there once the page has loaded
+# (a blocked or unreachable CDN fails the script; a silent one is given 10 s).
+_MISSING_CHECK = (
+    "<script>(function(){function check(){var p=window.posthog;if(!(p&&p.__loaded)){"
+    "document.getElementById('posthog-js-missing').hidden=false;}}"
+    "addEventListener('load',function(){setTimeout(check,1000);});setTimeout(check,10000);"
+    "})();</script>"
+)
 
 _FILES = resources.files("posthog_identity") / "demo_files"
 _STYLE = (_FILES / "style.css").read_text(encoding="utf-8")
@@ -53,10 +68,18 @@ _EVENTS_PAGE = (
 class DemoSite:
     """The demo's pages; who is logged in lives in a signed demo cookie."""
 
-    def __init__(self, sink: Sink | None, client: Client | None, notes: list[str]) -> None:
+    def __init__(
+        self,
+        sink: Sink | None,
+        client: Client | None,
+        notes: list[str],
+        script_url: str | None = None,
+    ) -> None:
         self.sink = sink
         self.client = client
         self.notes = notes
+        #: where the page loads posthog-js from; None when no snippet is injected
+        self.script_url = script_url
         self.transitions: deque[dict[str, str]] = deque(maxlen=50)
         self._lock = threading.Lock()
         self.middleware: IdentityMiddleware | None = None
@@ -139,6 +162,15 @@ class DemoSite:
                 else f"anonymous <code>{identity.anonymous_id}</code>"
             )
         notes = "".join(f"<p class='note'>{html.escape(n)}</p>" for n in self.notes)
+        if self.script_url is not None:
+            missing = (
+                f"posthog-js did not load from {self.script_url}, so this page sends no browser "
+                f"events. {_OFFLINE_HINT}"
+            )
+            notes += (
+                f"<p class='note' id='posthog-js-missing' hidden>{html.escape(missing)}</p>"
+                + _MISSING_CHECK
+            )
         document = (
             f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)} · "
             f"posthog-identity demo</title><style>{_STYLE}</style></head><body>"
@@ -223,22 +255,66 @@ def _now() -> str:
     return datetime.now(timezone.utc).strftime("%H:%M:%S")
 
 
+def find_posthog_js(directory: str | os.PathLike[str]) -> Path:
+    """posthog-js's `dist/` directory: `directory` itself, or its `dist/` (the npm package).
+
+    :raises ValueError: when neither holds `array.js`.
+    """
+    given = Path(directory)
+    for candidate in (given, given / "dist"):
+        if (candidate / "array.js").is_file():
+            return candidate.resolve()
+    raise ValueError(
+        f"no array.js in {given} or {given / 'dist'}: give the posthog-js npm package "
+        "(node_modules/posthog-js) or its dist/ directory"
+    )
+
+
+def _version(dist: Path) -> str:
+    """posthog-js's version from its package.json, next to `dist/`, when there is one."""
+    try:
+        package = json.loads((dist.parent / "package.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return ""
+    version = package.get("version") if isinstance(package, dict) else None
+    return f" {version}" if isinstance(version, str) else ""
+
+
 def build(
-    environ: Mapping[str, str], out: TextIO
+    environ: Mapping[str, str], out: TextIO, posthog_js: Path | None = None
 ) -> tuple[IdentityMiddleware, Sink | None, Client]:
-    """The demo wired for this environment: embedded sink unless a real key is set."""
+    """The demo wired for this environment: embedded sink unless a real key is set.
+
+    With `posthog_js` (its `dist/` directory) the sink also serves posthog-js,
+    and the pages load it from there: no internet needed.
+    """
     env = dict(environ)
     notes: list[str] = []
     sink: Sink | None = None
     if not (env.get("POSTHOG_API_KEY") or env.get("POSTHOG_PROJECT_API_KEY")):
-        sink = Sink(on_event=lambda event: print(format_event(event), file=out, flush=True)).start()
+        sink = Sink(
+            static_dir=posthog_js,
+            on_event=lambda event: print(format_event(event), file=out, flush=True),
+        ).start()
         env["POSTHOG_API_KEY"] = DEMO_API_KEY
         env["POSTHOG_HOST"] = sink.url
-        env.setdefault("POSTHOG_IDENTITY_SCRIPT_URL", DEMO_SCRIPT_URL)
+        if posthog_js is not None:
+            env.setdefault("POSTHOG_IDENTITY_SCRIPT_URL", f"{sink.url}/static/array.js")
+            where = f"posthog-js{_version(posthog_js)} comes from {posthog_js}, served by the sink"
+        else:
+            env.setdefault("POSTHOG_IDENTITY_SCRIPT_URL", DEMO_SCRIPT_URL)
+            where = (
+                "posthog-js loads from PostHog's CDN when your browser can reach it "
+                "(offline: --posthog-js DIR)"
+            )
         notes.append(
             f"No POSTHOG_API_KEY: every event goes to the demo's own sink at {sink.url}, "
-            "shown on the Events page. posthog-js loads from PostHog's CDN when your browser "
-            "can reach it."
+            f"shown on the Events page. {where}."
+        )
+    elif posthog_js is not None:
+        notes.append(
+            "--posthog-js is ignored: with POSTHOG_API_KEY set, events and posthog-js "
+            "come from PostHog as configured."
         )
     if not env.get("POSTHOG_IDENTITY_SECRET"):
         env["POSTHOG_IDENTITY_SECRET"] = secrets.token_urlsafe(32)
@@ -250,6 +326,8 @@ def build(
     client = Client(settings.api_key or DEMO_API_KEY, host=settings.host, flush_interval=0.2)
     site = DemoSite(sink, client, notes)
     middleware = IdentityMiddleware(site, settings, user_id=site.logged_in, client=client)
+    snippet = middleware.engine.snippet
+    site.script_url = None if snippet is None else snippet.script_url
     site.middleware = middleware
     return middleware, sink, client
 
@@ -260,16 +338,23 @@ def serve(
     *,
     environ: Mapping[str, str] | None = None,
     out: TextIO | None = None,
+    posthog_js: Path | None = None,
 ) -> int:
-    """Run the demo until interrupted; one line per event on `out`."""
+    """Run the demo until interrupted; one line per event on `out`.
+
+    `posthog_js`: posthog-js's `dist/` directory, served by the embedded sink.
+    """
     out = sys.stdout if out is None else out
-    app, sink, client = build(os.environ if environ is None else environ, out)
+    app, sink, client = build(os.environ if environ is None else environ, out, posthog_js)
     server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
     print(
         f"posthog-identity demo on http://{host}:{server.server_port}/  (Ctrl+C to stop)",
         file=out,
         flush=True,
     )
+    script_url = app.engine.snippet.script_url if app.engine.snippet is not None else None
+    if script_url is not None:
+        print(f"pages load posthog-js from {script_url}", file=out, flush=True)
     if sink is not None:
         print(
             f"events go to the embedded sink at {sink.url}; one line per event below",

@@ -26,7 +26,7 @@ from .linking import RecentLinks
 from .logs import WarnOnce, logger
 from .proxy import Proxy
 from .session import persistence_cookie
-from .settings import ENV_VARS, Settings
+from .settings import ENV_VARS, MIN_SECRET_LENGTH, Settings
 from .signing import CookieCodec, Verified
 from .snippet import Snippet
 
@@ -97,6 +97,16 @@ class Engine:
         self.persistence_cookie: str | None = None
         if self.api_key is not None:
             self.persistence_cookie = persistence_cookie(self.api_key, self.settings.init_options)
+        newest = self.settings.secrets[0]
+        if len(newest) < MIN_SECRET_LENGTH and not self.settings.disabled:
+            # Accepted, so tests and demos can use short ones; guessable in production.
+            logger.warning(
+                "posthog_identity: %s: the newest secret has %d characters; use at least %d "
+                "random ones (python3 -c 'import secrets; print(secrets.token_urlsafe(32))')",
+                ENV_VARS["secrets"],
+                len(newest),
+                MIN_SECRET_LENGTH,
+            )
         if self.client is None and not self.settings.disabled:
             logger.warning(
                 "posthog_identity: no PostHog API key (POSTHOG_API_KEY): identity is "

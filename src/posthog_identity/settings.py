@@ -18,6 +18,8 @@ PersonProfiles = Literal["identified_only", "always"]
 ConsentMode = Literal["not-required", "opt-in", "opt-out"]
 
 DEFAULT_HOST = "https://us.i.posthog.com"
+#: Shorter secrets are accepted (tests, demos) but warned about at start-up.
+MIN_SECRET_LENGTH = 32
 
 #: Settings field -> the environment variable it is read from (the first, for
 #: the API key, which has an alias).

@@ -14,6 +14,7 @@
 - `flags`: posthog-python's own flag answers, to compare with the bootstrap; posthog's
   module as an app configures it.
 - `sink`: raw HTTP requests to a `Sink` and the payloads clients send, for the sink's own tests.
+- `demo`: the demo (`python -m posthog_identity demo`) in a subprocess, its terminal read.
 - `browser`: Chromium's path and flags, the pinned posthog-js, the browser site under a server.
 - `spa`: the example single-page app (`examples/spa/`) under a plain static server.
 """

@@ -95,3 +95,13 @@ def test_every_test_the_docs_cite_exists_where_they_say() -> None:
 
     assert cited
     assert missing == []
+
+
+@pytest.mark.parametrize("example", ["test_flask_analytics.py", "test_fastapi_analytics.py"])
+def test_testing_md_shows_each_example_module_inline_as_it_runs_in_ci(example: str) -> None:
+    # Inline, not an include: GitHub shows the raw markdown, where an include is one line.
+    testing_md = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    source = (ROOT / "examples" / "testing" / example).read_text(encoding="utf-8")
+    assert f"examples/testing/{example}" in testing_md
+    assert source in code_blocks(testing_md, "python")
+    assert "--8<--" not in testing_md

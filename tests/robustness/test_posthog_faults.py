@@ -29,6 +29,8 @@ import time
 import tracemalloc
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass, replace
 from pathlib import Path
 from queue import Empty
@@ -44,7 +46,7 @@ from posthog_identity.testing import Sink
 from tests.helpers.drivers import Driver, driver_for, make_site
 from tests.helpers.faults import FaultyHost
 from tests.helpers.project import API_KEY, ROOT, SECRET
-from tests.helpers.servers import NoCookies, start_concurrency_site, stop_process
+from tests.helpers.servers import NoCookies, Running, start_concurrency_site, stop_process
 from tests.sites import basic as apps
 from tests.sites.concurrency import CLIENT_VARIABLE
 
@@ -92,12 +94,24 @@ class Faults:
         return client
 
 
+def _posthog_back(host: FaultyHost, stack: ExitStack) -> None:
+    """Close `host` and serve a `Sink` on its port for as long as `stack` is open.
+
+    A client's batch stuck on the host then goes through at its next retry (1-4 s
+    of backoff away), rather than failing its last retries (7 s) before the client stops.
+    """
+    host.close()
+    with suppress(OSError):  # the port was taken meanwhile: the host stays down
+        stack.enter_context(Sink(port=int(host.url.rsplit(":", 1)[1])))
+
+
 @pytest.fixture(scope="module")
 def faults() -> Iterator[Faults]:
     """The faulty hosts, and the clients sending to them, stopped together at the end.
 
-    A client stuck on a faulty host needs its in-flight batch to fail (up to 7 s
-    of backoff) before it stops; stopping them all at once costs that once.
+    A client stuck on a faulty host stops once its in-flight batch is done with;
+    PostHog comes back on each host's port for that, and stopping them all at
+    once costs the wait once.
     """
     hosts = {fault: FaultyHost(fault) for fault in FAULTS}
     found = Faults(hosts, [])
@@ -106,14 +120,15 @@ def faults() -> Iterator[Faults]:
     finally:
         for client in found.clients:
             _drain(client)
-        for host in hosts.values():
-            host.close()
-        stoppers = [threading.Thread(target=c.shutdown, daemon=True) for c in found.clients]
-        for stopper in stoppers:
-            stopper.start()
-        deadline = time.monotonic() + DISPOSE_TIMEOUT
-        for stopper in stoppers:
-            stopper.join(max(0.0, deadline - time.monotonic()))
+        with ExitStack() as back:
+            for host in hosts.values():
+                _posthog_back(host, back)
+            stoppers = [threading.Thread(target=c.shutdown, daemon=True) for c in found.clients]
+            for stopper in stoppers:
+                stopper.start()
+            deadline = time.monotonic() + DISPOSE_TIMEOUT
+            for stopper in stoppers:
+                stopper.join(max(0.0, deadline - time.monotonic()))
         assert not any(s.is_alive() for s in stoppers), "a posthog client did not stop"
 
 
@@ -222,8 +237,8 @@ def measure_backlog(adapter: str) -> dict[str, int]:
     """
     logging.getLogger("posthog").disabled = True
     host = FaultyHost("hang")
+    client = default_client(host.url, max_queue_size=QUEUE_SIZE)
     try:
-        client = default_client(host.url, max_queue_size=QUEUE_SIZE)
         config = Settings(secrets=(SECRET,), api_key=API_KEY, host=host.url)
         app = make_site(adapter, config, client)
         sizes = []
@@ -233,17 +248,22 @@ def measure_backlog(adapter: str) -> dict[str, int]:
                 assert driver_for(adapter, app).get("/").status == 200
                 sizes.append(client.queue.qsize())
 
-        tracemalloc.start()
         visit(WARMUP)
         # The consumer has taken its batch and is stuck sending it: the backlog is set.
         assert host.reached(since=0, timeout=10.0)
+        # Traced from here on (tracing slows every allocation): what the backlog
+        # allocates and keeps. Tracing from the start would also subtract what the
+        # warm-up allocated and the backlog freed, so this is the stricter count.
+        tracemalloc.start()
         warm = tracemalloc.get_traced_memory()[0]
         visit(BACKLOG)
         grown = tracemalloc.get_traced_memory()[0] - warm
         tracemalloc.stop()
         return {"queue_max": max(sizes), "grown": grown}
     finally:
-        host.close()
+        with ExitStack() as back:
+            _posthog_back(host, back)
+            client.shutdown()
 
 
 @pytest.mark.parametrize("adapter", ["wsgi", "asgi"])
@@ -358,27 +378,42 @@ def _exit_seconds(process: Any) -> float:
     return time.monotonic() - started
 
 
+def _start_both(kind: str, healthy: str, faulty: str, tmp_path: Path) -> tuple[Running, Running]:
+    """`kind` serving with the client the library builds, sending to `healthy`, and
+    another sending to `faulty`; started at once (a start mostly waits on imports),
+    measured one at a time while the other idles."""
+    engine_client = {CLIENT_VARIABLE: "engine"}
+    with ThreadPoolExecutor(2) as pool:
+        starts = []
+        for name, host in (("healthy", healthy), ("faulty", faulty)):
+            (tmp_path / name).mkdir()
+            starts.append(
+                pool.submit(start_concurrency_site, kind, host, tmp_path / name, **engine_client)
+            )
+    failures = [start.exception() for start in starts if start.exception() is not None]
+    started = [start.result() for start in starts if start.exception() is None]
+    if failures:
+        for running in started:
+            stop_process(running.process)
+        raise failures[0]
+    return started[0], started[1]
+
+
 @pytest.mark.parametrize("kind", ["uvicorn", "gunicorn"])
 def test_a_real_server_waits_on_a_hanging_posthog_neither_per_request_nor_at_exit(
     faults: Faults, sink: Sink, kind: str, tmp_path: Path
 ) -> None:
-    engine_client = {CLIENT_VARIABLE: "engine"}
-    for name in ("healthy", "faulty"):
-        (tmp_path / name).mkdir()
-    healthy = start_concurrency_site(kind, sink.url, tmp_path / "healthy", **engine_client)
-    try:
-        baseline = _measure_over_http(healthy.url, REQUESTS)
-    finally:
-        stop_process(healthy.process)
     host = faults.hosts["hang"]
     before = host.connections
-    faulty = start_concurrency_site(kind, host.url, tmp_path / "faulty", **engine_client)
+    healthy, faulty = _start_both(kind, sink.url, host.url, tmp_path)
     try:
+        baseline = _measure_over_http(healthy.url, REQUESTS)
         measured = _measure_over_http(faulty.url, REQUESTS)
         # The server's client sends a batch per 100 events (or 5 s): it is stuck by now.
         reached = host.reached(since=before, timeout=10.0)
     finally:
         exit_seconds = _exit_seconds(faulty.process)
+        stop_process(healthy.process)
 
     print(
         f"\n{kind} with PostHog hanging: baseline {baseline}; under fault {measured}; "

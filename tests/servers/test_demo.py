@@ -2,78 +2,24 @@
 
 from __future__ import annotations
 
-import os
+import io
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-LISTENING = re.compile(r"posthog-identity demo on (http://127\.0\.0\.1:\d+)/")
-
-
-class Demo:
-    """`python -m posthog_identity demo --port 0` with its terminal collected line by line."""
-
-    def __init__(self, env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            [sys.executable, "-u", "-m", "posthog_identity", "demo", "--port", "0"],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        match = self.wait_for_line(LISTENING)
-        self.url = match.group(1)
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            with self._changed:
-                self.lines.append(line.rstrip("\n"))
-                self._changed.notify_all()
-
-    def wait_for_line(self, pattern: re.Pattern[str], timeout: float = 30.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for line in self.lines:
-                    if match := pattern.search(line):
-                        return match
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or self.process.poll() is not None:
-                    raise AssertionError(
-                        f"no line matching {pattern.pattern!r} in:\n" + "\n".join(self.lines)
-                    )
-                self._changed.wait(remaining)
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            code = self.process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            code = self.process.wait()
-        self._reader.join(timeout=5)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        return code
+from posthog_identity.demo import build, find_posthog_js
+from tests.helpers.demo import Demo, demo_environment
+from tests.helpers.pages import snippet_options
 
 
 @pytest.fixture
 def demo() -> Iterator[Demo]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("POSTHOG")}
-    running = Demo(env)
+    running = Demo(demo_environment())
     yield running
     assert running.stop() == 0
 
@@ -90,7 +36,7 @@ def events(client: httpx.Client, predicate: Any, timeout: float = 15.0) -> dict[
     while True:
         snapshot = client.get("/events.json").json()
         if predicate(snapshot) or time.monotonic() > deadline:
-            return snapshot  # type: ignore[no-any-return]
+            return snapshot
         time.sleep(0.1)
 
 
@@ -136,3 +82,81 @@ def test_a_broken_login_form_asks_again(demo: Demo) -> None:
         assert response.status_code == 200
         assert "Please type a name." in response.text
         assert client.get("/nowhere").status_code == 404
+
+
+@pytest.fixture
+def posthog_js(tmp_path: Path) -> Path:
+    """An npm package of posthog-js as the demo finds it: `dist/array.js` and its version."""
+    (tmp_path / "dist").mkdir()
+    (tmp_path / "dist" / "array.js").write_text("/* posthog-js */", encoding="utf-8")
+    (tmp_path / "package.json").write_text('{"version": "1.449.2"}', encoding="utf-8")
+    return tmp_path
+
+
+def test_given_posthog_js_the_pages_load_it_from_the_demos_sink_with_cors(
+    posthog_js: Path,
+) -> None:
+    demo = Demo(demo_environment(), "--posthog-js", str(posthog_js))
+    try:
+        served = demo.wait_for_line(re.compile(r"pages load posthog-js from (\S+)")).group(1)
+        with httpx.Client(base_url=demo.url) as client:
+            home = client.get("/")
+            script = client.get(served, headers={"Origin": demo.url})  # crossorigin="anonymous"
+    finally:
+        assert demo.stop() == 0
+
+    assert re.fullmatch(r"http://127\.0\.0\.1:\d+/static/array\.js", served)
+    assert served != f"{demo.url}/static/array.js", "served by the sink, not the demo site"
+    assert snippet_options(home.content)["src"] == served, "the snippet loads it from there"
+    assert f"posthog-js 1.449.2 comes from {posthog_js / 'dist'}, served by the sink" in home.text
+    assert (script.status_code, script.text) == (200, "/* posthog-js */")
+    assert script.headers["Access-Control-Allow-Origin"] == demo.url
+
+
+def test_without_posthog_js_the_page_carries_a_hidden_line_for_when_the_cdn_fails(
+    demo: Demo,
+) -> None:
+    with httpx.Client(base_url=demo.url) as client:
+        home = client.get("/").text
+
+    [line] = re.findall(r"<p class='note' id='posthog-js-missing' hidden>([^<]*)</p>", home)
+    assert line.startswith(
+        "posthog-js did not load from https://us-assets.i.posthog.com/static/array.js"
+    )
+    assert "--posthog-js DIR" in line
+    assert "nox -s demo" in line
+
+
+# -- finding posthog-js, and what the pages say about it (in process) -------------
+
+
+@pytest.mark.parametrize("given", ["package", "dist"])
+def test_posthog_js_is_found_from_its_npm_package_or_its_dist(posthog_js: Path, given: str) -> None:
+    directory = posthog_js if given == "package" else posthog_js / "dist"
+    assert find_posthog_js(directory) == (posthog_js / "dist").resolve()
+
+
+def test_a_dist_without_a_package_json_is_served_without_a_version(tmp_path: Path) -> None:
+    (tmp_path / "array.js").write_text("/* posthog-js */", encoding="utf-8")
+    app, sink, client = build({}, io.StringIO(), find_posthog_js(tmp_path))
+    try:
+        assert app.engine.snippet is not None
+        assert app.engine.snippet.script_url == f"{sink.url}/static/array.js"
+        notes = " ".join(app.app.notes)
+        assert f"posthog-js comes from {tmp_path.resolve()}, served by the sink" in notes
+    finally:
+        client.shutdown()
+        assert sink is not None
+        sink.stop()
+
+
+def test_with_a_real_key_posthog_js_is_not_served_and_the_page_says_so(posthog_js: Path) -> None:
+    env = {"POSTHOG_API_KEY": "phc_real", "POSTHOG_HOST": "https://eu.i.posthog.com"}
+    app, sink, client = build(env, io.StringIO(), find_posthog_js(posthog_js))
+    try:
+        assert sink is None
+        assert app.engine.snippet is not None
+        assert app.engine.snippet.script_url.startswith("https://eu-assets.i.posthog.com/")
+        assert any("--posthog-js is ignored" in note for note in app.app.notes)
+    finally:
+        client.shutdown()

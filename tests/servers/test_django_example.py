@@ -25,7 +25,8 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -242,25 +243,39 @@ def _walk(example: Example) -> Walk:
     )
 
 
-@pytest.fixture(scope="module", params=SERVERS)
-def example(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Example]:
-    kind = str(request.param)
-    with Sink() as sink:
-        running = _start(kind, sink, tmp_path_factory.mktemp(f"django-{kind}"))
-        try:
-            yield running
-        finally:
-            killed = stop_process(running.server.process)
-        # pytest finalizes a parametrized module fixture when the next parameter
-        # is set up, so a failure here is reported at that test's setup.
-        check_stopped(kind, running.server.log, killed)
-
-
 @pytest.fixture(scope="module")
-def walk(example: Example) -> Walk:
-    return _walk(example)
+def walks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Walk]]]:
+    """The example under every server, each started and walked at the same time.
+
+    A walk ends waiting for its server's posthog client, which batches for up to
+    5 s (posthog's default): the servers wait once, together. Each server has
+    its own sink and database; a failed start or walk fails its own tests.
+    """
+    directories = {kind: tmp_path_factory.mktemp(f"django-{kind}") for kind in SERVERS}
+    started: dict[str, Example] = {}
+
+    def start_and_walk(kind: str, sink: Sink) -> Walk:
+        started[kind] = _start(kind, sink, directories[kind])
+        return _walk(started[kind])
+
+    with ExitStack() as sinks:
+        try:
+            with ThreadPoolExecutor(len(SERVERS)) as pool:
+                walked = {
+                    kind: pool.submit(start_and_walk, kind, sinks.enter_context(Sink()))
+                    for kind in SERVERS
+                }
+            yield walked
+        finally:
+            killed = {kind: stop_process(ex.server.process) for kind, ex in started.items()}
+    # Reported at the teardown of the module's last test.
+    for kind, example in started.items():
+        check_stopped(kind, example.server.log, killed[kind])
+
+
+@pytest.fixture(scope="module", params=SERVERS)
+def walk(request: pytest.FixtureRequest, walks: dict[str, Future[Walk]]) -> Walk:
+    return walks[str(request.param)].result()
 
 
 def test_the_example_logs_no_error(walk: Walk) -> None:

@@ -3,16 +3,20 @@ ports, `--version`, stderr and exit codes of every command."""
 
 from __future__ import annotations
 
+import http.server
 import io
 import re
 import subprocess
 import sys
+import threading
+from pathlib import Path
 
 import pytest
 
 from posthog_identity import __version__
 from posthog_identity.cli import INVALID, OK, PROBLEMS, USAGE, check, main
 from posthog_identity.testing import Sink
+from tests.helpers.faults import FaultyHost
 
 GOOD = {
     "POSTHOG_IDENTITY_SECRET": "k" * 40,
@@ -104,21 +108,98 @@ def test_plain_http_is_fine_on_this_machine(host: str) -> None:
     assert run({**GOOD, "POSTHOG_HOST": host})[0] == OK
 
 
-def test_ping_passes_when_the_host_answers() -> None:
+def test_ping_passes_when_the_host_answers_and_says_what_answered() -> None:
     with Sink() as sink:
         code, text = run({**GOOD, "POSTHOG_HOST": sink.url}, ping=True, timeout=5.0)
     assert code == OK, text
+    assert f"ping: POST {sink.url}/flags/?v=2: 200 OK (server: posthog-identity-sink" in text
 
 
-def test_ping_fails_when_nothing_listens() -> None:
-    import socket
+@pytest.mark.parametrize(
+    ("fault", "told"),
+    [
+        ("404", "POSTHOG_HOST: POST {url}/nowhere/flags/?v=2 answered 404 Not Found (server: "),
+        ("500", "POSTHOG_HOST: POST {url}/flags/?v=2 answered 500 Internal Server Error"),
+        ("refused", "POSTHOG_HOST: POST {url}/flags/?v=2: connection refused: nothing listens"),
+        ("tls", "POSTHOG_HOST: POST {url}/flags/?v=2: TLS failure: the TLS handshake with"),
+        ("dns", "POSTHOG_HOST: POST {url}/flags/?v=2: DNS failure: eu.posthog-identity.invalid"),
+        ("timeout", "POSTHOG_HOST: POST {url}/flags/?v=2: timeout: no answer within 1s"),
+    ],
+    ids=["404", "500", "refused", "tls", "dns", "timeout"],
+)
+def test_ping_fails_naming_why_when_the_host_answers_an_error_or_nothing(
+    fault: str, told: str
+) -> None:
+    with Sink() as sink:
+        faulty = {f: FaultyHost(f) for f in ("500", "refused", "hang")}
+        try:
+            url = {
+                "404": sink.url,
+                "500": faulty["500"].url,
+                "refused": faulty["refused"].url,
+                "tls": sink.url.replace("http://", "https://"),
+                "dns": "https://eu.posthog-identity.invalid",
+                "timeout": faulty["hang"].url,
+            }[fault]
+            host = f"{url}/nowhere" if fault == "404" else url
+            code, text = run({**GOOD, "POSTHOG_HOST": host}, ping=True, timeout=1.0)
+        finally:
+            for running in faulty.values():
+                running.close()
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    code, text = run({**GOOD, "POSTHOG_HOST": f"http://127.0.0.1:{port}"}, ping=True, timeout=2.0)
-    assert code == PROBLEMS
-    assert "did not answer within 2s" in text
+    assert code == PROBLEMS, text
+    assert f"error: {told.format(url=url)}" in text
+    assert "ok: the configuration looks right." not in text
+
+
+class _Unauthorized(http.server.BaseHTTPRequestHandler):
+    """What PostHog answers a flags request whose key is of no project on the host."""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_ping_answered_401_asks_whether_the_key_belongs_to_the_host() -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Unauthorized)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        code, text = run({**GOOD, "POSTHOG_HOST": url}, ping=True, timeout=5.0)
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+    assert code == PROBLEMS, text
+    assert f"error: POSTHOG_HOST: POST {url}/flags/?v=2 answered 401 Unauthorized (server: " in text
+    assert "is POSTHOG_API_KEY a key of a project on this host?" in text
+
+
+def test_ping_without_an_api_key_asks_nothing_and_says_so() -> None:
+    env = {k: v for k, v in GOOD.items() if k != "POSTHOG_API_KEY"}
+    code, text = run({**env, "POSTHOG_HOST": "http://127.0.0.1:9"}, ping=True, timeout=1.0)
+    assert code == OK, text
+    assert "warning: --ping: without POSTHOG_API_KEY nothing is sent, so nothing was asked" in text
+
+
+def test_check_flags_a_short_secret_once_and_logs_no_start_up_warning() -> None:
+    env = {"PATH": "/usr/bin:/bin", **GOOD, "POSTHOG_IDENTITY_SECRET": "tiny"}
+    done = subprocess.run(
+        [sys.executable, "-m", "posthog_identity", "check"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.stderr.count("POSTHOG_IDENTITY_SECRET") == 1, done.stderr
+    assert done.stderr.startswith("error: POSTHOG_IDENTITY_SECRET: the newest secret has 4")
 
 
 def test_the_console_entry_point_reads_the_process_environment() -> None:
@@ -208,6 +289,20 @@ def test_a_port_out_of_range_is_a_usage_error_in_one_line(command: str, port: st
     )
 
 
+def test_a_posthog_js_directory_without_array_js_is_a_usage_error_in_one_line(
+    tmp_path: Path,
+) -> None:
+    done = posthog_identity("demo", "--posthog-js", str(tmp_path))
+
+    assert done.returncode == USAGE
+    *_, last = done.stderr.splitlines()
+    assert last == (
+        f"posthog-identity demo: error: argument --posthog-js: no array.js in {tmp_path} or "
+        f"{tmp_path / 'dist'}: give the posthog-js npm package (node_modules/posthog-js) or "
+        "its dist/ directory"
+    )
+
+
 def test_check_prints_the_configuration_on_stdout_and_problems_on_stderr() -> None:
     done = posthog_identity("check", env={**GOOD, "POSTHOG_IDENTITY_SECRET": "tiny"})
 
@@ -284,12 +379,22 @@ def test_check_describes_the_proxy() -> None:
     )
 
 
-def test_check_ping_tries_posthog_through_the_proxy() -> None:
-    with Sink() as sink:
+def test_check_shows_the_proxy_cap_each_server_kind_gets_when_unset() -> None:
+    code, text = run({**GOOD, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"})
+    assert code == OK, text
+    assert re.search(
+        r"POSTHOG_IDENTITY_PROXY_CONCURRENCY +\(32 in flight under ASGI, 2 under WSGI\)", text
+    ), text
+
+
+def test_check_ping_tries_posthog_through_the_proxy(tmp_path: Path) -> None:
+    (tmp_path / "array.js").write_text("/* posthog-js */", encoding="utf-8")
+    with Sink(static_dir=tmp_path) as sink:
         env = {**GOOD, "POSTHOG_HOST": sink.url, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"}
         code, text = run(env, ping=True, timeout=5.0)
     assert code == OK, text
-    assert f"proxy: /ingest/flags/?v=2 -> {sink.url}/flags/?v=2:" in text
+    assert f"proxy: /ingest/flags/?v=2 -> {sink.url}/flags/?v=2: 200 OK (server: " in text
+    assert f"proxy: /ingest/static/array.js -> {sink.url}/static/array.js: 200 OK" in text
 
 
 def test_check_ping_through_the_proxy_names_an_unreachable_upstream() -> None:
@@ -305,8 +410,35 @@ def test_check_ping_through_the_proxy_names_an_unreachable_upstream() -> None:
     }
     code, text = run(env, ping=True, timeout=2.0)
     assert code == PROBLEMS
-    assert "POSTHOG_IDENTITY_PROXY_PATH: " in text
-    assert "gave no answer through the proxy (502: unreachable)" in text
+    assert (
+        f"error: POSTHOG_IDENTITY_PROXY_PATH: /ingest/flags/?v=2 -> http://127.0.0.1:{port}"
+        "/flags/?v=2 gave no answer: connection refused: nothing listens at" in text
+    )
+
+
+def test_check_ping_through_the_proxy_without_an_api_key_asks_only_for_posthog_js(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "array.js").write_text("/* posthog-js */", encoding="utf-8")
+    env = {k: v for k, v in GOOD.items() if k != "POSTHOG_API_KEY"}
+    with Sink(static_dir=tmp_path) as sink:
+        env = {**env, "POSTHOG_HOST": sink.url, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"}
+        code, text = run(env, ping=True, timeout=5.0)
+    assert code == OK, text
+    assert f"proxy: /ingest/static/array.js -> {sink.url}/static/array.js: 200 OK" in text
+    assert sink.flag_requests() == []
+
+
+def test_check_ping_fails_when_posthog_js_is_not_found_through_the_proxy() -> None:
+    with Sink() as sink:  # no static directory: /static/array.js is a 404
+        env = {**GOOD, "POSTHOG_HOST": sink.url, "POSTHOG_IDENTITY_PROXY_PATH": "/ingest"}
+        code, text = run(env, ping=True, timeout=5.0)
+    assert code == PROBLEMS, text
+    assert (
+        f"error: POSTHOG_IDENTITY_PROXY_PATH: /ingest/static/array.js -> {sink.url}"
+        "/static/array.js answered 404 Not Found (server: posthog-identity-sink" in text
+    )
+    assert "ok: the configuration looks right." not in text
 
 
 def test_check_says_which_events_are_kept_while_posthog_is_down_and_for_how_long() -> None:

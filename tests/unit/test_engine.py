@@ -16,6 +16,7 @@ from posthog_identity.engine import Engine
 from posthog_identity.identity import NOBODY, NOTHING
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
+from tests.helpers.drivers import driver_for, make_site
 from tests.helpers.project import API_KEY, SECRET
 
 
@@ -235,3 +236,40 @@ def test_only_an_options_request_has_its_headers_read(settings: Settings, client
         raise AssertionError("headers read for a request that cannot be a preflight")
 
     assert Engine(settings, client).bypasses("/", "GET", never, {}) is False
+
+
+def secret_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [message for message in warnings(caplog) if "POSTHOG_IDENTITY_SECRET" in message]
+
+
+def test_a_short_secret_is_warned_once_at_start_up_naming_the_variable_and_its_length(
+    adapter: str, settings: Settings, client: Client, caplog_identity: pytest.LogCaptureFixture
+) -> None:
+    site = driver_for(adapter, make_site(adapter, replace(settings, secrets=("short",)), client))
+    [warning] = secret_warnings(caplog_identity)
+
+    first, *later = [site.get("/") for _ in range(3)]
+    assert first.identity_cookies, "the short secret still signs the cookie"
+    assert [reply.identity_cookies for reply in later] == [[], []], "and verifies it"
+
+    assert secret_warnings(caplog_identity) == [warning], "once per middleware, not per request"
+    assert "POSTHOG_IDENTITY_SECRET: the newest secret has 5 characters" in warning
+    assert "at least 32" in warning
+
+
+@pytest.mark.parametrize(
+    ("secrets", "disabled"),
+    [((SECRET,), False), ((SECRET, "old"), False), (("short",), True)],
+    ids=["long-enough", "only-an-older-one-is-short", "disabled"],
+)
+def test_no_secret_warning_when_the_newest_secret_is_long_enough_or_nothing_is_signed(
+    settings: Settings,
+    client: Client,
+    caplog_identity: pytest.LogCaptureFixture,
+    secrets: tuple[str, ...],
+    disabled: bool,
+) -> None:
+    assert len(SECRET) >= 32
+    Engine(replace(settings, secrets=secrets, disabled=disabled), client)
+
+    assert secret_warnings(caplog_identity) == []

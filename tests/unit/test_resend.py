@@ -191,7 +191,10 @@ def test_the_middlewares_own_client_keeps_its_links(
     assert client is not None
     try:
         send_link(client, link(0))
-        wait_kept(client, 1, timeout=30)  # posthog's own retries first: about 7 s
+        # posthog's default client waits up to 5 s to batch; the app's flush sends at
+        # once and returns when posthog's own retries (1 + 2 + 4 s) have given up.
+        client.flush(timeout_seconds=30)
+        wait_kept(client, 1, timeout=30)
         with Sink(port=port_of(down)) as sink:
             (event,) = sink.wait_for(event=ALIAS, count=1)
         assert pairs([event]) == [("user-0", ANONYMOUS[0])]

@@ -22,14 +22,18 @@ if TYPE_CHECKING:
     from .flags import FlagValue
     from .server import Sink
 
-__all__ = ["TEST_API_KEY", "LoginLink", "PostHogSink"]
+__all__ = ["TEST_API_KEY", "TEST_SECRET", "LoginLink", "PostHogSink"]
 
 #: The project API key the fixture sets when the environment has none, so that
 #: apps built in the test send their events.
 TEST_API_KEY = "phc_posthog_identity_test"
+#: The cookie secret the fixture sets when the environment has none, so that
+#: the middleware of an app built in the test starts (it requires one).
+TEST_SECRET = "posthog-identity-test-secret-never-for-production"
 
 _ALIAS = "$create_alias"
 _KEY_VARIABLES = ("POSTHOG_API_KEY", "POSTHOG_PROJECT_API_KEY")
+_SECRET_VARIABLE = "POSTHOG_IDENTITY_SECRET"
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,7 @@ class PostHogSink:
 
         :raises AssertionError: after `timeout` seconds, listing what arrived.
         """
+        __tracebackhide__ = True
         try:
             return self.sink.wait_for(
                 predicate, count=count, event=name, distinct_id=distinct_id, timeout=timeout
@@ -109,12 +114,17 @@ class PostHogSink:
             client.flush()
 
     def assert_captured(
-        self, name: str, distinct_id: str | None = None, *, timeout: float = 5.0
+        self, name: str, distinct_id: str | None = None, *, timeout: float = 0.0
     ) -> Event:
         """The one event named `name` (for `distinct_id`), after flushing the clients.
 
+        The flush delivers what this process's clients queued, so a missing event
+        fails at once. `timeout` waits up to that long for events sent by clients
+        the flush cannot reach (another process: a live server).
+
         :raises AssertionError: unless exactly one arrived, listing what did.
         """
+        __tracebackhide__ = True
         self.flush()
         self._settle(None, name=name, distinct_id=distinct_id, timeout=timeout)
         found = self.sink.events(name, distinct_id)
@@ -127,12 +137,15 @@ class PostHogSink:
         return found[0]
 
     def assert_login_link(
-        self, user_id: str, anonymous_id: str | None = None, *, timeout: float = 5.0
+        self, user_id: str, anonymous_id: str | None = None, *, timeout: float = 0.0
     ) -> LoginLink:
         """The one login link of `user_id` (from `anonymous_id`), after flushing the clients.
 
+        Fails at once after the flush, as `assert_captured` does; `timeout` too.
+
         :raises AssertionError: unless exactly one arrived, listing what did.
         """
+        __tracebackhide__ = True
         self.flush()
 
         def arrived(events: list[Event]) -> bool:
@@ -161,7 +174,9 @@ class PostHogSink:
         distinct_id: str | None,
         timeout: float,
     ) -> None:
-        # Gives a client sending on its own schedule the time to deliver.
+        # Gives a client the flush cannot reach the time to deliver.
+        if timeout <= 0:
+            return
         with suppress(TimeoutError):
             self.sink.wait_for(predicate, event=name, distinct_id=distinct_id, timeout=timeout)
 
@@ -188,17 +203,21 @@ class PostHogSink:
 
     @contextmanager
     def pointed_at(self) -> Iterator[PostHogSink]:
-        """Set `POSTHOG_HOST` (and an API key, when none is set) for the apps a test
-        builds; restore the environment after. Starts from no events and no flags."""
+        """Set `POSTHOG_HOST` (and an API key and a cookie secret, when none is set)
+        for the apps a test builds; restore the environment after. Starts from no
+        events and no flags."""
         self.flush()  # what an earlier test queued lands before it is forgotten
         self.sink.clear()
         self.sink.serve_flags()
-        saved = {name: os.environ.get(name) for name in ("POSTHOG_HOST", *_KEY_VARIABLES)}
+        variables = ("POSTHOG_HOST", *_KEY_VARIABLES, _SECRET_VARIABLE)
+        saved = {name: os.environ.get(name) for name in variables}
         os.environ["POSTHOG_HOST"] = self.url
         if not any(saved[name] for name in _KEY_VARIABLES):
             os.environ["POSTHOG_API_KEY"] = self.api_key
         else:
             self.api_key = str(saved["POSTHOG_API_KEY"] or saved["POSTHOG_PROJECT_API_KEY"])
+        if not saved[_SECRET_VARIABLE]:
+            os.environ[_SECRET_VARIABLE] = TEST_SECRET
         try:
             yield self
         finally:

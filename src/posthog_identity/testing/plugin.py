@@ -32,9 +32,9 @@ def posthog_sink(posthog_sink_server: Sink) -> Iterator[PostHogSink]:
     """What this test's apps send to PostHog.
 
     `POSTHOG_HOST` points at the session's sink while the test runs (and
-    `POSTHOG_API_KEY` is set when no API key is), so apps the test builds send
-    there; the environment is restored after. Each test starts with no events
-    and no flags.
+    `POSTHOG_API_KEY` and `POSTHOG_IDENTITY_SECRET` are set to test values when
+    unset), so apps the test builds start and send there; the environment is
+    restored after. Each test starts with no events and no flags.
     """
     from .fixture import PostHogSink
 

@@ -165,7 +165,8 @@ class Sink:
     evaluation agree.
 
     Cross-origin requests get CORS headers for their Origin. Bad requests get
-    a JSON 4xx; nothing stops the server but `stop()`. A sink starts once.
+    a JSON 4xx; nothing stops the server but `stop()`. `HEAD` is answered as
+    `GET`, without the body. A sink starts once.
 
     :param host: interface to listen on.
     :param port: port to listen on; 0 picks a free one (see `url`).
@@ -400,7 +401,8 @@ class Sink:
     def _route(self, request: Request) -> Response:
         if request.method == "POST":
             return self._post(request)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):
+            # werkzeug's Response sends no body to a HEAD: the headers are GET's.
             return self._get(request)
         if request.method == "OPTIONS":
             return _preflight(request)

@@ -75,4 +75,7 @@ def file_response(request: Request, path: Path) -> Response | None:
     response.set_etag(f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
     response.cache_control.no_cache = True
     response.headers["X-Content-Type-Options"] = "nosniff"
-    return response.make_conditional(request, accept_ranges=True, complete_length=stat.st_size)
+    response = response.make_conditional(request, accept_ranges=True, complete_length=stat.st_size)
+    # make_conditional adds a Date; the server adds its own, which is the one to keep.
+    del response.headers["Date"]
+    return response

@@ -8,6 +8,7 @@ HTTP to the session's sink on 127.0.0.1.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import posthog
 import pytest
 
 from posthog_identity.testing import LoginLink, PostHogSink
+from posthog_identity.testing.fixture import TEST_SECRET
 from tests.helpers.project import ROOT
 
 pytest_plugins = ["pytester"]
@@ -188,6 +190,108 @@ def test_second(posthog_sink):
     run_user_tests(pytester, source, "-W", "ignore::DeprecationWarning").assert_outcomes(passed=2)
 
 
+# A user's module as the docs tell it: no secret, no key, the app reads the
+# environment the fixture set.
+NO_SECRET_TESTS = """
+import time
+
+import posthog
+import pytest
+from werkzeug.test import Client as Browser
+
+from posthog_identity import identify_user
+from posthog_identity.wsgi import IdentityMiddleware
+
+
+def view(environ, start_response):
+    if environ["PATH_INFO"] == "/login":
+        identify_user("ada")
+    posthog.capture("page viewed")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"ok"]
+
+
+@pytest.fixture
+def browser(posthog_sink):
+    return Browser(IdentityMiddleware(view))
+
+
+def test_login_links_the_visitor(posthog_sink, browser):
+    browser.get("/")
+    browser.get("/login")
+    link = posthog_sink.assert_login_link("ada")
+    [visit, _] = posthog_sink.events("page viewed")
+    assert link.anonymous_id == visit["distinct_id"]
+
+
+def test_expects_an_event_that_was_renamed(posthog_sink, browser):
+    browser.get("/")
+    started = time.monotonic()
+    try:
+        posthog_sink.assert_captured("page visited")
+    finally:
+        print(f"failed after {time.monotonic() - started:.2f}s")
+
+
+def test_expects_a_link_that_never_happened(posthog_sink, browser):
+    browser.get("/")
+    started = time.monotonic()
+    try:
+        posthog_sink.assert_login_link("ada")
+    finally:
+        print(f"failed after {time.monotonic() - started:.2f}s")
+"""
+
+
+@pytest.fixture
+def no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("POSTHOG_IDENTITY_SECRET", "POSTHOG_API_KEY", "POSTHOG_PROJECT_API_KEY"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def user_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The user's own secret: the tests of the assertions depend on nothing else."""
+    monkeypatch.setenv("POSTHOG_IDENTITY_SECRET", "the-users-own-secret-of-32-or-more-chars")
+
+
+def test_a_user_module_with_no_secret_set_gets_a_test_secret(
+    pytester: pytest.Pytester, no_secret: None
+) -> None:
+    result = run_user_tests(pytester, NO_SECRET_TESTS, "-k", "links_the_visitor")
+    result.assert_outcomes(passed=1)
+
+
+@pytest.mark.parametrize("test", ["renamed", "never_happened"])
+def test_after_the_flush_a_missing_event_fails_at_once(
+    pytester: pytest.Pytester, user_secret: None, test: str
+) -> None:
+    result = run_user_tests(pytester, NO_SECRET_TESTS, "-k", test)
+
+    result.assert_outcomes(failed=1)
+    [waited] = [float(m) for m in re.findall(r"failed after ([\d.]+)s", result.stdout.str())]
+    # The wait it replaced was 5 s; a flush to 127.0.0.1 takes milliseconds.
+    assert waited < 2.5, result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("test", "call"),
+    [
+        ("renamed", 'posthog_sink.assert_captured("page visited")'),
+        ("never_happened", 'posthog_sink.assert_login_link("ada")'),
+    ],
+)
+def test_a_failing_assertion_shows_the_users_line_not_the_plugins_frames(
+    pytester: pytest.Pytester, user_secret: None, test: str, call: str
+) -> None:
+    result = run_user_tests(pytester, NO_SECRET_TESTS, "-k", test)
+
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([f">*{call}", "E   *AssertionError: expected one *"])
+    result.stdout.no_fnmatch_line("*posthog_identity*testing*.py:*")
+    result.stdout.no_fnmatch_line("*__tracebackhide__*")
+
+
 ENVIRONMENT_TESTS = """
 import os
 
@@ -197,19 +301,28 @@ import pytest
 def after_the_test():
     yield
     print("after:", os.environ.get("POSTHOG_HOST"), os.environ.get("POSTHOG_API_KEY"))
+    print("secret after:", os.environ.get("POSTHOG_IDENTITY_SECRET"))
 
 def test_inside(posthog_sink):
     assert posthog_sink.url.startswith("http://127.0.0.1:")
     assert os.environ["POSTHOG_HOST"] == posthog_sink.url
     print("inside:", os.environ["POSTHOG_API_KEY"], posthog_sink.api_key)
+    print("secret inside:", os.environ.get("POSTHOG_IDENTITY_SECRET"))
 """
 
 
 def run_with_environment(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, api_key: str | None
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    api_key: str | None,
+    secret: str | None = None,
 ) -> pytest.RunResult:
     pytester.makepyfile(test_user=ENVIRONMENT_TESTS)
     monkeypatch.setenv("POSTHOG_HOST", "https://example.invalid")
+    if secret is None:
+        monkeypatch.delenv("POSTHOG_IDENTITY_SECRET", raising=False)
+    else:
+        monkeypatch.setenv("POSTHOG_IDENTITY_SECRET", secret)
     monkeypatch.delenv("POSTHOG_PROJECT_API_KEY", raising=False)
     if api_key is None:
         monkeypatch.delenv("POSTHOG_API_KEY", raising=False)
@@ -239,6 +352,21 @@ def test_the_fixture_keeps_an_api_key_the_environment_has(
     result.stdout.fnmatch_lines(
         ["*inside: phc_mine phc_mine*", "*after: https://example.invalid phc_mine*"]
     )
+
+
+def test_the_fixture_sets_a_test_secret_when_none_is_set_and_restores_it(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = run_with_environment(pytester, monkeypatch, None)
+    result.stdout.fnmatch_lines([f"*secret inside: {TEST_SECRET}", "*secret after: None*"])
+    assert len(TEST_SECRET) >= 32, "long enough to start without the short-secret warning"
+
+
+def test_the_fixture_keeps_a_secret_the_environment_has(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = run_with_environment(pytester, monkeypatch, None, secret="mine")
+    result.stdout.fnmatch_lines(["*secret inside: mine", "*secret after: mine*"])
 
 
 @pytest.mark.parametrize("example", ["test_flask_analytics.py", "test_fastapi_analytics.py"])

@@ -15,6 +15,8 @@ import pytest
 from posthog_identity.testing import DEFAULT_MAX_BODY_SIZE, Sink
 from tests.helpers.sink import EVENT, FLAGS_REQUEST, post_json, send, send_raw
 
+ORIGIN = "http://localhost:8000"
+
 # -- requests that are refused, without stopping the sink -------------------------
 
 
@@ -75,10 +77,17 @@ def test_other_methods_get_json_errors(sink: Sink, method: str, path: str, statu
     assert reply.json()["detail"]
 
 
-def test_head_gets_an_error_without_a_body(sink: Sink) -> None:
-    reply = send(sink.url + "/batch/", method="HEAD")
-    assert reply.status == 501
-    assert reply.body == b""
+@pytest.mark.parametrize(
+    "path",
+    ["/static/array.js", "/static/1.449.2/recorder.js", "/array/phc_test/config.js", "/batch/"],
+)
+def test_head_is_answered_as_get_without_the_body(static_sink: Sink, path: str) -> None:
+    got = send(static_sink.url + path, method="GET", headers={"Origin": ORIGIN})
+    head = send(static_sink.url + path, method="HEAD", headers={"Origin": ORIGIN})
+    assert head.status == got.status
+    assert head.body == b""
+    for name in ("Content-Type", "Content-Length", "ETag", "Access-Control-Allow-Origin"):
+        assert head.headers[name] == got.headers[name], name
 
 
 def test_sink_failure_gets_500_and_keeps_serving(
@@ -128,8 +137,6 @@ def test_same_origin_post_gets_no_cors_headers(sink: Sink) -> None:
 
 
 # -- CORS for the rest of posthog-js's requests -----------------------------------
-
-ORIGIN = "http://localhost:8000"
 
 
 def test_preflight_for_flags_allows_the_requesting_origin(sink: Sink) -> None:

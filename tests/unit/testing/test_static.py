@@ -142,3 +142,13 @@ def test_static_file_that_cannot_be_opened_is_404(
 def test_static_dir_must_be_a_directory(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         Sink(static_dir=tmp_path / "missing")
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_a_static_file_carries_one_date_and_one_server_header(
+    static_sink: Sink, method: str
+) -> None:
+    reply = send(static_sink.url + "/static/array.js", method=method)
+    assert reply.status == 200
+    assert len(reply.headers.get_all("Date")) == 1
+    assert len(reply.headers.get_all("Server")) == 1
