@@ -321,9 +321,7 @@ def recording() -> Iterator[RecordingUpstream]:
         yield running
 
 
-def asgi_post(
-    app: Any, messages: list[dict[str, Any]], length: int | str
-) -> list[dict[str, Any]]:
+def asgi_post(app: Any, messages: list[dict[str, Any]], length: int | str) -> list[dict[str, Any]]:
     """POST to `app` as a server would, the body as `messages`; then the browser waits
     for ever (a stalled upload). Returns what the app sent within 20 s."""
     scope = {
@@ -473,7 +471,6 @@ def test_wsgi_a_place_is_freed_when_the_server_fails_to_start_the_answer(
     status, iterable = call_wsgi(app, wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2"))
     iterable.close()
     assert status.startswith("200")
-
 
 
 @pytest.mark.parametrize(
