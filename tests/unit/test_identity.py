@@ -63,6 +63,7 @@ def run(
         new_id=lambda: B,
         offered=(lambda: offered) if adopt else None,
         left=left,
+        keys=2,
     )
 
 
@@ -363,6 +364,15 @@ def test_logout_never_takes_an_id_the_browser_had_while_signed_in(
 def test_logout_remembers_the_user_who_left_by_the_hash_of_the_request_that_said_so() -> None:
     result = run(known("u1", key=1), NOBODY, key_index=1, left="u1")
     assert result.cookie == CookieState(B, None, False, NOW, awaiting("u1", A))
+
+
+def test_a_logout_under_an_older_secret_never_takes_the_user_who_left_afterwards() -> None:
+    # The user's hash stays the older secret's (the id is unknown, it cannot be
+    # re-keyed) while the newest secret signs the cookie the logout writes.
+    logout = run(known(UV7, key=1), NOBODY, key_index=1)
+    assert logout.cookie is not None
+    result = run(logout.cookie, NOBODY, offered=UV7)
+    assert result == Resolution(Identity(B), Transition.NONE, None, None)
 
 
 def test_logout_without_reset_ignores_the_browsers_id() -> None:
