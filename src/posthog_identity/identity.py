@@ -259,7 +259,7 @@ def resolve(
     is how many secrets verify (the `key_index` values `user_hash` takes).
     """
     if verified is None or verified.state.issued_at + max_age <= now:
-        return _without_cookie(report, now, user_hash, new_id, offered, left)
+        return _without_cookie(report, now, user_hash, new_id, offered, left, reset_on_logout)
 
     state, key_index = verified.state, verified.key_index
     anonymous_id = state.anonymous_id
@@ -341,6 +341,7 @@ def _without_cookie(
     new_id: Callable[[], str],
     offered: Offered | None,
     left: str | None,
+    reset_on_logout: bool,
 ) -> Resolution:
     """No usable cookie: the browser's own anonymous id stands in for it, else a new one."""
 
@@ -348,6 +349,12 @@ def _without_cookie(
         return candidate in (report, left)
 
     taken = _take(offered, known_user)
+    if report is NOBODY and left is not None and not reset_on_logout:
+        # A logout without reset keeps the id the request had while it reported
+        # the user (the same one taken or minted then), marked linked.
+        anonymous_id = new_id() if taken is None else taken
+        kept = CookieState(anonymous_id, None, True, now)
+        return Resolution(Identity(anonymous_id), Transition.LOGOUT, kept)
     if isinstance(report, str):
         if taken is None:
             # A user with no cookie and no id of the browser's: nothing to link,

@@ -380,6 +380,22 @@ def test_logout_without_reset_ignores_the_browsers_id() -> None:
     assert result.cookie == CookieState(A, None, True, NOW)
 
 
+@pytest.mark.parametrize(
+    ("offered", "kept"), [(X, X), (None, B)], ids=["the-browsers-id", "a-minted-id"]
+)
+def test_a_logout_without_reset_in_a_request_without_our_cookie_keeps_its_id_marked_linked(
+    offered: str | None, kept: str
+) -> None:
+    # The id the request had while it reported the user (taken or minted alike),
+    # as a cookie's A is kept: no wait for the browser's next one.
+    signed_in = run(None, "u1", reset_on_logout=False, offered=offered)
+    result = run(None, NOBODY, reset_on_logout=False, offered=offered, left="u1")
+    assert signed_in.identity.anonymous_id == kept
+    assert result.transition is Transition.LOGOUT
+    assert result.identity == Identity(kept)
+    assert result.cookie == CookieState(kept, None, True, NOW)
+
+
 def test_a_logout_in_a_request_without_our_cookie_awaits_the_browsers_next_id() -> None:
     result = run(None, NOBODY, offered=UV7, left=UV7)
     assert result.transition is Transition.LOGOUT
