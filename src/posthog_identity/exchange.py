@@ -207,6 +207,7 @@ class Exchange:
             new_id=self._mint,
             offered=self._browser_id if settings.adopt_browser_id else None,
             left=self._left,
+            keys=len(settings.secrets),
         )
 
     def _browser_id(self) -> str | None:

@@ -248,16 +248,18 @@ def resolve(
     new_id: Callable[[], str] = _new_id,
     offered: Offered | None = None,
     left: str | None = None,
+    keys: int = 1,
 ) -> Resolution:
     """Apply the transition table (cookie held, user now -> action, cookie after) to a request.
 
     `offered` reads the browser's own distinct id (None: adoption is off); it is
     read only in the rows that may take it: no usable cookie, a logout, a
     cookie awaiting the browser's next id. `left` is a user this request
-    reported before its current report (a logout inside the request).
+    reported before its current report (a logout inside the request). `keys`
+    is how many secrets verify (the `key_index` values `user_hash` takes).
     """
     if verified is None or verified.state.issued_at + max_age <= now:
-        return _without_cookie(report, now, user_hash, new_id, offered, left)
+        return _without_cookie(report, now, user_hash, new_id, offered, left, reset_on_logout)
 
     state, key_index = verified.state, verified.key_index
     anonymous_id = state.anonymous_id
@@ -265,7 +267,7 @@ def resolve(
 
     if state.user_hash is None:
         if state.awaiting is not None:
-            return _awaiting(verified, report, now, user_hash, offered, left)
+            return _awaiting(verified, report, now, user_hash, offered, left, keys)
         if isinstance(report, str):
             after = CookieState(anonymous_id, user_hash(report, 0), True, now)
             # An anonymous id is linked at most once, ever.
@@ -339,6 +341,7 @@ def _without_cookie(
     new_id: Callable[[], str],
     offered: Offered | None,
     left: str | None,
+    reset_on_logout: bool,
 ) -> Resolution:
     """No usable cookie: the browser's own anonymous id stands in for it, else a new one."""
 
@@ -346,6 +349,12 @@ def _without_cookie(
         return candidate in (report, left)
 
     taken = _take(offered, known_user)
+    if report is NOBODY and left is not None and not reset_on_logout:
+        # A logout without reset keeps the id the request had while it reported
+        # the user (the same one taken or minted then), marked linked.
+        anonymous_id = new_id() if taken is None else taken
+        kept = CookieState(anonymous_id, None, True, now)
+        return Resolution(Identity(anonymous_id), Transition.LOGOUT, kept)
     if isinstance(report, str):
         if taken is None:
             # A user with no cookie and no id of the browser's: nothing to link,
@@ -378,6 +387,7 @@ def _awaiting(
     user_hash: UserHasher,
     offered: Offered | None,
     left: str | None,
+    keys: int,
 ) -> Resolution:
     """An anonymous cookie minted at a logout: the browser's next own id replaces it."""
     state, key_index = verified.state, verified.key_index
@@ -387,10 +397,16 @@ def _awaiting(
     def signed_in_before(candidate: str) -> bool:
         if candidate in (report, left):
             return True
-        hashed = user_hash(candidate, key_index)
-        return hmac.compare_digest(hashed, awaiting[:8]) or hmac.compare_digest(
-            hashed, awaiting[8:]
-        )
+        # Under every secret, not only the one that signed the cookie: a logout
+        # on a cookie an older secret signed keeps that secret's hash of its
+        # user (the id itself is unknown there), while the newest signs.
+        for key in range(max(keys, key_index + 1)):
+            hashed = user_hash(candidate, key)
+            if hmac.compare_digest(hashed, awaiting[:8]) or hmac.compare_digest(
+                hashed, awaiting[8:]
+            ):
+                return True
+        return False
 
     if isinstance(report, str):
         # Login: the browser's own id when it has a new one, else ours.

@@ -232,7 +232,9 @@ class Proxy:
         if declared is None:
             return False
         value = declared.strip()
-        return not value.isdigit() or int(value) > self.max_body
+        # ASCII digits only: a header's latin-1 text may hold "\xb2", which
+        # str.isdigit() takes for a digit and int() refuses.
+        return not (value.isascii() and value.isdigit()) or int(value) > self.max_body
 
     def request_headers(
         self, headers: Iterable[tuple[str, str]], peer: str, forwarded_for: str

@@ -206,3 +206,24 @@ def test_a_cors_preflight_passes_through_untouched(site: Driver) -> None:
 def test_a_plain_options_request_is_not_a_preflight(site: Driver) -> None:
     reply = site.get("/whoami", method="OPTIONS", headers={"X-POSTHOG-DISTINCT-ID": X})
     assert json.loads(reply.body)["identity"]["distinct_id"] == X
+
+
+def test_a_logout_while_the_secret_rotates_never_takes_the_user_who_left(
+    adapter: str, settings: Settings, client: posthog.Client
+) -> None:
+    # Signed in under the old secret; a new one is prepended before the logout
+    # (the session ended: the app reports nobody), whose cookie the new secret
+    # signs while it can remember the user only by the old secret's hash.
+    before = driver_for(adapter, make_site(adapter, settings, client))
+    play(before, [Call(header=X, expect=X), Call(f"/login?user={UV7}", header=X)])
+    rotated = replace(settings, secrets=("a-newer-secret", *settings.secrets))
+    after = driver_for(adapter, make_site(adapter, rotated, client))
+    after.cookie = before.cookie
+    play(
+        after,
+        [
+            Call(header=UV7, expect=MINTED),  # the logout, before posthog.reset()
+            Call(header=UV7, expect=MINTED),
+            Call(header=X2, expect=X2),
+        ],
+    )

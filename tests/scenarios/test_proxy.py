@@ -321,7 +321,7 @@ def recording() -> Iterator[RecordingUpstream]:
         yield running
 
 
-def asgi_post(app: Any, messages: list[dict[str, Any]], length: int) -> list[dict[str, Any]]:
+def asgi_post(app: Any, messages: list[dict[str, Any]], length: int | str) -> list[dict[str, Any]]:
     """POST to `app` as a server would, the body as `messages`; then the browser waits
     for ever (a stalled upload). Returns what the app sent within 20 s."""
     scope = {
@@ -333,7 +333,7 @@ def asgi_post(app: Any, messages: list[dict[str, Any]], length: int) -> list[dic
         "path": "/ingest/s/",
         "raw_path": b"/ingest/s/",
         "query_string": b"",
-        "headers": [(b"host", b"shop.example"), (b"content-length", str(length).encode())],
+        "headers": [(b"host", b"shop.example"), (b"content-length", str(length).encode("latin-1"))],
         "client": ("1.2.3.4", 5555),
         "server": ("shop.example", 80),
     }
@@ -471,3 +471,21 @@ def test_wsgi_a_place_is_freed_when_the_server_fails_to_start_the_answer(
     status, iterable = call_wsgi(app, wsgi_environ(io.BytesIO(b"{}"), CONTENT_LENGTH="2"))
     iterable.close()
     assert status.startswith("200")
+
+
+@pytest.mark.parametrize(
+    "declared", ["\xb2", "1e3", "-1", "+5"], ids=["superscript-two", "exponent", "negative", "plus"]
+)
+def test_a_declared_length_that_is_no_length_gets_413_and_nothing_is_forwarded(
+    declared: str, recording: RecordingUpstream
+) -> None:
+    # Header bytes reach the app as latin-1 text: "\xb2" is a digit to str.isdigit()
+    # and no number to int(). Both adapters answer before reading the body.
+    settings = proxy_settings(recording.url)
+    status, iterable = call_wsgi(
+        wsgi_app(settings), wsgi_environ(io.BytesIO(b"x"), CONTENT_LENGTH=declared)
+    )
+    iterable.close()
+    sent = asgi_post(asgi_app(settings), [{"type": "http.request", "body": b"x"}], declared)
+    assert (status[:3], sent[0]["status"]) == ("413", 413)
+    assert recording.received == []

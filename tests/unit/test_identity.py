@@ -63,6 +63,7 @@ def run(
         new_id=lambda: B,
         offered=(lambda: offered) if adopt else None,
         left=left,
+        keys=2,
     )
 
 
@@ -365,9 +366,34 @@ def test_logout_remembers_the_user_who_left_by_the_hash_of_the_request_that_said
     assert result.cookie == CookieState(B, None, False, NOW, awaiting("u1", A))
 
 
+def test_a_logout_under_an_older_secret_never_takes_the_user_who_left_afterwards() -> None:
+    # The user's hash stays the older secret's (the id is unknown, it cannot be
+    # re-keyed) while the newest secret signs the cookie the logout writes.
+    logout = run(known(UV7, key=1), NOBODY, key_index=1)
+    assert logout.cookie is not None
+    result = run(logout.cookie, NOBODY, offered=UV7)
+    assert result == Resolution(Identity(B), Transition.NONE, None, None)
+
+
 def test_logout_without_reset_ignores_the_browsers_id() -> None:
     result = run(known("u1", linked=False), NOBODY, reset_on_logout=False, offered=X2)
     assert result.cookie == CookieState(A, None, True, NOW)
+
+
+@pytest.mark.parametrize(
+    ("offered", "kept"), [(X, X), (None, B)], ids=["the-browsers-id", "a-minted-id"]
+)
+def test_a_logout_without_reset_in_a_request_without_our_cookie_keeps_its_id_marked_linked(
+    offered: str | None, kept: str
+) -> None:
+    # The id the request had while it reported the user (taken or minted alike),
+    # as a cookie's A is kept: no wait for the browser's next one.
+    signed_in = run(None, "u1", reset_on_logout=False, offered=offered)
+    result = run(None, NOBODY, reset_on_logout=False, offered=offered, left="u1")
+    assert signed_in.identity.anonymous_id == kept
+    assert result.transition is Transition.LOGOUT
+    assert result.identity == Identity(kept)
+    assert result.cookie == CookieState(kept, None, True, NOW)
 
 
 def test_a_logout_in_a_request_without_our_cookie_awaits_the_browsers_next_id() -> None:
