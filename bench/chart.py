@@ -14,13 +14,19 @@ CHART = "performance-chart.svg"
 CASES = [
     ("posthog_floor", "floor: posthog's public context"),
     ("ours_returning", "ours, returning visitor"),
-    ("ours_in_session", "ours, with posthog-js's session cookie"),
-    ("ours_first_visit", "ours, first visit"),
-    ("ours_html", "ours, 20 KB HTML injected"),
     ("posthog_asgi", "posthog PosthogASGIMiddleware"),
     ("starlette_session", "Starlette SessionMiddleware"),
-    ("flask_session", "Flask session (WSGI)"),
+    ("ours_capture", "ours, one event captured"),
+    ("posthog_capture", "posthog PosthogASGIMiddleware, one event captured"),
+    ("ours_in_session", "ours, with posthog-js's session cookie"),
+    ("ours_first_visit", "ours, first visit"),
+    ("ours_adopt", "ours, API call adopting posthog-js's id"),
+    ("ours_html", "ours, 20 KB HTML injected"),
+    ("flask_ours", "ours around a Flask app"),
+    ("flask_session", "Flask's session read, same app"),
 ]
+#: Bar colours by role: ours, the peers, the floor.
+COLORS = {"ours": "#1d4aff", "peer": "#9aa5b1", "reference": "#f1a82c"}
 
 
 def draw(summary: dict[str, Any], path: Path) -> Path | None:
@@ -34,7 +40,7 @@ def draw(summary: dict[str, Any], path: Path) -> Path | None:
                 spread = row["overhead_ns"]
                 bars.append(
                     (
-                        protocol,
+                        row["role"],
                         f"{protocol.upper()}: {label}",
                         spread["median"] / 1000,
                         spread["q1"] / 1000,
@@ -52,7 +58,7 @@ def draw(summary: dict[str, Any], path: Path) -> Path | None:
 
     figure, axes = pyplot.subplots(figsize=(8, 0.38 * len(bars) + 1.2))
     positions = list(range(len(bars)))[::-1]
-    colors = ["#1d4aff" if "ours" in label else "#9aa5b1" for _, label, *_ in bars]
+    colors = [COLORS.get(role, COLORS["peer"]) for role, *_ in bars]
     medians = [median for *_, median, _, _ in bars]
     errors = [
         [median - low for _, _, median, low, _ in bars],
@@ -61,7 +67,11 @@ def draw(summary: dict[str, Any], path: Path) -> Path | None:
     axes.barh(positions, medians, xerr=errors, color=colors, capsize=2)
     axes.set_yticks(positions, [label for _, label, *_ in bars], fontsize=8)
     axes.set_xlabel("overhead per request, µs (median, bars: interquartile range)")
-    axes.set_title(f"Per-request overhead in process, run of {summary['meta']['date']}", fontsize=9)
+    axes.set_title(
+        f"Per-request overhead in process, run of {summary['meta']['date']} "
+        "(blue: ours; grey: peers; orange: the floor)",
+        fontsize=9,
+    )
     for position, (*_, median, _, high) in zip(positions, bars, strict=True):
         axes.annotate(
             f"{median:.1f}",

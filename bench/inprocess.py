@@ -160,14 +160,30 @@ def _asgi_html_headers() -> list[tuple[bytes, bytes]]:
     ]
 
 
-def asgi_app(body: bytes, headers: Callable[[], list[tuple[bytes, bytes]]]) -> Any:
-    """A bare ASGI endpoint: the least an app can do to answer."""
+def asgi_app(
+    body: bytes, headers: Callable[[], list[tuple[bytes, bytes]]], capture: Any = None
+) -> Any:
+    """A bare ASGI endpoint: the least an app can do to answer (and, given a
+    client, capture one event first, as a view does)."""
 
     async def app(scope: Scope, receive: Any, send: Any) -> None:
+        if capture is not None:
+            capture.capture("Order Viewed", properties={"order": 7})
         await send({"type": "http.response.start", "status": 200, "headers": headers()})
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+#: posthog-js's own anonymous id (a UUIDv7), as it sends it on a traced API call.
+BROWSER_ID = "0190a5b2-7c1e-7a1b-9c2d-3e4f5a6b7c99"
+
+
+def browser_id_scope(cookie: str) -> Scope:
+    """A single-page app's API call: no cookie of ours, posthog-js's id in its header."""
+    scope = asgi_scope(cookie)
+    scope["headers"] = [*scope["headers"], (b"x-posthog-distinct-id", BROWSER_ID.encode())]
+    return scope
 
 
 def asgi_scope(cookie: str) -> Scope:
@@ -275,6 +291,8 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
 
     bare_json = asgi_app(JSON_BODY, _asgi_json_headers)
     bare_html = asgi_app(HTML_BODY, _asgi_html_headers)
+    bare_capture = asgi_app(JSON_BODY, _asgi_json_headers, capture=client)
+    adopting = browser_id_scope(first_visit)
 
     def ours(app: Any, **options: Any) -> Any:
         return identity_asgi.IdentityMiddleware(app, settings(), client=client, **options)
@@ -295,6 +313,7 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
     ours_signed_in = ours(bare_json, user_id=lambda scope: USER_ID)
     starlette_sessions = SessionMiddleware(bare_json, secret_key=SECRET)
     posthog_context = PosthogASGIMiddleware(bare_json, client=client, capture_exceptions=False)
+    posthog_capturing = PosthogASGIMiddleware(bare_capture, client=client, capture_exceptions=False)
 
     # The session cookie must really be read, or SessionMiddleware's cost is a miss.
     seen: dict[str, Any] = {}
@@ -368,6 +387,37 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
             cookie_scope=asgi_scope(first_visit),
             note="mints an id, signs and sets the cookie",
         ),
+        case(
+            "ours_adopt",
+            "ours, API call adopting posthog-js's id, JSON",
+            ours_json,
+            Expect(set_cookie=True, body=JSON_BODY),
+            cookie_scope=adopting,
+            note="no cookie of ours; X-POSTHOG-DISTINCT-ID from posthog-js",
+        ),
+        case(
+            "bare_capture",
+            "bare app capturing one event, JSON",
+            bare_capture,
+            Expect(body=JSON_BODY),
+            role="baseline",
+        ),
+        case(
+            "ours_capture",
+            "ours, returning visitor, one event captured",
+            ours(bare_capture),
+            Expect(body=JSON_BODY),
+            baseline="asgi.bare_capture",
+            note="the event gets the request's distinct id and properties",
+        ),
+        case(
+            "posthog_capture",
+            "posthog PosthogASGIMiddleware, one event captured",
+            posthog_capturing,
+            Expect(body=JSON_BODY),
+            baseline="asgi.bare_capture",
+            role="peer",
+        ),
         case("bare_html", "bare app, 20 KB HTML", bare_html, Expect(), role="baseline"),
         case(
             "ours_html",
@@ -415,10 +465,12 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
 # --------------------------------------------------------------------------- WSGI
 
 
-def wsgi_app(body: bytes, content_type: str) -> Any:
+def wsgi_app(body: bytes, content_type: str, capture: Any = None) -> Any:
     headers = [("Content-Type", content_type), ("Content-Length", str(len(body)))]
 
     def app(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
+        if capture is not None:
+            capture.capture("Order Viewed", properties={"order": 7})
         start_response("200 OK", list(headers))
         return [body]
 
@@ -540,6 +592,8 @@ def wsgi_cases() -> list[Case]:
 
     bare_json = wsgi_app(JSON_BODY, "application/json")
     bare_html = wsgi_app(HTML_BODY, "text/html; charset=utf-8")
+    bare_capture = wsgi_app(JSON_BODY, "application/json", capture=client)
+    adopting = {**wsgi_environ(first_visit), "HTTP_X_POSTHOG_DISTINCT_ID": BROWSER_ID}
 
     def ours(app: Any, **options: Any) -> Any:
         return identity_wsgi.IdentityMiddleware(app, settings(), client=client, **options)
@@ -597,6 +651,29 @@ def wsgi_cases() -> list[Case]:
             Expect(set_cookie=True, body=JSON_BODY),
             env=wsgi_environ(first_visit),
             note="mints an id, signs and sets the cookie",
+        ),
+        case(
+            "ours_adopt",
+            "ours, API call adopting posthog-js's id, JSON",
+            ours(bare_json),
+            Expect(set_cookie=True, body=JSON_BODY),
+            env=adopting,
+            note="no cookie of ours; X-POSTHOG-DISTINCT-ID from posthog-js",
+        ),
+        case(
+            "bare_capture",
+            "bare app capturing one event, JSON",
+            bare_capture,
+            Expect(body=JSON_BODY),
+            role="baseline",
+        ),
+        case(
+            "ours_capture",
+            "ours, returning visitor, one event captured",
+            ours(bare_capture),
+            Expect(body=JSON_BODY),
+            baseline="wsgi.bare_capture",
+            note="the event gets the request's distinct id and properties",
         ),
         case("bare_html", "bare app, 20 KB HTML", bare_html, Expect(), role="baseline"),
         case(

@@ -20,7 +20,8 @@ class Plan:
     rounds: int
     round_seconds: float  #: target duration of one timed round
     warmup_seconds: float
-    disable_gc: bool = True
+    #: Timed with the collector on, as servers run; off only as a diagnostic.
+    disable_gc: bool = False
 
 
 @dataclass

@@ -30,11 +30,12 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
 @pytest.fixture(autouse=True)
 def _forget_built_clients() -> Iterator[None]:
     """Clients built by a test's middleware post to that test's sink, gone at exit;
-    one that became posthog's default client must not serve the next test."""
-    default = posthog.default_client
+    one that became posthog's default client (and the module's ``before_send``
+    the middleware chained into) must not serve the next test."""
+    default, before_send = posthog.default_client, posthog.before_send
     yield
     client_module._flushed_at_exit.clear()
-    posthog.default_client = default
+    posthog.default_client, posthog.before_send = default, before_send
 
 
 @pytest.fixture

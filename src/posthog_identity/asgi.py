@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +24,7 @@ from .context import bind
 from .engine import BYPASSED, Engine, logger
 from .errors import capture_unhandled
 from .exchange import Exchange
-from .identity import NOTHING, Report
+from .identity import NOTHING, Absent, Report
 from .lifespan import serve_lifespan
 
 if TYPE_CHECKING:
@@ -68,6 +68,9 @@ class IdentityMiddleware:
         self.app = app
         self.user_id = user_id
         self.engine = Engine(settings, client, init_options, flag_context, consent)
+        # Only these settings, or a CORS preflight, make a request pass through.
+        config = self.engine.settings
+        self._filters = config.disabled or bool(config.exclude_paths)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -82,13 +85,19 @@ class IdentityMiddleware:
         if proxy is not None and kind == "http" and proxy.matches(path):
             await forward(proxy, scope, path, receive, send)
             return
-        if self.engine.bypasses(path, scope.get("method", ""), header, scope):
+        method = scope.get("method", "")
+        if (self._filters or method == "OPTIONS") and self.engine.bypasses(
+            path, method, header, scope
+        ):
             scope[BYPASSED] = True
             await self.app(scope, receive, send)
             return
         try:
             request, distinct = request_info(scope, path)
-            exchange = Exchange(self.engine, request, await self.read_user(scope), scope)
+            report = self.user_now(scope)
+            if not isinstance(report, (str, Absent)):  # a callback to await
+                report = await report
+            exchange = Exchange(self.engine, request, report, scope)
             if distinct:
                 vouch(scope, exchange.identity.distinct_id)
         except Exception:
@@ -102,11 +111,20 @@ class IdentityMiddleware:
                     await self.app(scope, receive, send)
                 else:
                     # An authentication middleware inside ours may set scope["user"] later.
-                    reread = partial(self.read_user, scope)
+                    reread = partial(self.user_now, scope)
                     await self.app(scope, receive, Responder(exchange, send, reread))
             except Exception as error:
                 capture_unhandled(error, "asgi.middleware")
                 raise
+
+    def user_now(self, scope: Scope) -> Report | Coroutine[Any, Any, Report]:
+        """`read_user`, without a coroutine to await when no callback may need one
+        (``scope["user"]`` or nothing): the common case pays no await."""
+        if self.user_id is not None:
+            return self.read_user(scope)
+        if "user" not in scope:
+            return NOTHING
+        return self.engine.read_user(lambda: starlette_user(scope["user"]))
 
     async def read_user(self, scope: Scope) -> Report:
         if self.user_id is None and "user" not in scope:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any
 
 from .context import settle
+from .identity import NOTHING, Absent
 
 if TYPE_CHECKING:
     from .asgi_scope import Message, Send
@@ -27,43 +28,79 @@ class Responder:
     __slots__ = ("exchange", "held", "reread", "rewrite", "send")
 
     def __init__(
-        self, exchange: Exchange, send: Send, reread: Callable[[], Awaitable[Report]]
+        self,
+        exchange: Exchange,
+        send: Send,
+        reread: Callable[[], Report | Coroutine[Any, Any, Report]],
     ) -> None:
-        """`reread` asks the user source again when the response starts."""
+        """`reread` asks the user source again when the response starts (a
+        coroutine only when the source needs awaiting)."""
         self.exchange = exchange
         self.send = send
         self.reread = reread
         self.rewrite: BodyRewrite | None = None
         self.held: Message | None = None
 
-    async def __call__(self, message: Message) -> None:
+    def __call__(self, message: Message) -> Awaitable[None]:
+        # Not a coroutine itself: a message passed through is the server's own
+        # send, awaited once, with no coroutine of ours around it.
         if self.held is not None:
-            await self._while_holding(message)
-        elif message["type"] == "http.response.start":
-            await self._start(message)
-        else:
-            await self.send(message)
+            return self._while_holding(message)
+        if message["type"] == "http.response.start":
+            return self._start(message)
+        return self.send(message)
 
-    async def _start(self, message: Message) -> None:
+    def _start(self, message: Message) -> Awaitable[None]:
+        """The response starts: settle the user, plan the response, send or hold the
+        head. A coroutine of ours only when something must be awaited first (an
+        async user callback, a remote flag evaluation); else the server's send."""
         exchange = self.exchange
         if not exchange.explicit:
             # An authentication middleware inside ours has run by now.
-            settle(exchange, await self.reread())
+            report = self.reread()
+            if not isinstance(report, (str, Absent)):  # a callback to await
+                return self._start_after(message, report)
+            if report is not NOTHING:  # reporting nothing changes nothing
+                settle(exchange, report)
+        return self._head(message)
+
+    async def _start_after(self, message: Message, pending: Coroutine[Any, Any, Report]) -> None:
+        report = await pending
+        if report is not NOTHING:
+            settle(self.exchange, report)
+        await self._head(message)
+
+    def _head(self, message: Message) -> Awaitable[None]:
+        exchange = self.exchange
         raw = message.get("headers", ())
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         status = message.get("status", 200)
-        if exchange.flags_pending(status, headers) and exchange.flags is not None:
-            # A remote flag evaluation must never hold the event loop.
-            await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
-        plan = exchange.respond(status, headers)
+        if exchange.flags is not None and exchange.flags_pending(status, headers):
+            return self._flags_first(message, status, headers)
+        return self._planned(message, status, headers)
+
+    async def _flags_first(
+        self, message: Message, status: int, headers: list[tuple[str, str]]
+    ) -> None:
+        exchange = self.exchange
+        assert exchange.flags is not None
+        # A remote flag evaluation must never hold the event loop.
+        await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
+        await self._planned(message, status, headers)
+
+    def _planned(
+        self, message: Message, status: int, headers: list[tuple[str, str]]
+    ) -> Awaitable[None]:
+        plan = self.exchange.respond(status, headers)
         if plan.headers:
+            raw = message.get("headers", ())
             added = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]
             message = {**message, "headers": [*raw, *added]}
         self.rewrite = plan.body
         if plan.body is None:
-            await self.send(message)
-        else:
-            self.held = message
+            return self.send(message)
+        self.held = message
+        return _nothing()
 
     async def _while_holding(self, message: Message) -> None:
         rewrite = self.rewrite
@@ -92,3 +129,7 @@ class Responder:
         assert self.held is not None
         held, self.held = self.held, None
         await self.send({**held, "headers": rewrite.raw_headers(held["headers"])})
+
+
+async def _nothing() -> None:
+    """What awaiting a held ``http.response.start`` does: nothing yet."""

@@ -1,4 +1,5 @@
-"""The current request's identity, and the posthog context every capture inherits."""
+"""The current request's identity, the posthog context every capture inherits, and
+the request's properties an event gets when it is captured."""
 
 from __future__ import annotations
 
@@ -16,10 +17,12 @@ if TYPE_CHECKING:
     from .identity import Identity, Report, Resolution
 
 __all__ = [
+    "EventEnricher",
     "bind",
     "current_exchange",
     "current_identity",
     "current_resolution",
+    "enriches",
     "forget_user",
     "grant_consent",
     "has_request",
@@ -197,19 +200,25 @@ def rebind(exchange: Exchange, change: Callable[[], None]) -> None:
 
 
 def _describe(exchange: Exchange) -> None:
-    """Put the browser's session and the request's properties on the posthog context,
-    or take them off again when consent went away (a tag cannot be removed: it is
-    overwritten with None, which PostHog stores as no value)."""
+    """Put the browser's session on the posthog context (it travels with the
+    context, to a background job too), and the request's properties when the
+    client cannot add them at capture time; or take them off again when consent
+    went away (a tag cannot be removed: it is overwritten with None, which
+    PostHog stores as no value)."""
     described = exchange.described
     if exchange.consent.granted:
         if described:
             return
-        session, properties = exchange.event_context()
+        session = exchange.browser_session()
         if session is not None:
             posthog.set_context_session(session)
-        for key, value in properties.items():
-            posthog.tag(key, value)
-        exchange.described = (session is not None, tuple(properties))
+        keys: tuple[str, ...] = ()
+        if not enriches(exchange.engine.client):
+            properties = exchange.request_properties()
+            for key, value in properties.items():
+                posthog.tag(key, value)
+            keys = tuple(properties)
+        exchange.described = (session is not None, keys)
     elif described:
         had_session, keys = described
         if had_session:
@@ -217,3 +226,50 @@ def _describe(exchange: Exchange) -> None:
         for key in keys:
             posthog.tag(key, None)
         exchange.described = None
+
+
+# Events posthog builds without the context's tags (or with them as person
+# properties): the request's properties never belonged on them.
+_NOT_CAPTURED = frozenset(("$create_alias", "$groupidentify", "$set", "$set_once"))
+
+
+class EventEnricher:
+    """posthog's ``before_send`` for the clients the middleware sends through.
+
+    posthog's client calls it in the capturing thread, so the request an event
+    is captured in is current: its properties are built then, once per request,
+    and only for a request that captures (most capture nothing). The event's own
+    properties win; without consent nothing is added. `then` is the app's own
+    ``before_send``, called after, once, with what it would have seen before.
+    """
+
+    __slots__ = ("then",)
+
+    def __init__(self, then: Callable[[dict[str, Any]], Any] | None = None) -> None:
+        self.then = then
+
+    def __call__(self, event: dict[str, Any]) -> Any:
+        exchange = _exchange.get()
+        if exchange is not None and event.get("event") not in _NOT_CAPTURED:
+            try:
+                if exchange.consent.granted:
+                    properties = event["properties"]  # posthog always builds one
+                    for key, value in exchange.request_properties().items():
+                        if key not in properties:
+                            properties[key] = value
+            except Exception:
+                logger.exception("posthog_identity: adding the request's properties failed")
+        then = self.then
+        return event if then is None else then(event)
+
+
+def enriches(client: object) -> bool:
+    """Does `client` add the request's properties at capture time (our `EventEnricher`)?
+
+    Asked per request: an app may replace a client's ``before_send`` at any time,
+    and ``posthog.setup()``, which every module-level call runs, gives the module
+    client posthog's module attribute ``before_send`` each time.
+    """
+    if not isinstance(getattr(client, "before_send", None), EventEnricher):
+        return False
+    return client is not posthog.default_client or isinstance(posthog.before_send, EventEnricher)

@@ -75,6 +75,7 @@ class Exchange:
         "_identity",
         "_left",
         "_minted",
+        "_properties",
         "_reported",
         "_resolution",
         "_responded",
@@ -104,6 +105,7 @@ class Exchange:
         #: A user this request reported before its current report (a logout in it).
         self._left: str | None = None
         self._minted: str | None = None
+        self._properties: dict[str, str] | None = None
         self._ephemeral: str | None = None
         self._resolution: Resolution | None = None
         self._identity: tuple[Identity, Identity] | None = None
@@ -257,24 +259,41 @@ class Exchange:
         """
         if not self.consent.granted:
             return None, {}
+        return self.browser_session(), self.request_properties()
+
+    def browser_session(self) -> str | None:
+        """posthog-js's session id: its X-POSTHOG-SESSION-ID header, else its cookie's."""
         request, engine = self.request, self.engine
         session = valid_uuid(request.session_header) if request.session_header else None
-        if session is None and engine.persistence_cookie is not None:
-            session = session_from_cookie(request.cookie_header, engine.persistence_cookie)
-        ip = client_ip(request.peer, request.forwarded_for, engine.settings.trusted_proxies)
-        properties = request_properties(
-            request.method,
-            request.scheme,
-            request.host,
-            request.url_path or request.path,
-            request.path,
-            request.user_agent,
-            ip,
-        )
-        window = valid_uuid(request.window_header) if request.window_header else None
-        if window is not None:
-            properties["$window_id"] = window
-        return session, properties
+        name = engine.persistence_cookie
+        # Most requests carry no posthog-js cookie: one substring test settles them.
+        if session is None and name is not None and name in request.cookie_header:
+            session = session_from_cookie(request.cookie_header, name)
+        return session
+
+    def request_properties(self) -> dict[str, str]:
+        """The request's properties for its events, built on first use (most
+        requests capture nothing); callers must not change the dict."""
+        properties = self._properties
+        if properties is None:
+            request = self.request
+            ip = client_ip(
+                request.peer, request.forwarded_for, self.engine.settings.trusted_proxies
+            )
+            properties = request_properties(
+                request.method,
+                request.scheme,
+                request.host,
+                request.url_path or request.path,
+                request.path,
+                request.user_agent,
+                ip,
+            )
+            window = valid_uuid(request.window_header) if request.window_header else None
+            if window is not None:
+                properties["$window_id"] = window
+            self._properties = properties
+        return properties
 
     # -- the response ------------------------------------------------------------
 

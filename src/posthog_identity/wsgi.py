@@ -94,9 +94,7 @@ class IdentityMiddleware:
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
         head = Head(exchange, start_response, partial(self.read_user, environ))
-        body = Body(head, bind(exchange))
-        body.run(self.app, environ)
-        return body
+        return Body(head, bind(exchange)).run(self.app, environ)
 
     def read_user(self, environ: WSGIEnvironment) -> Report:
         if self.user_id is not None:

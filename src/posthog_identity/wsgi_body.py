@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import settle
 from .errors import capture_unhandled
+from .identity import NOTHING
 from .logs import logger
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ class Head:
         exchange = self.exchange
         if not exchange.explicit:
             try:
-                settle(exchange, self.reread())
+                report = self.reread()
+                if report is not NOTHING:  # reporting nothing changes nothing
+                    settle(exchange, report)
             except Exception:
                 logger.exception("posthog_identity: re-reading the user failed")
         plan = exchange.respond(_status_code(status), headers)
@@ -120,11 +123,19 @@ class Body:
         self._ready: deque[bytes] = deque()  # pieces read ahead, or split around the snippet
         self._context.run(binding.__enter__)
 
-    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> None:
+    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> Iterable[bytes]:
+        """Call the app; return what the server is to iterate: this body, or the
+        app's own list when nothing of the app's is left to run (below)."""
         run, head = self._context.run, self._head
         try:
-            self._iterable = run(app, environ, head.start_response)
-            self._iterator = run(iter, self._iterable)
+            iterable = self._iterable = run(app, environ, head.start_response)
+            if not head.pending and type(iterable) is list:
+                # The head is out and the body is a plain list: iterating it runs
+                # none of the app's code, and it has no close(). The request's
+                # context can end now, and the server reads the list itself.
+                self._leave()
+                return iterable
+            self._iterator = run(iter, iterable)
             while head.pending and self._read():
                 pass
         except BaseException as error:
@@ -135,6 +146,7 @@ class Body:
             finally:
                 self._leave(type(error), error, error.__traceback__)
             raise
+        return self
 
     def _read(self) -> bool:
         """One chunk of the app's into `_ready`; False once the body has ended."""

@@ -27,6 +27,7 @@ from posthog_identity.exchange import Exchange, RequestInfo
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
+    from posthog_identity.testing import Sink
 
 REQUEST = RequestInfo(method="GET", scheme="http", path="/")
 
@@ -149,3 +150,57 @@ def test_outside_a_request_they_warn(
     caplog.set_level(logging.WARNING, logger="posthog_identity")
     call()
     assert "outside a request" in caplog.text
+
+
+# -- the request's properties: added when an event is captured, not per request ---
+
+SHOP = RequestInfo(method="GET", scheme="http", path="/", host="shop.example", user_agent="UA")
+
+
+def test_a_request_that_captures_nothing_puts_no_request_properties_on_the_context(
+    settings: Settings, client: posthog.Client
+) -> None:
+    with bind(Exchange(Engine(settings, client), SHOP)):
+        tags = posthog.get_tags()
+    assert not {"$current_url", "$request_method", "$request_path", "$user_agent"} & set(tags)
+
+
+def test_a_client_whose_before_send_the_app_replaced_gets_the_properties_as_tags(
+    settings: Settings, client: posthog.Client
+) -> None:
+    engine = Engine(settings, client)
+    client.before_send = lambda event: event
+    with bind(Exchange(engine, SHOP)):
+        tags = posthog.get_tags()
+    assert (tags["$current_url"], tags["$request_method"]) == ("http://shop.example/", "GET")
+
+
+def test_a_failure_adding_the_properties_loses_no_event(
+    settings: Settings,
+    client: posthog.Client,
+    sink: Sink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def broken(self: Exchange) -> dict[str, str]:
+        raise RuntimeError("broken")
+
+    monkeypatch.setattr(Exchange, "request_properties", broken)
+    with bind(Exchange(Engine(settings, client), SHOP)):
+        client.capture("Still Sent")
+    [event] = sink.wait_for(event="Still Sent", count=1)
+    assert "$request_method" not in event["properties"]
+    assert "adding the request's properties failed" in caplog.text
+
+
+def test_the_request_properties_are_built_once_however_many_events(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    exchange = Exchange(Engine(settings, client), SHOP)
+    with bind(exchange):
+        client.capture("First")
+        built = exchange.request_properties()
+        client.capture("Second")
+        assert exchange.request_properties() is built
+    events = sink.wait_for(count=2)
+    assert [e["properties"]["$request_path"] for e in events] == ["/", "/"]

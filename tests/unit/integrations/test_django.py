@@ -599,17 +599,20 @@ def test_requests_the_wrapper_passes_through_on_purpose_log_nothing(
     assert our_records(identity_log, logging.ERROR) == []
 
 
-async def django_asgi_status(app: Any) -> int:
-    """One GET / through Django's ASGI handler, which listens for a disconnect after the body."""
+async def django_asgi_status(
+    app: Any, path: str = "/", headers: tuple[tuple[bytes, bytes], ...] = ()
+) -> int:
+    """One GET through Django's ASGI handler, which listens for a disconnect after the body."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
         "method": "GET",
         "scheme": "http",
-        "path": "/",
+        "path": path,
         "root_path": "",
         "query_string": b"",
-        "headers": [(b"host", b"testserver")],
+        "headers": [(b"host", b"testserver"), *headers],
+        "client": ("127.0.0.1", 50000),
     }
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
     statuses: list[int] = []
@@ -663,6 +666,36 @@ def test_posthogs_own_django_middleware_inside_ours_keeps_the_cookies_identity(
 
     [event] = sink.wait_for(event="Viewed", count=1)
     assert event["distinct_id"] == ANONYMOUS_ID
+
+
+@pytest.mark.parametrize("protocol", ["wsgi", "asgi"])
+def test_a_views_capture_carries_the_request_properties(
+    django_project: None, sink: Sink, client: Any, protocol: str
+) -> None:
+    from django.core.handlers.asgi import ASGIHandler
+    from django.core.handlers.wsgi import WSGIHandler
+
+    from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
+    from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
+
+    _capturing[:] = [client]
+    headers = {"Host": "testserver", "Cookie": anonymous_cookie(), "User-Agent": "Agent/1"}
+    settings = Settings(secrets=(SECRET,))
+    if protocol == "wsgi":
+        wsgi_app = WSGIMiddleware(WSGIHandler(), settings, client=client)
+        assert call_wsgi(wsgi_app, "GET", "/capture", headers).status == 200
+    else:
+        asgi_app = ASGIMiddleware(ASGIHandler(), settings, client=client)
+        sent = tuple((k.lower().encode(), v.encode()) for k, v in headers.items() if k != "Host")
+        assert asyncio.run(django_asgi_status(asgi_app, "/capture", sent)) == 200
+
+    [event] = sink.wait_for(event="Viewed", count=1)
+    properties = event["properties"]
+    assert properties["$current_url"] == "http://testserver/capture"
+    assert properties["$request_method"] == "GET"
+    assert properties["$request_path"] == "/capture"
+    assert properties["$user_agent"] == "Agent/1"
+    assert properties["$ip"] == "127.0.0.1"
 
 
 # An unhandled error in a view: Django answers its 500 before any WSGI middleware

@@ -628,3 +628,26 @@ def test_flask_init_app_flag_context_reads_flask_request_inside_its_context(
     assert [bootstrap(reply) is not None for reply in (pro, free)] == [True, True]
     assert (bootstrap(pro) or {})["values"]["pro-dashboard"] is True
     assert (bootstrap(free) or {})["values"]["pro-dashboard"] is False
+
+
+def test_a_views_capture_carries_the_request_properties(
+    settings: Settings, client: posthog.Client, sink: Sink
+) -> None:
+    app = Flask(__name__)
+
+    @app.get("/orders/<number>")
+    def order(number: str) -> str:
+        client.capture("Order Viewed")
+        return "ok"
+
+    init_app(app, settings=settings, client=client)
+    reply = fetch(app.test_client(), "/orders/7", headers={"User-Agent": "Agent/1"})
+    assert reply.status_code == 200
+
+    [event] = sink.wait_for(event="Order Viewed", count=1)
+    properties = event["properties"]
+    assert properties["$current_url"] == "http://localhost/orders/7"
+    assert properties["$request_method"] == "GET"
+    assert properties["$request_path"] == "/orders/7"
+    assert properties["$user_agent"] == "Agent/1"
+    assert properties["$ip"] == "127.0.0.1"
