@@ -41,9 +41,13 @@ def instrument(
     default client, so ``posthog.capture()`` in a task reaches PostHog.
 
     :param options: passed to ``PosthogCeleryIntegration`` (``capture_exceptions``,
-        ``capture_task_lifecycle_events``, ``task_filter``...).
+        ``capture_task_lifecycle_events``, ``task_filter``...); ``capture_exceptions``
+        defaults to the settings' (``POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS``), so
+        turning error capture off covers a failing task too.
     """
-    used = process_client(Settings.from_env() if settings is None else settings, client)
+    settings = Settings.from_env() if settings is None else settings
+    used = process_client(settings, client)
+    options.setdefault("capture_exceptions", settings.capture_exceptions)
     integration = PosthogCeleryIntegration(client=used, **options)
     integration.instrument()
     return integration

@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import posthog
@@ -96,3 +97,28 @@ def test_options_reach_posthogs_integration(
     )
 
     assert instrumented[0].capture_task_lifecycle_events is False
+
+
+@pytest.mark.parametrize(
+    ("configured", "passed", "expected"),
+    [
+        pytest.param(True, None, True, id="on-by-default"),
+        pytest.param(False, None, False, id="off-in-the-settings-covers-tasks"),
+        pytest.param(False, True, True, id="the-caller-wins-on"),
+        pytest.param(True, False, False, id="the-caller-wins-off"),
+    ],
+)
+def test_task_error_capture_follows_the_settings_unless_the_caller_says(
+    settings: Settings,
+    client: posthog.Client,
+    instrumented: list[PosthogCeleryIntegration],
+    configured: bool,
+    passed: bool | None,
+    expected: bool,
+) -> None:
+    options = {} if passed is None else {"capture_exceptions": passed}
+    configured_settings = replace(settings, capture_exceptions=configured)
+
+    instrumented.append(instrument(settings=configured_settings, client=client, **options))
+
+    assert instrumented[0].capture_exceptions is expected
