@@ -81,14 +81,21 @@ def test_in_a_worker_without_a_secret_it_builds_the_client_from_the_environment(
     built.shutdown()
 
 
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        pytest.param("POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS", "maybe", id="without-a-secret"),
+        pytest.param("POSTHOG_IDENTITY_SECRET", ",", id="a-secret-set-is-checked"),
+    ],
+)
 def test_in_a_worker_an_invalid_variable_still_fails_naming_it(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
 ) -> None:
     monkeypatch.setenv("POSTHOG_API_KEY", API_KEY)
     monkeypatch.delenv("POSTHOG_IDENTITY_SECRET", raising=False)
-    monkeypatch.setenv("POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS", "maybe")
+    monkeypatch.setenv(variable, value)
 
-    with pytest.raises(ConfigurationError, match="POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS"):
+    with pytest.raises(ConfigurationError, match=variable):
         instrument()
 
 
