@@ -25,6 +25,7 @@ from .response import UNTOUCHED, BodyRewrite, ResponsePlan, shared_cacheable
 from .session import (
     client_ip,
     distinct_id_from_cookie,
+    identified_in_cookie,
     request_properties,
     session_from_cookie,
     valid_uuid,
@@ -213,9 +214,13 @@ class Exchange:
     def _browser_id(self) -> str | None:
         """posthog-js's own distinct id: its X-POSTHOG-DISTINCT-ID header, else its cookie's."""
         request = self.request
-        if request.distinct_header:
-            return request.distinct_header
         name = self.engine.persistence_cookie
+        if request.distinct_header:
+            # posthog-js's cookie saying it identified a user: the header is that
+            # user's id (a UUIDv7 for some apps), never an anonymous visitor's.
+            if name is not None and identified_in_cookie(request.cookie_header, name):
+                return None
+            return request.distinct_header
         return None if name is None else distinct_id_from_cookie(request.cookie_header, name)
 
     def _mint(self) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 __all__ = [
     "client_ip",
     "distinct_id_from_cookie",
+    "identified_in_cookie",
     "persistence_cookie",
     "request_properties",
     "session_from_cookie",
@@ -83,6 +84,13 @@ def distinct_id_from_cookie(cookie_header: str, name: str) -> str | None:
     if matched is None or _IDENTIFIED.search(cookie_header, begin, end):
         return None
     return matched.group(1)
+
+
+def identified_in_cookie(cookie_header: str, name: str) -> bool:
+    """Whether posthog-js's persistence cookie `name` says it identified a user
+    (its `$user_state`): its distinct id, in the cookie or a header, is then a user's."""
+    found = _cookie_value(cookie_header, name)
+    return found is not None and _IDENTIFIED.search(cookie_header, *found) is not None
 
 
 def _cookie_value(cookie_header: str, name: str) -> tuple[int, int] | None:

@@ -2,9 +2,10 @@
 
 One table of stories, each a browser's calls to the basic site, run through
 both adapters in-process. A call sends posthog-js's distinct id as
-X-POSTHOG-DISTINCT-ID (`header`) or in its persistence cookie (`posthog_js`);
-`ours` says whether it carries our cookie (same-site, `credentials: 'include'`)
-or not (cross-site), and `store` whether the browser keeps the answer's.
+X-POSTHOG-DISTINCT-ID (`header`) or in its persistence cookie (`posthog_js`,
+marked `identified` once posthog-js is on a known user); `ours` says whether
+it carries our cookie (same-site, `credentials: 'include'`) or not
+(cross-site), and `store` whether the browser keeps the answer's.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ class Call:
     user: str | None = None  #: who the app's session says is logged in
     header: str | None = None  #: X-POSTHOG-DISTINCT-ID
     posthog_js: str | None = None  #: the distinct_id in posthog-js's cookie
+    identified: bool = False  #: posthog-js's cookie says it identified a user
     ours: bool = True  #: the call carries our cookie
     store: bool | None = None  #: the browser keeps the answer's cookie (default: `ours`)
     expect: str | None = None  #: the distinct id /whoami reports
@@ -56,7 +58,8 @@ def play(site: Driver, calls: list[Call]) -> None:
         if call.ours and site.cookie:
             jar.append(f"ph_identity={site.cookie}")
         if call.posthog_js is not None:
-            jar.append(posthog_js_cookie(distinct_id=call.posthog_js))
+            state = "identified" if call.identified else "anonymous"
+            jar.append(posthog_js_cookie(distinct_id=call.posthog_js, **{"$user_state": state}))
         kept = site.cookie
         reply = site.get(call.path, user=call.user, cookie="; ".join(jar), headers=headers)
         assert reply.status in (200, 302), f"call {number}"
@@ -159,14 +162,34 @@ STORIES: dict[str, tuple[list[Call], list[tuple[str, str]]]] = {
         ],
         [(UV7, X)],
     ),
+    "an-identified-browsers-header-is-not-adopted": (
+        # posthog-js still on a user (its cookie says so) after our cookie is
+        # gone: its header is the user's UUIDv7 id, not an anonymous visitor's.
+        [Call(header=UV7, posthog_js=UV7, identified=True, ours=False, expect=MINTED)],
+        [],
+    ),
+    "an-identified-browsers-header-is-not-linked-into-the-next-user": (
+        [
+            Call(
+                "/login?user=bob",
+                header=UV7,
+                posthog_js=UV7,
+                identified=True,
+                ours=False,
+                store=True,
+            ),
+            Call(user="bob", expect="bob"),
+        ],
+        [],
+    ),
 }
 
 
 @pytest.mark.parametrize("story", list(STORIES))
-def test_story(site: Driver, sink: Sink, story: str) -> None:
+def test_story(site: Driver, sink: Sink, client: posthog.Client, story: str) -> None:
     calls, links = STORIES[story]
     play(site, calls)
-    site.get("/whoami", cookie="")  # one more request: every link has been sent before it
+    client.flush()  # every link sent has reached the sink: none may be missing below
     aliases = sink.wait_for(event="$create_alias", count=len(links)) if links else []
     assert [(a["distinct_id"], a["properties"]["alias"]) for a in aliases] == links
     if not links:

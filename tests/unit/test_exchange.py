@@ -18,7 +18,7 @@ from posthog_identity.engine import Engine
 from posthog_identity.exchange import Exchange, RequestInfo
 from posthog_identity.identity import NOBODY, NOTHING, Link, Report, browser_id
 from posthog_identity.response import UNTOUCHED, ResponsePlan
-from posthog_identity.session import distinct_id_from_cookie
+from posthog_identity.session import distinct_id_from_cookie, identified_in_cookie
 from posthog_identity.settings import Settings
 from posthog_identity.signing import CookieCodec, CookieState
 from posthog_identity.testing import Sink
@@ -278,6 +278,30 @@ def test_posthog_js_cookie_of_an_identified_browser_offers_nothing(engine: Engin
     assert Exchange(engine, request).identity.anonymous_id != BROWSER
 
 
+def test_the_header_of_an_identified_browser_is_not_adopted(engine: Engine) -> None:
+    # posthog-js on a known user sends that user's id, here a UUIDv7 (apps keying users by one).
+    cookie = posthog_js_cookie(BROWSER, "identified")
+    exchange = Exchange(engine, REQUEST._replace(distinct_header=BROWSER, cookie_header=cookie))
+    assert exchange.identity.anonymous_id != BROWSER
+    assert uuid.UUID(exchange.identity.anonymous_id).version == 4, "minted"
+
+
+def test_the_header_of_an_identified_browser_is_not_linked_into_a_login(
+    engine: Engine, sink: Sink
+) -> None:
+    # Another user signs in on a browser posthog-js still has on its last user:
+    # that user's id is never linked into the new one (two known users never merge).
+    cookie = posthog_js_cookie(OTHER, "identified")
+    request = REQUEST._replace(distinct_header=OTHER, cookie_header=cookie)
+    exchange = Exchange(engine, request, "kim")
+    assert exchange.identity.anonymous_id != OTHER
+    exchange.respond(200, JSON)
+    Exchange(engine, REQUEST._replace(distinct_header=BROWSER), "lee").respond(200, JSON)
+    engine.client.flush()  # type: ignore[union-attr]
+    aliases = sink.wait_for(event="$create_alias", count=1)
+    assert [(a["distinct_id"], a["properties"]["alias"]) for a in aliases] == [("lee", BROWSER)]
+
+
 def test_a_forged_header_that_is_not_a_uuidv7_is_ignored(engine: Engine) -> None:
     exchange = Exchange(engine, REQUEST._replace(distinct_header="someone-else"))
     assert exchange.identity.anonymous_id != "someone-else"
@@ -336,6 +360,8 @@ def test_no_header_or_cookie_value_raises_and_only_a_uuidv7_is_taken(
     exchange = Exchange(engine, request)
     anonymous_id = exchange.identity.anonymous_id
     offered = header or distinct_id_from_cookie(request.cookie_header, PERSISTENCE)
+    if identified_in_cookie(request.cookie_header, PERSISTENCE):
+        offered = None  # posthog-js on a known user offers nothing, its header included
     if anonymous_id != browser_id(offered):
         assert uuid.UUID(anonymous_id).version == 4, "minted"
     exchange.respond(200, JSON)

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from posthog_identity.session import (
     client_ip,
     distinct_id_from_cookie,
+    identified_in_cookie,
     persistence_cookie,
     session_from_cookie,
     valid_uuid,
@@ -67,6 +68,25 @@ def test_an_identified_browsers_distinct_id_is_a_users_and_is_not_offered() -> N
     assert distinct_id_from_cookie(header, PERSISTENCE) is None
     anonymous = posthog_js_cookie(distinct_id=BROWSER, **{"$user_state": "anonymous"})
     assert distinct_id_from_cookie(anonymous, PERSISTENCE) == BROWSER
+
+
+@pytest.mark.parametrize(
+    ("cookie", "identified"),
+    [
+        pytest.param(posthog_js_cookie(**{"$user_state": "identified"}), True, id="identified"),
+        pytest.param(
+            f'{PERSISTENCE}={{"distinct_id":"alice","$user_state":"identified"}}',
+            True,
+            id="identified-undecoded",
+        ),
+        pytest.param(posthog_js_cookie(**{"$user_state": "anonymous"}), False, id="anonymous"),
+        pytest.param(posthog_js_cookie(), False, id="no-user-state"),
+        pytest.param("other=" + quote('{"$user_state":"identified"}'), False, id="another-cookie"),
+        pytest.param("", False, id="no-cookie"),
+    ],
+)
+def test_posthog_js_cookie_says_whether_it_identified_a_user(cookie: str, identified: bool) -> None:
+    assert identified_in_cookie(f"x=1; {cookie}", PERSISTENCE) is identified
 
 
 @pytest.mark.parametrize(

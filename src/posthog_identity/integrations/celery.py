@@ -11,10 +11,11 @@ by environment variables only would have no client at all.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 from posthog_identity.client import process_client
-from posthog_identity.settings import Settings
+from posthog_identity.settings import ENV_VARS, Settings
 
 try:
     from posthog.integrations.celery import PosthogCeleryIntegration
@@ -37,13 +38,26 @@ def instrument(
 
     The client is the one the middleware uses: `client` when given, else
     posthog's module client when the app configured it, else one built from
-    the settings (default ``Settings.from_env()``) that becomes posthog's
-    default client, so ``posthog.capture()`` in a task reaches PostHog.
+    the settings (default ``Settings.from_env()``, where a worker may leave
+    ``POSTHOG_IDENTITY_SECRET`` unset: it signs no cookie) that becomes
+    posthog's default client, so ``posthog.capture()`` in a task reaches PostHog.
 
     :param options: passed to ``PosthogCeleryIntegration`` (``capture_exceptions``,
-        ``capture_task_lifecycle_events``, ``task_filter``...).
+        ``capture_task_lifecycle_events``, ``task_filter``...); ``capture_exceptions``
+        defaults to the settings' (``POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS``), so
+        turning error capture off covers a failing task too.
     """
-    used = process_client(Settings.from_env() if settings is None else settings, client)
+    settings = _from_env() if settings is None else settings
+    used = process_client(settings, client)
+    options.setdefault("capture_exceptions", settings.capture_exceptions)
     integration = PosthogCeleryIntegration(client=used, **options)
     integration.instrument()
     return integration
+
+
+def _from_env() -> Settings:
+    """The environment's settings, every value checked as the middleware checks it;
+    without a secret (a worker's environment may lack it) a stand-in that signs nothing."""
+    if os.environ.get(ENV_VARS["secrets"], "").strip():
+        return Settings.from_env()
+    return Settings.from_env(secrets=("unused: a worker signs no cookie",))
