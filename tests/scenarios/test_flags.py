@@ -338,6 +338,11 @@ async def asgi_get(app: Any, path: str) -> tuple[int, float]:
     return statuses[0], time.perf_counter() - started
 
 
+#: Worst loop lag still counted as "not blocked". A blocked loop waits out the whole
+#: one-second flags timeout; a loaded two-CPU machine alone has lagged 0.6 s.
+NOT_BLOCKED = 0.8
+
+
 class LoopLag:
     """The event loop's worst lateness while the `async with` block runs."""
 
@@ -384,7 +389,7 @@ def test_asgi_remote_evaluation_never_blocks_the_event_loop(black_hole: str) -> 
     )
     assert page_time >= 0.9  # it did wait on the flags, off the loop
     assert api_time < page_time / 4
-    assert lag < 0.25
+    assert lag < NOT_BLOCKED
 
 
 def loop_lag_while(app: Any, path: str) -> tuple[int, float]:
@@ -423,7 +428,7 @@ def test_an_async_view_reading_remote_flags_does_not_block_the_loop(
         status, lag = loop_lag_while(app, path)
 
     assert status == 200
-    assert lag < 0.25
+    assert lag < NOT_BLOCKED
 
 
 def test_afeature_flag_reads_the_bootstrapped_variant_and_reports_one_exposure(
