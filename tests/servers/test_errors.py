@@ -127,7 +127,7 @@ def start(setup: Setup, sink: Sink, directory: Path) -> Started:
 
 @pytest.fixture(scope="module")
 def visits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Visited]]]:
-    """Every setup under its server, each started and visited at the same time.
+    """Every setup under its server, all started, then all visited, at the same time.
 
     A visit ends waiting for the marker, which the server's posthog client
     (posthog's defaults) sends after batching for up to 5 s: the servers wait
@@ -137,20 +137,25 @@ def visits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Futur
     directories = {name: tmp_path_factory.mktemp(name) for name in SETUPS}
     started: dict[str, Started] = {}
 
-    def start_and_visit(name: str, sink: Sink) -> Visited:
+    def start_setup(name: str, sink: Sink) -> Running:
         setup = SETUPS[name]
         started[name] = start(setup, sink, directories[name])
-        server = Running(setup, started[name].url, sink, started[name].log)
+        return Running(setup, started[name].url, sink, started[name].log)
+
+    def visit(starting: Future[Running]) -> Visited:
+        server = starting.result()
         anonymous_id = visit_boom(server)
         return Visited(server, anonymous_id, exceptions_before_marker(server))
 
     # The pool exits before the sinks: they receive what the servers flush on stopping.
     with ExitStack() as sinks, ThreadPoolExecutor(len(SETUPS)) as pool:
         try:
-            visited = {
-                name: pool.submit(start_and_visit, name, sinks.enter_context(Sink()))
-                for name in SETUPS
+            starting = {
+                name: pool.submit(start_setup, name, sinks.enter_context(Sink())) for name in SETUPS
             }
+            # Visited once all have started: a start's load never delays another's events.
+            wait(starting.values())
+            visited = {name: pool.submit(visit, starting[name]) for name in SETUPS}
             wait(visited.values())
             yield visited
         finally:
