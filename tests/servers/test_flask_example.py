@@ -16,7 +16,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -78,9 +78,10 @@ def _start_example(kind: str, sink: Sink, log_dir: Path) -> Server:
 
 
 @pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Server]]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Server]]]:
     """`examples/flask_app.py` under gunicorn and waitress, started at the same time,
-    each sending to its own sink; stopped (and checked) at the module's end."""
+    each sending to its own sink; a failed start fails its own server's tests.
+    Stopped (and checked) at the module's end."""
     kinds = ("gunicorn", "waitress")
     directories = {kind: tmp_path_factory.mktemp(f"flask-{kind}") for kind in kinds}
     with ExitStack() as stack:
@@ -90,27 +91,21 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Serv
                 kind: pool.submit(_start_example, kind, sinks[kind], directories[kind])
                 for kind in kinds
             }
-            wait(starting.values())
-        running: dict[str, Server] = {}
         for kind, started in starting.items():
             if started.exception() is None:
-                server = started.result()
-                stack.enter_context(contextmanager(serving)(server, _stop_signal(kind)))
-                running[kind] = server
-        for started in starting.values():
-            started.result()  # a failed start fails the module's tests
-        yield running
+                stack.enter_context(contextmanager(serving)(started.result(), _stop_signal(kind)))
+        yield starting
 
 
 @pytest.fixture(scope="module")
-def example(servers: dict[str, Server]) -> Server:
+def example(servers: dict[str, Future[Server]]) -> Server:
     """The example under gunicorn (gthread), where each behaviour is specified."""
-    return servers["gunicorn"]
+    return servers["gunicorn"].result()
 
 
 @pytest.fixture(scope="module")
-def waitress_example(servers: dict[str, Server]) -> Server:
-    return servers["waitress"]
+def waitress_example(servers: dict[str, Future[Server]]) -> Server:
+    return servers["waitress"].result()
 
 
 class Visitor:
@@ -307,18 +302,23 @@ class Waited:
 
 
 @pytest.fixture(scope="module")
-def waited(example: Server, waitress_example: Server) -> Iterator[Waited]:
+def waited(servers: dict[str, Future[Server]]) -> Iterator[Waited]:
+    """Each walk on its server once started (a failed start fails its walks)."""
     with ThreadPoolExecutor(5) as pool:
 
-        def walking(server: Server, walk: Callable[[Server, Visitor], T]) -> Future[T]:
-            return pool.submit(_walk, server, partial(walk, server))
+        def walking(kind: str, walk: Callable[[Server, Visitor], T]) -> Future[T]:
+            def walked() -> T:
+                server = servers[kind].result()
+                return _walk(server, partial(walk, server))
+
+            return pool.submit(walked)
 
         yield Waited(
-            alias=walking(example, _log_in_then_flush),
-            capture=walking(example, _page_as_the_user),
-            no_second_alias=walking(example, _three_pages_as_the_user),
-            logout=walking(example, _pages_around_logout),
-            waitress=walking(waitress_example, _lifecycle),
+            alias=walking("gunicorn", _log_in_then_flush),
+            capture=walking("gunicorn", _page_as_the_user),
+            no_second_alias=walking("gunicorn", _three_pages_as_the_user),
+            logout=walking("gunicorn", _pages_around_logout),
+            waitress=walking("waitress", _lifecycle),
         )
 
 
