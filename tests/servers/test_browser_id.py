@@ -3,16 +3,13 @@
 uvicorn (ASGI) and gunicorn (WSGI) serve `tests.sites.basic`; the calls go over
 HTTP with httpx as a cross-site `fetch` without credentials sends them: no
 cookie of ours, posthog-js's distinct id in X-POSTHOG-DISTINCT-ID. posthog's
-real client delivers each server's events to its own real local `Sink`. Both
-servers start at the same time.
+real client delivers the server's events to a real local `Sink`.
 """
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
 
 import httpx
 import pytest
@@ -28,29 +25,14 @@ from tests.helpers.servers import (
 )
 from tests.helpers.wire import ALIAS, PERSONLESS
 
-KINDS = ["uvicorn", "gunicorn"]
 
-
-@pytest.fixture(scope="module")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Server]]]:
-    """Both servers, started at the same time, each sending to its own sink; a failed
-    start fails its own tests. Stopped (and checked) at the module's end."""
-    directories = {kind: tmp_path_factory.mktemp(kind) for kind in KINDS}
-    with ExitStack() as stack:
-        sinks = {kind: stack.enter_context(Sink()) for kind in KINDS}
-        with ThreadPoolExecutor(len(KINDS)) as pool:
-            starting = {
-                kind: pool.submit(start_app, kind, sinks[kind], directories[kind]) for kind in KINDS
-            }
-        for started in starting.values():
-            if started.exception() is None:
-                stack.enter_context(contextmanager(serving)(started.result()))
-        yield starting
-
-
-@pytest.fixture(scope="module", params=KINDS)
-def server(request: pytest.FixtureRequest, servers: dict[str, Future[Server]]) -> Server:
-    return servers[str(request.param)].result()
+@pytest.fixture(scope="module", params=["uvicorn", "gunicorn"])
+def server(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    kind = str(request.param)
+    with Sink() as sink:
+        yield from serving(start_app(kind, sink, tmp_path_factory.mktemp(kind)))
 
 
 @pytest.fixture(autouse=True)
