@@ -1,7 +1,8 @@
 """Unhandled errors under real servers reach error tracking once, as the request.
 
 Each app of `tests.sites.errors` runs in a subprocess (gunicorn or uvicorn),
-configured by environment variables only, sending to a `Sink`. A visitor with
+configured by environment variables only, sending to its own `Sink`; all are
+started and visited at the same time (`visits`). A visitor with
 our signed cookie, posthog-js's session header and a browser's user agent asks
 for `/boom`; the framework answers 500 and the `$exception` must arrive once
 with the visitor's distinct id, session and request properties. Then
@@ -17,6 +18,8 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -31,6 +34,7 @@ from tests.helpers.project import SECRET
 from tests.helpers.servers import (
     EVENT_TIMEOUT,
     NoCookies,
+    Started,
     gunicorn_command,
     read_log,
     server_environment,
@@ -95,43 +99,82 @@ class Running:
     log: Path
 
 
-@pytest.fixture(scope="module")
-def sink() -> Iterator[Sink]:
-    with Sink() as running:
-        yield running
+@dataclass
+class Visited:
+    """One server after a visitor's `/boom`: their anonymous id and the
+    `$exception` events its client sent before the marker."""
+
+    server: Running
+    anonymous_id: str
+    exceptions: list[dict[str, Any]]
 
 
-def serve(setup: Setup, sink: Sink, directory: Path) -> Iterator[Running]:
+SETUPS = {**SENDING, **SILENT}
+
+
+def start(setup: Setup, sink: Sink, directory: Path) -> Started:
     env = server_environment(sink.url)
     env.pop("DJANGO_SETTINGS_MODULE", None)
     env.update(setup.env)
-    started = start_process(
+    return start_process(
         setup.server,
         setup.command,
         env,
         directory,
         wait=partial(wait_until_ready, setup.server, path="/ok"),
     )
-    try:
-        yield Running(setup, started.url, sink, started.log)
-    finally:
-        stop_process(started.process)
-    logged = read_log(started.log)
-    assert "posthog_identity: " not in logged, logged  # our logger's lines
+
+
+@pytest.fixture(scope="module")
+def visits(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Future[Visited]]]:
+    """Every setup under its server, all started, then all visited, at the same time.
+
+    A visit ends waiting for the marker, which the server's posthog client
+    (posthog's defaults) sends after batching for up to 5 s: the servers wait
+    once, together. Each server has its own sink; a failed start or visit
+    fails its own test.
+    """
+    directories = {name: tmp_path_factory.mktemp(name) for name in SETUPS}
+    started: dict[str, Started] = {}
+
+    def start_setup(name: str, sink: Sink) -> Running:
+        setup = SETUPS[name]
+        started[name] = start(setup, sink, directories[name])
+        return Running(setup, started[name].url, sink, started[name].log)
+
+    def visit(starting: Future[Running]) -> Visited:
+        server = starting.result()
+        anonymous_id = visit_boom(server)
+        return Visited(server, anonymous_id, exceptions_before_marker(server))
+
+    # The pool exits before the sinks: they receive what the servers flush on stopping.
+    with ExitStack() as sinks, ThreadPoolExecutor(len(SETUPS)) as pool:
+        try:
+            starting = {
+                name: pool.submit(start_setup, name, sinks.enter_context(Sink())) for name in SETUPS
+            }
+            # Visited once all have started: a start's load never delays another's events.
+            wait(starting.values())
+            visited = {name: pool.submit(visit, starting[name]) for name in SETUPS}
+            wait(visited.values())
+            yield visited
+        finally:
+            # Stopped together too.
+            list(pool.map(stop_process, [server.process for server in started.values()]))
+    # Reported at the teardown of the module's last test.
+    for name, server in started.items():
+        logged = read_log(server.log)
+        assert "posthog_identity: " not in logged, f"{name}: {logged}"  # our logger's lines
 
 
 @pytest.fixture(scope="module", params=list(SENDING), ids=list(SENDING))
-def sending(
-    request: pytest.FixtureRequest, sink: Sink, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Running]:
-    yield from serve(SENDING[request.param], sink, tmp_path_factory.mktemp(request.param))
+def sending(request: pytest.FixtureRequest, visits: dict[str, Future[Visited]]) -> Visited:
+    return visits[str(request.param)].result()
 
 
 @pytest.fixture(scope="module", params=list(SILENT), ids=list(SILENT))
-def silent(
-    request: pytest.FixtureRequest, sink: Sink, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Running]:
-    yield from serve(SILENT[request.param], sink, tmp_path_factory.mktemp(request.param))
+def silent(request: pytest.FixtureRequest, visits: dict[str, Future[Visited]]) -> Visited:
+    return visits[str(request.param)].result()
 
 
 def visit_boom(server: Running) -> str:
@@ -150,20 +193,18 @@ def visit_boom(server: Running) -> str:
 
 
 def test_an_unhandled_error_reaches_error_tracking_once_as_the_request(
-    sending: Running,
+    sending: Visited,
 ) -> None:
-    sending.sink.clear()
-    anonymous_id = visit_boom(sending)
-
-    [event] = exceptions_before_marker(sending)
+    [event] = sending.exceptions
     properties = event["properties"]
-    assert distinct_id(event) == anonymous_id
+    assert distinct_id(event) == sending.anonymous_id
     assert properties["$session_id"] == SESSION
-    if sending.setup.posthog_inside:
+    url = sending.server.url
+    if sending.server.setup.posthog_inside:
         # Its own context's properties win inside it: Django's absolute URI, query included.
-        assert properties["$current_url"] == f"{sending.url}/boom?token=secret"
+        assert properties["$current_url"] == f"{url}/boom?token=secret"
     else:
-        assert properties["$current_url"] == f"{sending.url}/boom"  # never the query string
+        assert properties["$current_url"] == f"{url}/boom"  # never the query string
     assert properties["$request_method"] == "GET"
     assert properties["$request_path"] == "/boom"
     assert properties["$user_agent"] == AGENT
@@ -173,15 +214,12 @@ def test_an_unhandled_error_reaches_error_tracking_once_as_the_request(
     assert error["mechanism"]["handled"] is False
 
 
-def test_no_exception_event_when_turned_off_or_without_consent(silent: Running) -> None:
-    silent.sink.clear()
-    visit_boom(silent)
-
-    assert exceptions_before_marker(silent) == []
+def test_no_exception_event_when_turned_off_or_without_consent(silent: Visited) -> None:
+    assert silent.exceptions == []
 
 
 def exceptions_before_marker(server: Running) -> list[dict[str, Any]]:
-    """The `$exception` events since the last clear, up to a marker captured now."""
+    """The `$exception` events the server sent, up to a marker captured now."""
     marker = str(uuid.uuid4())
     with httpx.Client(base_url=server.url, timeout=10.0, cookies=NoCookies()) as http:
         assert http.get("/marker", params={"id": marker}).status_code == 200

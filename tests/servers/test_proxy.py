@@ -1,9 +1,9 @@
 """The first-party proxy under real servers (uvicorn, gunicorn, waitress), to a recording upstream.
 
 Each server runs `tests.sites.proxy` with ``POSTHOG_IDENTITY_PROXY_PATH=/ingest``,
-forwarding to a `RecordingUpstream` on 127.0.0.1. Requests go out through
-`http.client`, which sends paths as written (``..`` and ``%2F`` included) and
-lets a test send a body piece by piece.
+forwarding to a `RecordingUpstream` on 127.0.0.1; the three start at the same
+time. Requests go out through `http.client`, which sends paths as written (``..``
+and ``%2F`` included) and lets a test send a body piece by piece.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import signal
 import socket
 import sys
 from collections.abc import Iterator
-from pathlib import Path
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from functools import partial
 
 import pytest
 
@@ -51,23 +52,47 @@ def upstream() -> Iterator[RecordingUpstream]:
         yield running
 
 
-@pytest.fixture(scope="module", params=KINDS)
-def server(
-    request: pytest.FixtureRequest,
-    upstream: RecordingUpstream,
-    tmp_path_factory: pytest.TempPathFactory,
-) -> Iterator[Started]:
-    kind = str(request.param)
+def stop_signal(kind: str) -> signal.Signals:
+    """waitress handles no SIGTERM: Ctrl-C's SIGINT stops it gracefully."""
+    return signal.SIGINT if kind == "waitress" else signal.SIGTERM
+
+
+@pytest.fixture(scope="module")
+def servers(
+    upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, Future[Started]]]:
+    """The three servers, started at the same time; a failed start fails its own
+    tests. Stopped together at the module's end, then checked."""
     env = server_environment(upstream.url)
     env["POSTHOG_IDENTITY_PROXY_PATH"] = "/ingest"
     env["POSTHOG_IDENTITY_PROXY_MAX_BODY"] = str(MAX_BODY)
     env["POSTHOG_IDENTITY_PROXY_CONCURRENCY"] = str(CONCURRENCY)
-    log_dir: Path = tmp_path_factory.mktemp(f"proxy-{kind}")
-    # waitress handles no SIGTERM: Ctrl-C's SIGINT stops it gracefully.
-    how = signal.SIGINT if kind == "waitress" else signal.SIGTERM
-    started = start_process(kind, lambda port: command(kind, port), env, log_dir, how=how)
-    yield started
-    check_stopped(kind, started.log, stop_process(started.process, how), how=how)
+    directories = {kind: tmp_path_factory.mktemp(f"proxy-{kind}") for kind in KINDS}
+
+    def start(kind: str) -> Started:
+        return start_process(
+            kind, partial(command, kind), env, directories[kind], how=stop_signal(kind)
+        )
+
+    def stop(kind: str) -> bool:
+        return stop_process(running[kind].process, stop_signal(kind))
+
+    running: dict[str, Started] = {}
+    with ThreadPoolExecutor(len(KINDS)) as pool:
+        starting = {kind: pool.submit(start, kind) for kind in KINDS}
+        wait(starting.values())
+        try:
+            yield starting
+        finally:
+            running = {k: f.result() for k, f in starting.items() if f.exception() is None}
+            killed = dict(zip(running, pool.map(stop, running), strict=True))
+    for kind, started in running.items():
+        check_stopped(kind, started.log, killed[kind], how=stop_signal(kind))
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def server(request: pytest.FixtureRequest, servers: dict[str, Future[Started]]) -> Started:
+    return servers[str(request.param)].result()
 
 
 @pytest.fixture(autouse=True)
