@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import io
 import mimetypes
-import os
 import re
 from pathlib import Path
 
@@ -63,19 +63,24 @@ def _mimetype(path: Path) -> str:
 def file_response(request: Request, path: Path) -> Response | None:
     """A file's response, conditional (ETag, Last-Modified, ranges); None if it is gone."""
     try:
-        opened = path.open("rb")
+        content = path.read_bytes()
+        stat = path.stat()
     except OSError:  # gone since it was found
         return None
-    stat = os.fstat(opened.fileno())
+    # Served from memory, not from an open file: werkzeug's server drains the
+    # request socket before it closes a body, and a client that resets the
+    # connection makes that raise, so a file-backed body was never closed.
     response = Response(
-        wrap_file(request.environ, opened), mimetype=_mimetype(path), direct_passthrough=True
+        wrap_file(request.environ, io.BytesIO(content)),
+        mimetype=_mimetype(path),
+        direct_passthrough=True,
     )
-    response.content_length = stat.st_size
+    response.content_length = len(content)
     response.last_modified = stat.st_mtime  # type: ignore[assignment]
-    response.set_etag(f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+    response.set_etag(f"{stat.st_mtime_ns:x}-{len(content):x}")
     response.cache_control.no_cache = True
     response.headers["X-Content-Type-Options"] = "nosniff"
-    response = response.make_conditional(request, accept_ranges=True, complete_length=stat.st_size)
+    response = response.make_conditional(request, accept_ranges=True, complete_length=len(content))
     # make_conditional adds a Date; the server adds its own, which is the one to keep.
     del response.headers["Date"]
     return response
