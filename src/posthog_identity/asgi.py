@@ -20,7 +20,7 @@ from .asgi_scope import (
     vouch,
 )
 from .asgi_send import Responder
-from .context import bind
+from .context import bind, enrich_events
 from .engine import BYPASSED, Engine, logger
 from .errors import capture_unhandled
 from .exchange import Exchange
@@ -68,6 +68,7 @@ class IdentityMiddleware:
         self.app = app
         self.user_id = user_id
         self.engine = Engine(settings, client, init_options, flag_context, consent)
+        enrich_events(self.engine.client)
         # Only these settings, or a CORS preflight, make a request pass through.
         config = self.engine.settings
         self._filters = config.disabled or bool(config.exclude_paths)

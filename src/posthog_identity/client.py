@@ -18,7 +18,6 @@ from typing import Any
 import posthog
 from posthog.client import Client
 
-from .context import EventEnricher
 from .resend import LinkResender, protect, resender_for
 from .settings import ENV_VARS, Settings
 
@@ -70,38 +69,12 @@ def process_client(settings: Settings, given: Client | None = None) -> Client | 
             _become_default(client)
     if client is not None:
         _flushed_at_exit.add(client)
-        _enrich_events(client)
         if protect(client) is None:
             logger.warning(
                 "posthog_identity: this posthog client gives no way to see failed uploads: "
                 "login links it fails to deliver are not kept to send again"
             )
     return client
-
-
-def _enrich_events(client: Client) -> None:
-    """Have `client` add the request's properties to an event when it is captured.
-
-    Through posthog's public ``before_send``, chained before the app's own (which
-    then sees them, as it saw the context's tags before). posthog's module client
-    takes the module attribute ``posthog.before_send`` again on every
-    module-level call (``posthog.setup()``), so for that client the attribute is
-    where the chain goes. Installing twice (a second middleware) changes nothing.
-    """
-    if client is posthog.default_client:
-        module_hook = posthog.before_send
-        if not isinstance(module_hook, EventEnricher):
-            module_hook = posthog.before_send = EventEnricher(_callable(module_hook))
-        client.before_send = module_hook
-        return
-    own = getattr(client, "before_send", None)
-    if not isinstance(own, EventEnricher):
-        client.before_send = EventEnricher(_callable(own))
-
-
-def _callable(hook: object) -> Any:
-    # posthog ignores a before_send that is not callable (and says so); so do we.
-    return hook if callable(hook) else None
 
 
 def _module_client(settings: Settings) -> Client | None:

@@ -13,6 +13,8 @@ from .identity import NOBODY
 from .logs import logger
 
 if TYPE_CHECKING:
+    from posthog.client import Client
+
     from .exchange import Exchange
     from .identity import Identity, Report, Resolution
 
@@ -22,6 +24,7 @@ __all__ = [
     "current_exchange",
     "current_identity",
     "current_resolution",
+    "enrich_events",
     "enriches",
     "forget_user",
     "grant_consent",
@@ -273,3 +276,31 @@ def enriches(client: object) -> bool:
     if not isinstance(getattr(client, "before_send", None), EventEnricher):
         return False
     return client is not posthog.default_client or isinstance(posthog.before_send, EventEnricher)
+
+
+def enrich_events(client: Client | None) -> None:
+    """Have `client` add the request's properties to an event when it is captured.
+
+    Through posthog's public ``before_send``, chained before the app's own (which
+    then sees them, as it saw the context's tags before). posthog's module client
+    takes the module attribute ``posthog.before_send`` again on every
+    module-level call (``posthog.setup()``), so for that client the attribute is
+    where the chain goes. Installing twice (a second middleware) changes nothing.
+    The middlewares call it once, with the client their engine sends through.
+    """
+    if client is None:
+        return
+    if client is posthog.default_client:
+        module_hook = posthog.before_send
+        if not isinstance(module_hook, EventEnricher):
+            module_hook = posthog.before_send = EventEnricher(_callable(module_hook))
+        client.before_send = module_hook
+        return
+    own = getattr(client, "before_send", None)
+    if not isinstance(own, EventEnricher):
+        client.before_send = EventEnricher(_callable(own))
+
+
+def _callable(hook: object) -> Any:
+    # posthog ignores a before_send that is not callable (and says so); so do we.
+    return hook if callable(hook) else None

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from .context import bind
+from .context import bind, enrich_events
 from .engine import BYPASSED, Engine, logger
 from .exchange import Exchange, RequestInfo
 from .identity import NOTHING, Report
@@ -56,6 +56,7 @@ class IdentityMiddleware:
         self.app = app
         self.user_id = user_id
         self.engine = Engine(settings, client, init_options, flag_context, consent)
+        enrich_events(self.engine.client)
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         get = environ.get

@@ -21,7 +21,7 @@ from posthog_identity import (
     identify_user,
     revoke_consent,
 )
-from posthog_identity.context import bind
+from posthog_identity.context import bind, enrich_events
 from posthog_identity.engine import Engine
 from posthog_identity.exchange import Exchange, RequestInfo
 
@@ -157,10 +157,17 @@ def test_outside_a_request_they_warn(
 SHOP = RequestInfo(method="GET", scheme="http", path="/", host="shop.example", user_agent="UA")
 
 
+def enriching(settings: Settings, client: posthog.Client) -> Engine:
+    """An engine whose client adds the request's properties, as a middleware sets it up."""
+    engine = Engine(settings, client)
+    enrich_events(engine.client)
+    return engine
+
+
 def test_a_request_that_captures_nothing_puts_no_request_properties_on_the_context(
     settings: Settings, client: posthog.Client
 ) -> None:
-    with bind(Exchange(Engine(settings, client), SHOP)):
+    with bind(Exchange(enriching(settings, client), SHOP)):
         tags = posthog.get_tags()
     assert not {"$current_url", "$request_method", "$request_path", "$user_agent"} & set(tags)
 
@@ -168,7 +175,7 @@ def test_a_request_that_captures_nothing_puts_no_request_properties_on_the_conte
 def test_a_client_whose_before_send_the_app_replaced_gets_the_properties_as_tags(
     settings: Settings, client: posthog.Client
 ) -> None:
-    engine = Engine(settings, client)
+    engine = enriching(settings, client)
     client.before_send = lambda event: event
     with bind(Exchange(engine, SHOP)):
         tags = posthog.get_tags()
@@ -186,7 +193,7 @@ def test_a_failure_adding_the_properties_loses_no_event(
         raise RuntimeError("broken")
 
     monkeypatch.setattr(Exchange, "request_properties", broken)
-    with bind(Exchange(Engine(settings, client), SHOP)):
+    with bind(Exchange(enriching(settings, client), SHOP)):
         client.capture("Still Sent")
     [event] = sink.wait_for(event="Still Sent", count=1)
     assert "$request_method" not in event["properties"]
@@ -196,7 +203,7 @@ def test_a_failure_adding_the_properties_loses_no_event(
 def test_the_request_properties_are_built_once_however_many_events(
     settings: Settings, client: posthog.Client, sink: Sink
 ) -> None:
-    exchange = Exchange(Engine(settings, client), SHOP)
+    exchange = Exchange(enriching(settings, client), SHOP)
     with bind(exchange):
         client.capture("First")
         built = exchange.request_properties()
