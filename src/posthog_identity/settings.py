@@ -6,16 +6,24 @@ import dataclasses
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["ENV_VARS", "ConfigurationError", "ConsentMode", "Settings"]
+from .parsers import (
+    CONSENT_MODES,
+    PARSERS,
+    PERSON_PROFILES,
+    SAMESITE,
+    ConfigurationError,
+    ConsentMode,
+    PersonProfiles,
+    SameSite,
+    parse_text,
+)
 
-SameSite = Literal["Lax", "Strict", "None"]
-PersonProfiles = Literal["identified_only", "always"]
-ConsentMode = Literal["not-required", "opt-in", "opt-out"]
+__all__ = ["ENV_VARS", "ConfigurationError", "ConsentMode", "Settings"]
 
 DEFAULT_HOST = "https://us.i.posthog.com"
 #: Shorter secrets are accepted (tests, demos) but warned about at start-up.
@@ -70,39 +78,11 @@ RESERVED_INIT_OPTIONS = frozenset(
 )
 API_KEY_ALIAS = "POSTHOG_PROJECT_API_KEY"
 
-_TRUE = frozenset({"1", "true", "yes", "on"})
-_FALSE = frozenset({"0", "false", "no", "off"})
 # RFC 6265 cookie-name: an RFC 7230 token.
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 _DOMAIN = re.compile(r"^\.?[A-Za-z0-9](?:[A-Za-z0-9.\-]*[A-Za-z0-9])?$")
-_SAMESITE: dict[str, SameSite] = {"lax": "Lax", "strict": "Strict", "none": "None"}
-_PERSON_PROFILES: tuple[PersonProfiles, ...] = ("identified_only", "always")
-_CONSENT_MODES: tuple[ConsentMode, ...] = ("not-required", "opt-in", "opt-out")
-_Choice = TypeVar("_Choice", bound=str)
 # RFC 6265 cookie-octet: what a consent value may hold so it can be written unquoted.
 _COOKIE_VALUE = re.compile(r"^[\x21\x23-\x2b\x2d-\x3a\x3c-\x5b\x5d-\x7e]+$")
-
-
-class ConfigurationError(ValueError):
-    """Settings with invalid values, each named by its environment variable.
-
-    `variable` and `message` are the first problem's; `errors` lists every
-    ``(variable, message)`` pair, and the text has one line per problem, so a
-    configuration with several mistakes is fixed in one go.
-    """
-
-    def __init__(self, variable: str, message: str, *more: tuple[str, str]) -> None:
-        self.variable = variable
-        self.message = message
-        self.errors: tuple[tuple[str, str], ...] = ((variable, message), *more)
-        super().__init__("\n".join(f"{name}: {text}" for name, text in self.errors))
-
-    @classmethod
-    def combine(cls, errors: Iterable[ConfigurationError]) -> ConfigurationError:
-        """One error listing the problems of all `errors` (at least one), in order."""
-        pairs = [pair for error in errors for pair in error.errors]
-        (variable, message), *more = pairs
-        return cls(variable, message, *more)
 
 
 def _fail(name: str, message: str) -> ConfigurationError:
@@ -238,7 +218,7 @@ class Settings:
             raise ConfigurationError.combine(errors)
 
     def _check_samesite(self) -> None:
-        if self.cookie_samesite not in _SAMESITE.values():
+        if self.cookie_samesite not in SAMESITE.values():
             raise _fail(
                 "cookie_samesite",
                 f"must be Lax, Strict or None, got {self.cookie_samesite!r}",
@@ -250,7 +230,7 @@ class Settings:
             )
 
     def _check_person_profiles(self) -> None:
-        if self.person_profiles not in _PERSON_PROFILES:
+        if self.person_profiles not in PERSON_PROFILES:
             raise _fail(
                 "person_profiles",
                 f"must be identified_only or always, got {self.person_profiles!r}",
@@ -340,7 +320,7 @@ class Settings:
 
     def _check_consent(self) -> None:
         errors = []
-        if self.consent not in _CONSENT_MODES:
+        if self.consent not in CONSENT_MODES:
             errors.append(
                 _fail("consent", f"must be not-required, opt-in or opt-out, got {self.consent!r}")
             )
@@ -414,7 +394,7 @@ class Settings:
             errors.append(error)
             texts["api_key"] = ""
         for name, value in overrides.items():
-            if isinstance(value, str) and name in _PARSERS:
+            if isinstance(value, str) and name in PARSERS:
                 texts[name] = value
             else:
                 texts.pop(name)
@@ -424,7 +404,7 @@ class Settings:
             if not raw:
                 continue
             try:
-                values[name] = _PARSERS.get(name, _text)(ENV_VARS[name], raw)
+                values[name] = PARSERS.get(name, parse_text)(ENV_VARS[name], raw)
             except ConfigurationError as error:
                 errors.append(error)
         if "secrets" not in values and not any(e.variable == ENV_VARS["secrets"] for e in errors):
@@ -487,134 +467,7 @@ def _check_init_options(options: object) -> Mapping[str, Any]:
     return dict(options)
 
 
-def _json_object(variable: str, raw: str) -> Any:
-    try:
-        value = json.loads(raw)
-    except ValueError as error:
-        raise ConfigurationError(variable, f"is not valid JSON: {error}") from None
-    if not isinstance(value, dict):
-        raise ConfigurationError(variable, f"must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _flag_keys(variable: str, raw: str) -> bool | tuple[str, ...]:
-    if raw.lower() in _TRUE | _FALSE:
-        return parse_bool(variable, raw)
-    return parse_list(raw)
-
-
-def _seconds(variable: str, raw: str) -> float:
-    try:
-        return float(raw)
-    except ValueError:
-        raise ConfigurationError(variable, f"expected a number of seconds, got {raw!r}") from None
-
-
 def _check_prefix(value: str) -> str:
     if not isinstance(value, str) or not value.startswith("/"):
         raise _fail("exclude_paths", f"each path must start with '/', got {value!r}")
     return value.rstrip("/") or "/"
-
-
-def _text(variable: str, raw: str) -> str:
-    return raw
-
-
-def parse_bool(variable: str, raw: str) -> bool:
-    """Strict boolean: 1/0, true/false, yes/no, on/off, any case."""
-    value = raw.strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
-        return False
-    raise ConfigurationError(
-        variable, f"expected a boolean (true/false, 1/0, yes/no, on/off), got {raw!r}"
-    )
-
-
-def parse_list(raw: str) -> tuple[str, ...]:
-    """Comma-separated items, stripped, empties dropped."""
-    return tuple(item for item in (part.strip() for part in raw.split(",")) if item)
-
-
-def _secrets(variable: str, raw: str) -> tuple[str, ...]:
-    secrets = parse_list(raw)
-    if not secrets:
-        raise ConfigurationError(variable, "is required (a random string of 32+ characters)")
-    return secrets
-
-
-def _whole(unit: str) -> Callable[[str, str], int]:
-    """A parser of whole numbers of `unit`, naming the unit in its error."""
-
-    def parse(variable: str, raw: str) -> int:
-        try:
-            return int(raw, 10)
-        except ValueError:
-            raise ConfigurationError(
-                variable, f"expected a whole number of {unit}, got {raw!r}"
-            ) from None
-
-    return parse
-
-
-def _secure(variable: str, raw: str) -> bool | None:
-    if raw.lower() == "auto":
-        return None
-    try:
-        return parse_bool(variable, raw)
-    except ConfigurationError:
-        raise ConfigurationError(variable, f"expected auto, true or false, got {raw!r}") from None
-
-
-def _samesite(variable: str, raw: str) -> SameSite:
-    try:
-        return _SAMESITE[raw.lower()]
-    except KeyError:
-        raise ConfigurationError(variable, f"expected Lax, Strict or None, got {raw!r}") from None
-
-
-def _one_of(options: tuple[_Choice, ...]) -> Callable[[str, str], _Choice]:
-    """A parser for one of `options`, in any letter case."""
-    expected = f"{', '.join(options[:-1])} or {options[-1]}"
-
-    def parse(variable: str, raw: str) -> _Choice:
-        value = raw.lower()
-        for option in options:
-            if value == option:
-                return option
-        raise ConfigurationError(variable, f"expected {expected}, got {raw!r}")
-
-    return parse
-
-
-def _list(variable: str, raw: str) -> tuple[str, ...]:
-    return parse_list(raw)
-
-
-_PARSERS: dict[str, Callable[[str, str], Any]] = {
-    "secrets": _secrets,
-    "cookie_max_age": _whole("seconds"),
-    "cookie_secure": _secure,
-    "cookie_samesite": _samesite,
-    "inject": parse_bool,
-    "reset_on_logout": parse_bool,
-    "disabled": parse_bool,
-    "exclude_paths": _list,
-    "person_profiles": _one_of(_PERSON_PROFILES),
-    "inject_lookahead": _whole("bytes"),
-    "init_options": _json_object,
-    "bootstrap_flags": _flag_keys,
-    "flags_timeout": _seconds,
-    "consent": _one_of(_CONSENT_MODES),
-    "consent_granted": _list,
-    "consent_denied": _list,
-    "respect_gpc": parse_bool,
-    "respect_dnt": parse_bool,
-    "trusted_proxies": _whole("proxies"),
-    "proxy_max_body": _whole("bytes"),
-    "proxy_timeout": _seconds,
-    "proxy_concurrency": _whole("requests"),
-    "adopt_browser_id": parse_bool,
-    "capture_exceptions": parse_bool,
-}
