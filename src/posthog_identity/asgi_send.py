@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from .context import settle
 from .identity import NOTHING, Absent
+from .response import UNTOUCHED
 
 if TYPE_CHECKING:
     from .asgi_scope import Message, Send
     from .exchange import Exchange
     from .identity import Report
-    from .response import BodyRewrite
+    from .response import BodyRewrite, ResponsePlan
 
 __all__ = ["Responder"]
 
@@ -58,9 +59,9 @@ class Responder:
         if not exchange.explicit:
             # An authentication middleware inside ours has run by now.
             report = self.reread()
-            if not isinstance(report, (str, Absent)):  # a callback to await
-                return self._start_after(message, report)
             if report is not NOTHING:  # reporting nothing changes nothing
+                if not isinstance(report, (str, Absent)):  # a callback to await
+                    return self._start_after(message, report)
                 settle(exchange, report)
         return self._head(message)
 
@@ -77,7 +78,10 @@ class Responder:
         status = message.get("status", 200)
         if exchange.flags is not None and exchange.flags_pending(status, headers):
             return self._flags_first(message, status, headers)
-        return self._planned(message, status, headers)
+        plan = exchange.respond(status, headers)
+        if plan is UNTOUCHED:  # the common case: nothing to add, no body to rewrite
+            return self.send(message)
+        return self._planned(message, plan)
 
     async def _flags_first(
         self, message: Message, status: int, headers: list[tuple[str, str]]
@@ -86,12 +90,9 @@ class Responder:
         assert exchange.flags is not None
         # A remote flag evaluation must never hold the event loop.
         await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
-        await self._planned(message, status, headers)
+        await self._planned(message, exchange.respond(status, headers))
 
-    def _planned(
-        self, message: Message, status: int, headers: list[tuple[str, str]]
-    ) -> Awaitable[None]:
-        plan = self.exchange.respond(status, headers)
+    def _planned(self, message: Message, plan: ResponsePlan) -> Awaitable[None]:
         if plan.headers:
             raw = message.get("headers", ())
             added = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]

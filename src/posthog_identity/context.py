@@ -202,6 +202,11 @@ def rebind(exchange: Exchange, change: Callable[[], None]) -> None:
     _describe(exchange)
 
 
+# What `_describe` put on a context when the client adds the request's properties itself.
+_NOTHING_PUT: tuple[bool, tuple[str, ...]] = (False, ())
+_SESSION_ONLY: tuple[bool, tuple[str, ...]] = (True, ())
+
+
 def _describe(exchange: Exchange) -> None:
     """Put the browser's session on the posthog context (it travels with the
     context, to a background job too), and the request's properties when the
@@ -209,20 +214,20 @@ def _describe(exchange: Exchange) -> None:
     went away (a tag cannot be removed: it is overwritten with None, which
     PostHog stores as no value)."""
     described = exchange.described
-    if exchange.consent.granted:
-        if described:
+    if exchange.granted:
+        if described is not None:
             return
         session = exchange.browser_session()
         if session is not None:
             posthog.set_context_session(session)
-        keys: tuple[str, ...] = ()
-        if not enriches(exchange.engine.client):
-            properties = exchange.request_properties()
-            for key, value in properties.items():
-                posthog.tag(key, value)
-            keys = tuple(properties)
-        exchange.described = (session is not None, keys)
-    elif described:
+        if enriches(exchange.engine.client):
+            exchange.described = _SESSION_ONLY if session is not None else _NOTHING_PUT
+            return
+        properties = exchange.request_properties()
+        for key, value in properties.items():
+            posthog.tag(key, value)
+        exchange.described = (session is not None, tuple(properties))
+    elif described is not None:
         had_session, keys = described
         if had_session:
             posthog.set_context_session("")  # an empty session id is not sent
@@ -255,7 +260,7 @@ class EventEnricher:
         exchange = _exchange.get()
         if exchange is not None and event.get("event") not in _NOT_CAPTURED:
             try:
-                if exchange.consent.granted:
+                if exchange.granted:
                     properties = event["properties"]  # posthog always builds one
                     for key, value in exchange.request_properties().items():
                         if key not in properties:

@@ -170,6 +170,11 @@ class Exchange:
         """This request's consent decision."""
         return _GRANTED if self._consent is None else self._consent.decision
 
+    @property
+    def granted(self) -> bool:
+        """``consent.granted``, without a decision to build in the default mode."""
+        return self._consent is None or self._consent.decision.granted
+
     def set_consent(self, granted: bool) -> bool:
         """grant_consent() / revoke_consent(); False when the mode needs no consent."""
         if self._consent is None or not self._consent.record(granted):
@@ -191,7 +196,7 @@ class Exchange:
         return self._resolution
 
     def _resolve(self) -> Resolution:
-        if not self.consent.granted:
+        if not self.granted:
             # Without consent: one random id per request, never stored or linked,
             # and not the one a grant later in the request writes to the cookie.
             if self._ephemeral is None:
@@ -262,7 +267,7 @@ class Exchange:
 
         Only with consent: without it nothing of the browser's is read or sent.
         """
-        if not self.consent.granted:
+        if not self.granted:
             return None, {}
         return self.browser_session(), self.request_properties()
 
@@ -311,7 +316,7 @@ class Exchange:
             self.flags is not None
             and self.flags.pending(self.resolution.identity.distinct_id)
             and self.engine.snippet is not None
-            and self.consent.granted
+            and self.granted
             and may_inject(self.request.method, status, headers)
             and not shared_cacheable(headers)
         )
@@ -327,16 +332,22 @@ class Exchange:
             resolution = self.resolution
             if not self._responded:
                 self._responded = True
-                self._send_link(resolution)
-            added = self._cookies(resolution)
+                if resolution.link is not None:
+                    self._send_link(resolution)
+            # A returning visitor's common case writes no cookie: no call for it.
+            added: tuple[tuple[str, str], ...] = (
+                ()
+                if resolution.cookie is None and self._consent is None
+                else self._cookies(resolution)
+            )
             snippet = self.engine.snippet
             if snippet is not None and may_inject(self.request.method, status, headers):
                 shared = shared_cacheable(headers)
                 rendered = self._snippet(snippet, headers, shared)
                 body = BodyRewrite(rendered, self.engine.settings.inject_lookahead)
                 return ResponsePlan(() if shared else added, body)
-            if added and shared_cacheable(headers):
-                added = ()
+            if not added or shared_cacheable(headers):
+                return UNTOUCHED
             return ResponsePlan(added, None)
         except Exception:
             logger.exception(
@@ -356,8 +367,6 @@ class Exchange:
     def _cookies(self, resolution: Resolution) -> tuple[tuple[str, str], ...]:
         """Set-Cookie for the identity cookie (written, or deleted without consent)
         and for a consent decision the app recorded in this request."""
-        if resolution.cookie is None and self._consent is None:
-            return ()  # the common case: a returning visitor
         engine, secure = self.engine, self._secure()
         added = []
         if resolution.cookie is not None:
