@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import gc
 import sys
 import time
@@ -221,7 +222,7 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
     from posthog_identity.context import bind
     from posthog_identity.exchange import Exchange, RequestInfo
     from posthog_identity.wsgi import IdentityMiddleware, _header, _server_host
-    from posthog_identity.wsgi_body import Body, Head
+    from posthog_identity.wsgi_body import Head, run
 
     environ = inprocess.wsgi_environ(cookie)
     bare = inprocess.wsgi_app(JSON_BODY, "application/json")
@@ -265,19 +266,21 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
         if upto < 5:
             return
         head = Head(exchange, start_response, partial(ours.read_user, env))
-        body = Body(head, bind(exchange))
+        binding = bind(exchange)
         if upto < 6:
-            body.close()
+            context = contextvars.copy_context()
+            context.run(binding.__enter__)
+            context.run(binding.__exit__, None, None, None)
             return
-        _consume(body.run(bare, env))
+        _consume(run(bare, env, head, binding))
 
     steps = [
         "dispatch: proxy and bypass checks",
         "RequestInfo from the environ",
         "user source (none) and Exchange: cookie found, unsigned, parsed",
         "resolve(): the identity",
-        "Head, Body: copied context, bind() and its exit",
-        "the app through Body and Head: settle, respond, iterate, close",
+        "Head; private context, bind() and its exit",
+        "the app through run() and Head: settle, respond, iterate, close",
     ]
     rungs: list[tuple[str, Callable[[], Any]]] = [
         ("copy of the environ", lambda: environ.copy()),

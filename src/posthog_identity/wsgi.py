@@ -10,7 +10,7 @@ from .context import bind, enrich_events
 from .engine import BYPASSED, Engine, logger
 from .exchange import Exchange, RequestInfo
 from .identity import NOTHING, Report
-from .wsgi_body import Body, Head
+from .wsgi_body import Head, run
 from .wsgi_proxy import forward
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class IdentityMiddleware:
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
         head = Head(exchange, start_response, partial(self.read_user, environ))
-        return Body(head, bind(exchange)).run(self.app, environ)
+        return run(self.app, environ, head, bind(exchange))
 
     def read_user(self, environ: WSGIEnvironment) -> Report:
         if self.user_id is not None:
