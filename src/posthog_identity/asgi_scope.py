@@ -41,6 +41,7 @@ def mount_path(scope: Scope) -> str:
 
 # Request headers the core reads, by name -> their field in `RequestInfo`.
 _FIELDS = {
+    b"cookie": "cookie_header",
     b"sec-gpc": "sec_gpc",
     b"dnt": "dnt",
     b"host": "host",
@@ -64,32 +65,47 @@ def header(scope: Scope, name: str) -> str | None:
 
 def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
     """The request, and whether it carries X-POSTHOG-DISTINCT-ID."""
-    cookies: list[str] = []
     found: dict[str, str] = {}
     for key, value in scope.get("headers", ()):
-        # Servers send lower-case names; a hand-built scope may not.
-        name = key if key.islower() else key.lower()
-        if name == b"cookie":
-            cookies.append(value.decode("latin-1"))
-        elif name in _FIELDS:
-            found.setdefault(_FIELDS[name], value.decode("latin-1"))
-    distinct = "distinct_header" in found
-    client = scope.get("client")
-    if "host" not in found:
+        field = _FIELDS.get(key)
+        if field is None:
+            # Servers send lower-case names; a hand-built scope may not.
+            if key.islower():
+                continue
+            field = _FIELDS.get(key.lower())
+            if field is None:
+                continue
+        if field not in found:
+            found[field] = value.decode("latin-1")
+        elif field == "cookie_header":  # one Cookie header per cookie (HTTP/2)
+            found[field] += "; " + value.decode("latin-1")
+    get = found.get
+    host = get("host")
+    if host is None:
+        host = ""
         server = scope.get("server")
         if server:
             default = server[1] in (None, 443 if scope.get("scheme") == "https" else 80)
-            found["host"] = server[0] if default else f"{server[0]}:{server[1]}"
+            host = server[0] if default else f"{server[0]}:{server[1]}"
+    client = scope.get("client")
+    distinct = get("distinct_header")
     request = RequestInfo(
         scope.get("method", "GET"),
         scope.get("scheme", "http"),
         path,
-        cookies[0] if len(cookies) == 1 else "; ".join(cookies),
-        url_path=scope.get("path", ""),
-        peer=client[0] if client else "",
-        **found,
+        get("cookie_header", ""),
+        get("sec_gpc", ""),
+        get("dnt", ""),
+        host,
+        scope.get("path", ""),
+        get("user_agent", ""),
+        client[0] if client else "",
+        get("forwarded_for", ""),
+        get("session_header", ""),
+        get("window_header", ""),
+        distinct or "",
     )
-    return request, distinct
+    return request, distinct is not None
 
 
 def vouch(scope: Scope, distinct_id: str) -> None:

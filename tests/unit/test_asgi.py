@@ -445,3 +445,77 @@ def test_request_info_reads_posthog_js_distinct_id_whatever_the_headers_case() -
     assert header(scope, "x-posthog-distinct-id") == browser
     assert header(scope, "access-control-request-method") is None
     assert request_info({"type": "http", "headers": []}, "/")[0].distinct_header == ""
+
+
+_BROWSER_ID = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+
+
+@pytest.mark.parametrize(
+    ("headers", "scope", "expected"),
+    [
+        pytest.param(
+            [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")],
+            {},
+            {"cookie_header": "a=1; b=2"},
+            id="cookies-split-over-headers-are-joined-in-order",
+        ),
+        pytest.param(
+            [(b"Cookie", b"a=1"), (b"User-Agent", b"UA"), (b"X-Forwarded-For", b"1.2.3.4")],
+            {},
+            {"cookie_header": "a=1", "user_agent": "UA", "forwarded_for": "1.2.3.4"},
+            id="header-names-in-any-case",
+        ),
+        pytest.param(
+            [(b"host", b"first.example"), (b"Host", b"second.example"), (b"dnt", b"1")],
+            {},
+            {"host": "first.example", "dnt": "1"},
+            id="the-first-value-of-a-repeated-header-wins",
+        ),
+        pytest.param(
+            [(b"sec-gpc", b""), (b"sec-gpc", b"1")],
+            {},
+            {"sec_gpc": ""},
+            id="an-empty-first-value-still-wins",
+        ),
+        pytest.param(
+            [],
+            {"server": ("10.0.0.2", 443), "scheme": "https"},
+            {"host": "10.0.0.2", "scheme": "https"},
+            id="no-host-header-default-port",
+        ),
+        pytest.param(
+            [],
+            {"server": ("10.0.0.2", 8000)},
+            {"host": "10.0.0.2:8000"},
+            id="no-host-header-other-port",
+        ),
+        pytest.param(
+            [(b"x-posthog-session-id", b"s"), (b"x-posthog-window-id", b"w")],
+            {"client": ("203.0.113.7", 5000), "method": "POST", "path": "/app/x"},
+            {
+                "session_header": "s",
+                "window_header": "w",
+                "peer": "203.0.113.7",
+                "method": "POST",
+                "url_path": "/app/x",
+            },
+            id="posthog-js-headers-peer-method-and-whole-path",
+        ),
+        pytest.param(
+            [(b"accept", b"*/*")],
+            {},
+            {},
+            id="nothing-the-core-reads",
+        ),
+    ],
+)
+def test_request_info_reads_the_headers_the_core_needs(
+    headers: list[tuple[bytes, bytes]], scope: dict[str, Any], expected: dict[str, str]
+) -> None:
+    from posthog_identity.asgi_scope import request_info
+    from posthog_identity.exchange import RequestInfo
+
+    request, distinct = request_info({"type": "http", "headers": headers, **scope}, "/x")
+    defaults = RequestInfo(method="GET", scheme="http", path="/x")._asdict()
+    assert request._asdict() == {**defaults, **expected}
+    assert distinct is False
