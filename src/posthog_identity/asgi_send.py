@@ -74,6 +74,12 @@ class Responder:
     def _head(self, message: Message) -> Awaitable[None]:
         exchange = self.exchange
         raw = message.get("headers", ())
+        content_type = None
+        for key, value in raw:
+            if key.lower() == b"content-type":
+                content_type = value  # the last one counts, as for `respond`
+        if exchange.leaves_alone(None if content_type is None else content_type.decode("latin-1")):
+            return self.send(message)  # nothing to add: no headers to translate
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         status = message.get("status", 200)
         if exchange.flags is not None and exchange.flags_pending(status, headers):

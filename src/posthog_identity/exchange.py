@@ -321,6 +321,29 @@ class Exchange:
             and not shared_cacheable(headers)
         )
 
+    def leaves_alone(self, content_type: str | None) -> bool:
+        """At response start: will `respond` leave this response as the app made
+        it, whatever its headers but Content-Type (the last one, None without)?
+
+        True when there is no cookie to write, no link to send and no page to
+        inject (only ``text/html`` gets the snippet): the common API response of
+        a returning visitor, which an adapter may then send without translating
+        its headers for `respond`. False means: call `respond`.
+        """
+        resolution = self.resolution
+        if (
+            resolution.cookie is not None
+            or resolution.link is not None
+            or self._consent is not None
+        ):
+            return False
+        return (
+            self.engine.snippet is None
+            or content_type is None
+            # The media type as `may_inject` reads it: before any parameters, lower-cased.
+            or content_type.split(";", 1)[0].strip().lower() != "text/html"
+        )
+
     def respond(self, status: int, headers: list[tuple[str, str]]) -> ResponsePlan:
         """At response start: send the link once, and plan the response.
 

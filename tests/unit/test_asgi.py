@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,11 @@ from starlette.websockets import WebSocket
 
 from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware
+from posthog_identity.signing import CookieCodec, CookieState
 from tests.helpers.drivers import Driver, call_asgi
 from tests.helpers.pages import PAGE
-from tests.helpers.project import API_KEY
-from tests.helpers.wire import read_cookie
+from tests.helpers.project import API_KEY, SECRET
+from tests.helpers.wire import COOKIE, read_cookie
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
@@ -345,14 +348,16 @@ def test_reporting_nothing_at_response_start_keeps_a_user_reported_earlier(
 # -- the snippet's injection: messages held and passed on ---------------------------
 
 
-def record(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def record(
+    app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]] | None = None
+) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
     scope = {
         "type": "http",
         "method": "GET",
         "path": "/",
         "root_path": "",
-        "headers": [],
+        "headers": headers or [],
         "scheme": "http",
     }
 
@@ -419,6 +424,37 @@ def test_asgi_content_length_is_corrected(settings: Settings) -> None:
     )
     length = dict(sent[0]["headers"])[b"content-length"]
     assert int(length) == sum(len(m["body"]) for m in sent[1:])
+
+
+def returning_visitor() -> list[tuple[bytes, bytes]]:
+    """Request headers of a returning visitor: a fresh identity cookie, nothing to write."""
+    state = CookieState(str(uuid.uuid4()), issued_at=int(time.time()))
+    return [(b"cookie", f"{COOKIE}={CookieCodec((SECRET,)).dumps(state)}".encode())]
+
+
+@pytest.mark.parametrize(
+    ("headers", "injected"),
+    [
+        ([(b"Content-Type", b"text/html; charset=utf-8")], True),
+        ([(b"content-type", b"application/json"), (b"CONTENT-TYPE", b"text/html")], True),
+        ([(b"content-type", b"text/html"), (b"content-type", b"application/json")], False),
+        ([(b"content-type", b"application/json")], False),
+        ([(b"x-app", b"1")], False),
+    ],
+    ids=["name-in-any-case", "the-last-one-counts", "not-the-first", "json", "none"],
+)
+def test_a_returning_visitors_content_type_decides_the_snippet_whatever_its_spelling(
+    settings: Settings, headers: list[tuple[bytes, bytes]], injected: bool
+) -> None:
+    app_start = {"type": "http.response.start", "status": 200, "headers": headers}
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings),
+        [app_start, body(PAGE, more=False)],
+        returning_visitor(),
+    )
+    assert (b"data-posthog-identity" in b"".join(m["body"] for m in sent[1:])) is injected
+    if not injected:
+        assert sent[0] is app_start, "a response with nothing to add goes out as the app sent it"
 
 
 def test_a_cors_preflight_passes_through_marked_bypassed(settings: Settings) -> None:
