@@ -330,7 +330,10 @@ class Exchange:
         a returning visitor, which an adapter may then send without translating
         its headers for `respond`. False means: call `respond`.
         """
-        resolution = self.resolution
+        try:
+            resolution = self.resolution
+        except Exception:
+            return False  # `respond` logs it, and leaves the response untouched
         if (
             resolution.cookie is not None
             or resolution.link is not None

@@ -12,7 +12,6 @@ from .context import settle
 from .errors import capture_unhandled
 from .identity import NOTHING
 from .logs import logger
-from .response import UNTOUCHED
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -61,13 +60,18 @@ class Head:
                     settle(exchange, report)
             except Exception:
                 logger.exception("posthog_identity: re-reading the user failed")
+        if self.pending:
+            content_type = None
+            for name, value in headers:
+                if name.lower() == "content-type":
+                    content_type = value  # the last one counts, as for `respond`
+            if exchange.leaves_alone(content_type):
+                # The common case: nothing to add, no body to rewrite; the head goes out as is.
+                self.rewrite = self.held = None
+                self.pending = False
+                self.write_body = self.server(status, headers, exc_info)
+                return self.write
         plan = exchange.respond(_status_code(status), headers)
-        if plan is UNTOUCHED and self.pending:
-            # The common case: nothing to add, no body to rewrite; the head goes out as is.
-            self.rewrite = self.held = None
-            self.pending = False
-            self.write_body = self.server(status, headers, exc_info)
-            return self.write
         headers = headers + list(plan.headers)
         if not self.pending:
             # Headers already sent: the server re-raises exc_info, as PEP 3333 says.
