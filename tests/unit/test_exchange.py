@@ -279,6 +279,20 @@ def test_a_response_left_alone_is_one_respond_would_not_touch(
         assert exchange.respond(status, headers) == UNTOUCHED
 
 
+def test_an_identity_that_cannot_be_resolved_is_not_left_alone_and_respond_logs_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(self: Exchange) -> None:
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(Exchange, "_resolve", fail)
+    exchange = Exchange(engine, returning())
+
+    assert exchange.leaves_alone("application/json") is False
+    assert exchange.respond(200, JSON) == UNTOUCHED
+    assert "finishing the response failed" in caplog.text
+
+
 def test_the_cookie_written_carries_the_resolved_identity(engine: Engine) -> None:
     exchange = Exchange(engine, REQUEST, report="kim")
 
