@@ -163,7 +163,7 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
         "user source (none) and Exchange: cookie found, unsigned, parsed",
         "resolve(): the identity",
         "bind(): ContextVar, posthog context, identify, tags, session; and its exit",
-        "the app's two messages through Responder: settle, respond, send wrapper",
+        "the app's two messages through Responder: settle, Content-Type, leaves_alone",
     ]
     rungs: list[tuple[str, Callable[[], Any]]] = [
         ("copy of the scope (as the bench gives every request)", lambda: dict(scope)),
@@ -280,7 +280,7 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
         "user source (none) and Exchange: cookie found, unsigned, parsed",
         "resolve(): the identity",
         "Head; private context, bind() and its exit",
-        "the app through run() and Head: settle, respond, iterate, close",
+        "the app through run() and Head: settle, Content-Type, leaves_alone",
     ]
     rungs: list[tuple[str, Callable[[], Any]]] = [
         ("copy of the environ", lambda: environ.copy()),
@@ -360,6 +360,7 @@ def _detail(engine: Any, scope: dict[str, Any], cookie: str, rounds: int, number
         ("... and resolve()", lambda: Exchange(engine, request).resolution),
         ("posthog.new_context + identify_context alone", posthog_context),
         ("request properties, built (at the first capture)", lambda: _properties(engine, request)),
+        ("Exchange.leaves_alone(JSON)", lambda: exchange.leaves_alone("application/json")),
         ("Exchange.respond(JSON): no Set-Cookie", lambda: exchange.respond(200, json_headers)),
         ("may_inject(JSON response)", lambda: may_inject("GET", 200, json_headers)),
         ("Exchange.respond(HTML): snippet render", lambda: exchange.respond(200, html_headers)),

@@ -34,6 +34,7 @@ from .snippet import csp_nonce
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .flags import FlagSource
     from .snippet import Snippet
 
 __all__ = ["Exchange", "RequestInfo"]
@@ -116,22 +117,10 @@ class Exchange:
         # Built only where used: the default mode needs no consent, most apps no flags.
         self._consent: RequestConsent | None = None
         if engine.settings.consent != "not-required":
-            hook = engine.consent_hook
-            self._consent = RequestConsent(
-                engine.settings,
-                lambda: all_cookies(request.cookie_header),
-                request.sec_gpc,
-                request.dnt,
-                None if hook is None else asker(hook, native, engine.warn_once),
-            )
+            self._consent = _request_consent(engine, request, native)
         self.flags: RequestFlags | None = None
         if engine.flags is not None:
-            context = engine.flag_context
-            self.flags = RequestFlags(
-                engine.flags,
-                None if context is None else lambda: context(native),
-                engine.warn_once,
-            )
+            self.flags = _request_flags(engine, engine.flags, native)
 
     # -- what the request says -------------------------------------------------
 
@@ -426,3 +415,23 @@ class Exchange:
         if self.flags is not None and consent is ConsentState.GRANTED:
             flags = self.flags.current(identity.distinct_id)
         return snippet.render(identity, csp_nonce(headers), flags, consent)
+
+
+# Apart from `Exchange.__init__`: the locals a closure captures become cells, which
+# every request would pay for, though only these modes build the closures.
+def _request_consent(engine: Engine, request: RequestInfo, native: object) -> RequestConsent:
+    hook = engine.consent_hook
+    return RequestConsent(
+        engine.settings,
+        lambda: all_cookies(request.cookie_header),
+        request.sec_gpc,
+        request.dnt,
+        None if hook is None else asker(hook, native, engine.warn_once),
+    )
+
+
+def _request_flags(engine: Engine, flags: FlagSource, native: object) -> RequestFlags:
+    context = engine.flag_context
+    return RequestFlags(
+        flags, None if context is None else lambda: context(native), engine.warn_once
+    )
