@@ -13,6 +13,8 @@ from .identity import NOBODY
 from .logs import logger
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from posthog.client import Client
 
     from .exchange import Exchange
@@ -171,8 +173,8 @@ class bind:
         try:
             # Off: errors.py captures an unhandled error itself, once, only with
             # consent and POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS, marked unhandled.
-            self._context = posthog.new_context(fresh=True, capture_exceptions=False)
-            self._context.__enter__()
+            context = self._context = posthog.new_context(fresh=True, capture_exceptions=False)
+            context.__enter__()
             posthog.identify_context(exchange.identity.distinct_id)
             if exchange.personless():
                 posthog.tag(_PERSONLESS, False)
@@ -181,9 +183,14 @@ class bind:
             _exchange.reset(self._token)
             raise
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         try:
-            self._context.__exit__(*exc)
+            self._context.__exit__(kind, error, trace)
         finally:
             _exchange.reset(self._token)
 
