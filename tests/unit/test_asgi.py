@@ -496,7 +496,12 @@ _BROWSER_ID = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
             id="cookies-split-over-headers-are-joined-in-order",
         ),
         pytest.param(
-            [(b"Cookie", b"a=1"), (b"User-Agent", b"UA"), (b"X-Forwarded-For", b"1.2.3.4")],
+            [
+                (b"Cookie", b"a=1"),
+                (b"Accept", b"*/*"),
+                (b"User-Agent", b"UA"),
+                (b"X-Forwarded-For", b"1.2.3.4"),
+            ],
             {},
             {"cookie_header": "a=1", "user_agent": "UA", "forwarded_for": "1.2.3.4"},
             id="header-names-in-any-case",
