@@ -118,7 +118,9 @@ def report_user(user_id: object) -> None:
     if exchange is None:
         return
     report = exchange.engine.coerce(user_id)
-    if not exchange.explicit:
+    # Most reports repeat what the request already says (an integration reports
+    # before and after the view): the context is left as it is.
+    if not exchange.explicit and exchange.changes(report):
         rebind(exchange, lambda: exchange.report(report))
 
 
