@@ -39,17 +39,17 @@ def mount_path(scope: Scope) -> str:
     return path
 
 
-# Request headers the core reads, by name -> their field in `RequestInfo`.
+# Request headers the core reads, by name -> their place in `request_info`'s list.
 _FIELDS = {
-    b"cookie": "cookie_header",
-    b"sec-gpc": "sec_gpc",
-    b"dnt": "dnt",
-    b"host": "host",
-    b"user-agent": "user_agent",
-    b"x-forwarded-for": "forwarded_for",
-    b"x-posthog-session-id": "session_header",
-    b"x-posthog-window-id": "window_header",
-    b"x-posthog-distinct-id": "distinct_header",
+    b"cookie": 0,
+    b"sec-gpc": 1,
+    b"dnt": 2,
+    b"host": 3,
+    b"user-agent": 4,
+    b"x-forwarded-for": 5,
+    b"x-posthog-session-id": 6,
+    b"x-posthog-window-id": 7,
+    b"x-posthog-distinct-id": 8,
 }
 _DISTINCT_ID = b"x-posthog-distinct-id"
 
@@ -65,22 +65,21 @@ def header(scope: Scope, name: str) -> str | None:
 
 def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
     """The request, and whether it carries X-POSTHOG-DISTINCT-ID."""
-    found: dict[str, str] = {}
+    found: list[str | None] = [None] * len(_FIELDS)  # the first value of each
     for key, value in scope.get("headers", ()):
-        field = _FIELDS.get(key)
-        if field is None:
+        at = _FIELDS.get(key)
+        if at is None:
             # Servers send lower-case names; a hand-built scope may not.
             if key.islower():
                 continue
-            field = _FIELDS.get(key.lower())
-            if field is None:
+            at = _FIELDS.get(key.lower())
+            if at is None:
                 continue
-        if field not in found:
-            found[field] = value.decode("latin-1")
-        elif field == "cookie_header":  # one Cookie header per cookie (HTTP/2)
-            found[field] += "; " + value.decode("latin-1")
-    get = found.get
-    host = get("host")
+        if found[at] is None:
+            found[at] = value.decode("latin-1")
+        elif at == 0:  # one Cookie header per cookie (HTTP/2)
+            found[0] = f"{found[0]}; {value.decode('latin-1')}"
+    cookie, gpc, dnt, host, agent, forwarded, session, window, distinct = found
     if host is None:
         host = ""
         server = scope.get("server")
@@ -88,21 +87,20 @@ def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
             default = server[1] in (None, 443 if scope.get("scheme") == "https" else 80)
             host = server[0] if default else f"{server[0]}:{server[1]}"
     client = scope.get("client")
-    distinct = get("distinct_header")
     request = RequestInfo(
         scope.get("method", "GET"),
         scope.get("scheme", "http"),
         path,
-        get("cookie_header", ""),
-        get("sec_gpc", ""),
-        get("dnt", ""),
+        cookie or "",
+        gpc or "",
+        dnt or "",
         host,
         scope.get("path", ""),
-        get("user_agent", ""),
+        agent or "",
         client[0] if client else "",
-        get("forwarded_for", ""),
-        get("session_header", ""),
-        get("window_header", ""),
+        forwarded or "",
+        session or "",
+        window or "",
         distinct or "",
     )
     return request, distinct is not None
