@@ -100,8 +100,6 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
     takes them), so each step costs the difference to the rung before, and the last
     rung is the whole path. The real middleware is timed beside it: the parts must
     add up to its overhead, or the path copied here has drifted from the real one."""
-    from functools import partial
-
     from posthog_identity.asgi import IdentityMiddleware
     from posthog_identity.asgi_scope import header, mount_path, request_info, vouch
     from posthog_identity.asgi_send import Responder
@@ -151,8 +149,8 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
         with bind(exchange):
             if upto < 6:
                 return
-            reread = partial(ours.user_now, request_scope)
-            await bare(request_scope, receive, Responder(exchange, reread=reread, send=drop))
+            responder = Responder(exchange, drop, ours.user_now, request_scope)
+            await bare(request_scope, receive, responder)
 
     def rung(upto: int) -> Callable[[], None]:
         return lambda: _drive(path(upto))
@@ -265,7 +263,7 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
         exchange.identity  # noqa: B018 (bind resolves it first in the real path)
         if upto < 5:
             return
-        head = Head(exchange, start_response, partial(ours.read_user, env))
+        head = Head(exchange, start_response, ours.read_user, env)
         binding = bind(exchange)
         if upto < 6:
             context = contextvars.copy_context()

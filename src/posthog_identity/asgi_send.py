@@ -11,7 +11,7 @@ from .identity import NOTHING, Absent
 from .response import UNTOUCHED
 
 if TYPE_CHECKING:
-    from .asgi_scope import Message, Send
+    from .asgi_scope import Message, Scope, Send
     from .exchange import Exchange
     from .identity import Report
     from .response import BodyRewrite, ResponsePlan
@@ -26,19 +26,21 @@ class Responder:
     decided, so its Content-Length can be corrected; other messages pass through.
     """
 
-    __slots__ = ("exchange", "held", "reread", "rewrite", "send")
+    __slots__ = ("exchange", "held", "reread", "rewrite", "scope", "send")
 
     def __init__(
         self,
         exchange: Exchange,
         send: Send,
-        reread: Callable[[], Report | Coroutine[Any, Any, Report]],
+        reread: Callable[[Scope], Report | Coroutine[Any, Any, Report]],
+        scope: Scope,
     ) -> None:
-        """`reread` asks the user source again when the response starts (a
+        """`reread(scope)` asks the user source again when the response starts (a
         coroutine only when the source needs awaiting)."""
         self.exchange = exchange
         self.send = send
         self.reread = reread
+        self.scope = scope
         self.rewrite: BodyRewrite | None = None
         self.held: Message | None = None
 
@@ -58,7 +60,7 @@ class Responder:
         exchange = self.exchange
         if not exchange.explicit:
             # An authentication middleware inside ours has run by now.
-            report = self.reread()
+            report = self.reread(self.scope)
             if report is not NOTHING:  # reporting nothing changes nothing
                 if not isinstance(report, (str, Absent)):  # a callback to await
                     return self._start_after(message, report)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, enrich_events
@@ -94,7 +93,7 @@ class IdentityMiddleware:
             return self.app(environ, start_response)
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
-        head = Head(exchange, start_response, partial(self.read_user, environ))
+        head = Head(exchange, start_response, self.read_user, environ)
         return run(self.app, environ, head, bind(exchange))
 
     def read_user(self, environ: WSGIEnvironment) -> Report:

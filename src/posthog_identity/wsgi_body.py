@@ -28,6 +28,7 @@ class Head:
     """One response's head: identity headers, held while an HTML page's start is scanned."""
 
     __slots__ = (
+        "environ",
         "exchange",
         "held",
         "pending",
@@ -38,12 +39,17 @@ class Head:
     )
 
     def __init__(
-        self, exchange: Exchange, server: StartResponse, reread: Callable[[], Report]
+        self,
+        exchange: Exchange,
+        server: StartResponse,
+        reread: Callable[[WSGIEnvironment], Report],
+        environ: WSGIEnvironment,
     ) -> None:
-        """`reread` asks the user source again when the app starts its response."""
+        """`reread(environ)` asks the user source again when the app starts its response."""
         self.exchange = exchange
         self.server = server
         self.reread = reread
+        self.environ = environ
         self.rewrite: BodyRewrite | None = None
         self.held: tuple[str, list[tuple[str, str]], Any] | None = None
         self.pending = True  # the server's start_response has not been called yet
@@ -55,7 +61,7 @@ class Head:
         exchange = self.exchange
         if not exchange.explicit:
             try:
-                report = self.reread()
+                report = self.reread(self.environ)
                 if report is not NOTHING:  # reporting nothing changes nothing
                     settle(exchange, report)
             except Exception:
