@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -420,6 +421,30 @@ def test_wsgi_a_body_that_stops_early_gets_408_and_nothing_is_recorded(
     b"".join(iterable)
     iterable.close()
     assert status.startswith("408")
+    assert recording.received == []
+
+
+@pytest.mark.parametrize("server_key", ["gunicorn.socket", "werkzeug.socket"])
+def test_wsgi_an_upload_that_falls_silent_on_the_servers_socket_gets_408_after_the_timeout(
+    recording: RecordingUpstream, server_key: str
+) -> None:
+    # gunicorn and werkzeug hand the app the browser's socket, blocking with no timeout.
+    app = wsgi_app(proxy_settings(recording.url, proxy_timeout=0.5))
+    browser, server_side = socket.socketpair()
+    with browser, server_side, server_side.makefile("rb") as stream:
+        browser.sendall(b"x" * 500)  # of 1000 declared; then the browser falls silent
+        environ = wsgi_environ(stream, CONTENT_LENGTH="1000", **{server_key: server_side})
+        answered: list[str] = []
+        worker = threading.Thread(target=lambda: answered.append(call_wsgi(app, environ)[0]))
+        worker.start()
+        worker.join(10)  # a bound to tell "blocked" from "answered", not a speed check
+        blocked = worker.is_alive()
+        browser.close()  # a worker still waiting reads the end of the body and returns
+        worker.join()
+        assert not blocked, "the worker waited for the silent browser past the timeout"
+        assert answered[0].startswith("408")
+        assert server_side.gettimeout() is None, "the server's socket kept the proxy's timeout"
+    assert recording.wait_until(lambda: recording.aborted == ["/s/"])
     assert recording.received == []
 
 

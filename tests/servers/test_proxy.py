@@ -33,6 +33,8 @@ KINDS = ["uvicorn", "gunicorn", "waitress"]
 #: The servers that hand the app a body as it arrives (waitress buffers it whole first).
 STREAMING = ["uvicorn", "gunicorn"]
 TIMEOUT = 10.0
+#: The servers' proxy timeout: short, so an upload that falls silent ends soon.
+PROXY_TIMEOUT = 4
 MAX_BODY = 256 * 1024
 #: Two places: a test can hold both, and one finishing never delays the next test.
 CONCURRENCY = 2
@@ -67,6 +69,7 @@ def servers(
     env["POSTHOG_IDENTITY_PROXY_PATH"] = "/ingest"
     env["POSTHOG_IDENTITY_PROXY_MAX_BODY"] = str(MAX_BODY)
     env["POSTHOG_IDENTITY_PROXY_CONCURRENCY"] = str(CONCURRENCY)
+    env["POSTHOG_IDENTITY_PROXY_TIMEOUT"] = str(PROXY_TIMEOUT)
     directories = {kind: tmp_path_factory.mktemp(f"proxy-{kind}") for kind in KINDS}
 
     def start(kind: str) -> Started:
@@ -273,3 +276,17 @@ def test_beyond_the_cap_a_request_gets_503_with_retry_after_before_its_body_is_s
         upload.send(data[128 * KiB :])
         assert upload.answer().status == 200
     assert [r.target for r in upstream.received] == ["/s/"] * CONCURRENCY
+
+
+@pytest.mark.parametrize("server", STREAMING, indirect=True)
+def test_an_upload_that_falls_silent_gets_408_after_the_proxy_timeout_and_is_aborted_upstream(
+    server: Started, upstream: RecordingUpstream
+) -> None:
+    # gunicorn's socket blocks without a timeout of its own: without the proxy's
+    # bound, the worker thread would wait for as long as the browser stays connected.
+    upload = Upload(server, "/ingest/s/", length=200 * KiB)
+    upload.send(body(64 * KiB))
+    assert upstream.first_bytes.wait(TIMEOUT), "nothing was forwarded"
+    assert upload.answer().status == 408  # within PROXY_TIMEOUT; the socket gives up at TIMEOUT
+    assert upstream.wait_until(lambda: upstream.aborted == ["/s/"]), "upstream not aborted"
+    assert upstream.received == []
