@@ -30,6 +30,7 @@ _LINKED = 0x01
 _HAS_USER = 0x02
 _AWAITING = 0x04
 _SALT = b"posthog-identity.cookie"
+_DIGEST = hashlib.sha256
 _MEMO_SIZE = 4096
 _USER_HASH_SALT = b"posthog-identity.user-hash"
 
@@ -74,8 +75,11 @@ class CookieCodec:
     def __init__(self, secrets: tuple[str, ...]) -> None:
         if not secrets:
             raise ValueError("at least one secret is required")
+        # itsdangerous derives each secret's key (an HMAC of the salt) on every
+        # sign and unsign; derived here once, the signers take it as it is: the
+        # same key, so the same signatures.
         self._signers = tuple(
-            Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
+            Signer(_derived_key(secret), salt=_SALT, key_derivation="none", digest_method=_DIGEST)
             for secret in secrets
         )
         # Verified values, keyed by the whole signed string: a hit is exactly as
@@ -99,7 +103,7 @@ class CookieCodec:
             | (_HAS_USER if state.user_hash else 0)
             | (_AWAITING if state.awaiting else 0)
         )
-        raw = _HEADER.pack(_VERSION, uuid.UUID(state.anonymous_id).bytes, flags, state.issued_at)
+        raw = _HEADER.pack(_VERSION, _uuid_bytes(state.anonymous_id), flags, state.issued_at)
         if state.user_hash:
             raw += state.user_hash
         if state.awaiting:
@@ -133,6 +137,23 @@ class CookieCodec:
             state = _parse(payload)
             return None if state is None else Verified(state, index)
         return None
+
+
+def _derived_key(secret: str) -> bytes:
+    """The key itsdangerous's default derivation ("hmac") makes of a secret and our salt."""
+    return Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=_DIGEST).derive_key()
+
+
+def _uuid_bytes(text: str) -> bytes:
+    """The 16 bytes of a UUID in its usual text (what `uuid.UUID` parses, faster)."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        try:
+            raw = bytes.fromhex(text.replace("-", ""))
+        except ValueError:
+            raw = b""
+        if len(raw) == 16:
+            return raw
+    return uuid.UUID(text).bytes
 
 
 @functools.lru_cache(maxsize=4096)
