@@ -78,10 +78,15 @@ class CookieCodec:
         # itsdangerous derives each secret's key (an HMAC of the salt) on every
         # sign and unsign; derived here once, the signers take it as it is: the
         # same key, so the same signatures.
+        keys = tuple(_derived_key(secret) for secret in secrets)
         self._signers = tuple(
-            Signer(_derived_key(secret), salt=_SALT, key_derivation="none", digest_method=_DIGEST)
-            for secret in secrets
+            Signer(key, salt=_SALT, key_derivation="none", digest_method=_DIGEST) for key in keys
         )
+        # Every first visit signs: the newest key's HMAC is keyed once and copied
+        # per cookie (keying OpenSSL's HMAC is most of the cost). What it makes is
+        # itsdangerous's signed value, the payload, ".", the unpadded base64url
+        # of the HMAC-SHA256: the signers above verify it.
+        self._mac = hmac.new(keys[0], digestmod=_DIGEST)
         # Verified values, keyed by the whole signed string: a hit is exactly as
         # trustworthy as verifying again, and a returning visitor costs no HMAC.
         # Only verified values are kept; bounded, cleared when full.
@@ -109,7 +114,10 @@ class CookieCodec:
         if state.awaiting:
             raw += state.awaiting
         payload = base64.urlsafe_b64encode(raw).rstrip(b"=")
-        return self._signers[0].sign(payload).decode("ascii")
+        mac = self._mac.copy()
+        mac.update(payload)
+        signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
+        return (payload + b"." + signature).decode("ascii")
 
     def loads(self, value: str | None) -> Verified | None:
         """Verify and parse; anything tampered, truncated or malformed is `None`."""
