@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeAlias
 
-from .signing import CookieState, Verified
+from .signing import CookieState, Verified, uuid_text
 
 __all__ = [
     "NOBODY",
@@ -225,8 +225,7 @@ def new_anonymous_id() -> str:
     raw = bytearray(os.urandom(16))
     raw[6] = raw[6] & 0x0F | 0x40  # version 4
     raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
-    text = raw.hex()
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+    return uuid_text(raw)
 
 
 # What posthog-js's uuidv7() prints: lower-case hex, version 7, RFC 4122 variant.

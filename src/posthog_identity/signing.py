@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, Signer
 
-__all__ = ["AWAITING_SIZE", "MAX_COOKIE_SIZE", "CookieCodec", "CookieState", "Verified"]
+__all__ = [
+    "AWAITING_SIZE",
+    "MAX_COOKIE_SIZE",
+    "CookieCodec",
+    "CookieState",
+    "Verified",
+    "uuid_text",
+]
 
 MAX_COOKIE_SIZE = 4096
 _VERSION = 1
@@ -152,6 +159,12 @@ def _derived_key(secret: str) -> bytes:
     return Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=_DIGEST).derive_key()
 
 
+def uuid_text(raw: bytes | bytearray) -> str:
+    """A UUID's 16 bytes in its usual text, as `str(uuid.UUID(bytes=raw))` prints them."""
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 def _uuid_bytes(text: str) -> bytes:
     """The 16 bytes of a UUID in its usual text (what `uuid.UUID` parses, faster)."""
     if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
@@ -188,7 +201,7 @@ def _parse(payload: bytes) -> CookieState | None:
     ):
         return None
     return CookieState(
-        anonymous_id=str(uuid.UUID(bytes=anon)),
+        anonymous_id=uuid_text(anon),
         user_hash=rest[:user_size] if user_size else None,
         linked=bool(flags & _LINKED),
         issued_at=issued_at,

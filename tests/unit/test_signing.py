@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from itsdangerous import Signer
 
-from posthog_identity.signing import MAX_COOKIE_SIZE, CookieCodec, CookieState
+from posthog_identity.signing import MAX_COOKIE_SIZE, CookieCodec, CookieState, uuid_text
 
 ANON = "6f1c2a4e-8d3b-4b5a-9c7e-2f0a1b3c4d5e"
 CODEC = CookieCodec(("newest-secret",))
@@ -172,6 +173,11 @@ def test_any_state_round_trips(original: CookieState) -> None:
     verified = CODEC.loads(CODEC.dumps(original))
     assert verified is not None
     assert verified.state == original
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_uuid_text_prints_16_bytes_as_uuid_does(raw: bytes) -> None:
+    assert uuid_text(raw) == str(uuid.UUID(bytes=raw))
 
 
 def test_an_upper_case_or_braced_anonymous_id_is_stored_as_its_uuid() -> None:
