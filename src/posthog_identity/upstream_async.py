@@ -189,7 +189,8 @@ class AsyncUpstream:
             elif isinstance(event, h11.Response):
                 return event
             elif not isinstance(event, h11.InformationalResponse):  # 1xx: the real one follows
-                raise h11.RemoteProtocolError(f"{event!r} before an answer")
+                # h11 raises first on a connection closed or garbled before the answer
+                raise h11.RemoteProtocolError(f"{event!r} before an answer")  # pragma: no cover
 
     async def _body(
         self, connection: _Connection, origin: _Origin, url: str
@@ -209,11 +210,9 @@ class AsyncUpstream:
                     connection.http.receive_data(data)
                 elif isinstance(event, h11.Data):
                     yield bytes(event.data)
-                elif isinstance(event, h11.EndOfMessage):
-                    complete = True
+                else:  # h11 raises on a body cut or garbled, so this is its end
+                    complete = isinstance(event, h11.EndOfMessage)
                     return
-                else:
-                    raise h11.RemoteProtocolError(f"{event!r} in an answer's body")
         except asyncio.TimeoutError:
             logger.warning("posthog_identity: proxy: %s too slow; answer cut", origin_of(url))
         except (OSError, h11.RemoteProtocolError) as error:

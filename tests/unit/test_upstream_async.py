@@ -114,6 +114,8 @@ class Scripted:
                 if answered == self.close_after:
                     return
                 http = h11.Connection(h11.SERVER)
+        except ConnectionError:  # the client closed while the answer was still going out
+            self.closed_by_client.set()
         finally:
             writer.close()
 
@@ -402,6 +404,63 @@ def test_posthog_silent_mid_answer_cuts_it_after_the_timeout(
     with caplog.at_level(logging.WARNING, "posthog_identity"):
         assert run(go()) == b"x" * 40
     assert "too slow; answer cut" in caplog.text
+
+
+def test_an_answer_trickling_past_the_timeout_in_all_is_cut(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def go() -> bytes:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+                for _ in range(100):  # a byte every 0.05 s: never silent 0.3 s, 5 s in all
+                    writer.write(b"x")
+                    await writer.drain()
+                    await asyncio.sleep(0.05)
+            except ConnectionError:
+                pass  # the client cut the answer
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        try:
+            return await body_of(await AsyncUpstream(0.3, 4).forward("GET", url, {}, None))
+        finally:
+            server.close()
+
+    with caplog.at_level(logging.WARNING, "posthog_identity"):
+        cut = run(go())
+    assert 0 < len(cut) < 100
+    assert "too slow; answer cut" in caplog.text
+
+
+def test_an_informational_answer_is_skipped_for_the_real_one() -> None:
+    async def go() -> bytes:
+        script = lambda request, body: b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"real")  # noqa: E731
+        async with Scripted(script) as scripted:
+            return await body_of(
+                await AsyncUpstream(TIMEOUT, 4).forward("GET", scripted.url, {}, None)
+            )
+
+    assert run(go()) == b"real"
+
+
+def test_a_request_cancelled_while_waiting_closes_its_connection() -> None:
+    async def go() -> None:
+        async with Scripted(lambda request, body: None) as scripted:
+            waiting = asyncio.ensure_future(
+                AsyncUpstream(TIMEOUT, 4).forward("POST", scripted.url, {}, pieces(b"{}"))
+            )
+            while not scripted.requests:
+                await asyncio.sleep(0.01)
+            waiting.cancel()  # the server stops, or the browser went away under hypercorn
+            with pytest.raises(asyncio.CancelledError):
+                await waiting
+            await asyncio.wait_for(scripted.closed_by_client.wait(), TIMEOUT)
+
+    run(go())
 
 
 # -- https ---------------------------------------------------------------------------------
