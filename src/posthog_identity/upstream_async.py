@@ -20,7 +20,7 @@ import ssl
 import weakref
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import h11
 
@@ -132,7 +132,9 @@ class AsyncUpstream:
         parts = urlsplit(url)
         secure = parts.scheme == "https"
         origin = _Origin(parts.scheme, parts.hostname or "", parts.port or (443 if secure else 80))
-        target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        target = _wire(parts.path or "/", "utf-8") + (
+            f"?{_wire(parts.query, 'latin-1')}" if parts.query else ""
+        )
         try:
             connection = await self._connection(origin)
         except (OSError, asyncio.TimeoutError) as error:  # refused, no route, TLS, too slow
@@ -144,7 +146,11 @@ class AsyncUpstream:
             framing = [("Transfer-Encoding", "chunked")]
         else:
             framing = [("Content-Length", "0")] if method in _WITH_BODY else []
-        head = [("Host", parts.netloc), *headers.items(), *framing]
+        # Header values are latin-1 text from the server: back to their bytes.
+        head = [
+            (name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in [("Host", parts.netloc), *headers.items(), *framing]
+        ]
         try:
             connection.send(h11.Request(method=method, target=target, headers=head))
             if body is not None:
@@ -231,7 +237,11 @@ class AsyncUpstream:
         idle = self._idle.setdefault(loop, {}).get(origin, [])
         while idle:
             connection = idle.pop()
-            await self._wake(connection)
+            try:
+                await self._wake(connection)
+            except BaseException:  # cancelled meanwhile: nobody else holds it
+                connection.close()
+                raise
             if not (connection.reader.at_eof() or connection.writer.is_closing()):
                 return connection
             connection.close()
@@ -275,6 +285,17 @@ class AsyncUpstream:
         watcher, connection.watcher = connection.watcher, None
         watcher.cancel()
         await asyncio.wait({watcher})
+
+
+#: What a request target may hold as it is (RFC 9112: visible ASCII); the rest is
+#: percent-encoded, as urllib3 does for WSGI (a decoded path may hold a space).
+_TARGET_SAFE = "".join(chr(code) for code in range(0x21, 0x7F))
+
+
+def _wire(text: str, encoding: str) -> str:
+    """`text` as a request target carries it: invalid characters percent-encoded
+    from their bytes in `encoding` (utf-8 for a decoded path, latin-1 for a raw query)."""
+    return quote(text, safe=_TARGET_SAFE, encoding=encoding)
 
 
 async def _watch(connection: _Connection, idle: list[_Connection]) -> None:

@@ -192,6 +192,16 @@ def test_a_gzip_event_batch_is_forwarded_byte_for_byte(adapter: str, upstream: U
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_path_with_an_encoded_space_is_forwarded_encoded(
+    adapter: str, upstream: Upstream
+) -> None:
+    answer = send(adapter, proxy_settings(upstream.url), "GET", "/ingest/static/a%20b.js?x=%20")
+    assert answer.status == 200
+    [received] = upstream.received
+    assert received.target == "/static/a%20b.js?x=%20"
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_the_apps_cookies_and_credentials_never_leave(adapter: str, upstream: Upstream) -> None:
     send(
         adapter,

@@ -158,6 +158,31 @@ def test_a_body_is_forwarded_whole_with_its_framing(
     assert received.headers["host"] == upstream.url.removeprefix("http://")
 
 
+def test_a_path_and_query_go_out_percent_encoded_where_http_needs_it(
+    upstream: RecordingUpstream,
+) -> None:
+    # The ASGI path is decoded text (utf-8), the query the raw bytes (as latin-1).
+    async def go() -> bytes:
+        url = f"{upstream.url}/static/a b/\u00e9%41?q=\u00fc x&v=1"
+        return await body_of(await AsyncUpstream(TIMEOUT, 4).forward("GET", url, {}, None))
+
+    assert run(go()) == ANSWER
+    [received] = upstream.received
+    assert received.target == "/static/a%20b/%C3%A9%41?q=%FC%20x&v=1"
+
+
+def test_a_header_value_beyond_ascii_goes_out_as_its_bytes(upstream: RecordingUpstream) -> None:
+    async def go() -> bytes:
+        headers = {"X-Name": "caf\u00e9"}  # the byte 0xE9, as the server decoded it
+        return await body_of(
+            await AsyncUpstream(TIMEOUT, 4).forward("GET", upstream.url, headers, None)
+        )
+
+    assert run(go()) == ANSWER
+    [received] = upstream.received
+    assert received.headers["x-name"] == "caf\u00e9"
+
+
 @pytest.mark.parametrize(("method", "length"), [("GET", None), ("POST", "0")])
 def test_a_request_without_a_body_says_so(
     upstream: RecordingUpstream, method: str, length: str | None
