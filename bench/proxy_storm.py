@@ -2,12 +2,16 @@
 
 `UPLOADS` concurrent 1 MiB POSTs to ``/ingest/s/`` (session replay's size) hit
 one server process (uvicorn, or gunicorn with gthreads) whose proxy forwards to
-a fast upstream on 127.0.0.1 that reads each body and answers 200. Meanwhile a
-prober in its own process asks the app's own ``/healthz`` every `PROBE_EVERY`
-seconds, before the storm (idle) and during it. Reported per server: the
-server's peak RSS growth over its warmed-up RSS (VmHWM reset after warm-up),
-the answers (200 / 503 / anything else, errors included) and the app's median
-and p95 latency idle and during the storm. Bounded: every connection times out
+a fast upstream on 127.0.0.1 that reads each body and answers 200. The storm
+comes in `WAVES` waves, `WAVE_PAUSE` seconds apart: with the cap refusing most
+uploads at once, one wave is over in about a second, too short to sample the
+app's latency more than a few times. Meanwhile `PROBERS` probers (threads of
+one process, a connection each) ask the app's own ``/healthz`` every
+`PROBE_EVERY` seconds, before the storm (idle) and during it; only the samples
+taken during a wave count as the storm's. Reported per server: the server's
+peak RSS growth over its warmed-up RSS (VmHWM reset after warm-up), the
+answers of all waves (200 / 503 / anything else, errors included) and the
+app's median and p95 latency idle and during the waves. Bounded: every connection times out
 after `REQUEST_TIMEOUT`, the storm after `STORM_TIMEOUT`; only 127.0.0.1.
 
 Every process (upstream, prober, server) is separate, so the storm's client
@@ -50,6 +54,10 @@ STORM_TIMEOUT = 300.0
 READY_TIMEOUT = 30.0
 IDLE_SECONDS = 3.0
 PROBE_EVERY = 0.05
+PROBERS = 4
+#: Waves of `UPLOADS` (a smoke run's 20 uploads: one wave), and the pause between two.
+WAVES = 5
+WAVE_PAUSE = 1.0
 SERVER_CONFIG = {
     "uvicorn": "1 worker, h11, asyncio",
     "gunicorn": "1 worker, gthread, 8 threads",
@@ -158,11 +166,22 @@ async def _serve_upstream() -> None:
 
 
 def _probe(url: str) -> None:
-    """GET /healthz every PROBE_EVERY s until stdin closes; print [[t, seconds|null], ...]."""
+    """GET /healthz every PROBE_EVERY s on PROBERS connections until stdin closes;
+    print [[t, seconds|null], ...]."""
     stop = threading.Event()
-    threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-    host, port = url.removeprefix("http://").split(":")
     samples: list[tuple[float, float | None]] = []
+    probers = [threading.Thread(target=_prober, args=(url, stop, samples)) for _ in range(PROBERS)]
+    for prober in probers:
+        prober.start()
+    sys.stdin.read()
+    stop.set()
+    for prober in probers:
+        prober.join()
+    print(json.dumps(sorted(samples)))
+
+
+def _prober(url: str, stop: threading.Event, samples: list[tuple[float, float | None]]) -> None:
+    host, port = url.removeprefix("http://").split(":")
     connection = http.client.HTTPConnection(host, int(port), timeout=REQUEST_TIMEOUT)
     while not stop.is_set():
         started = time.monotonic()
@@ -177,7 +196,6 @@ def _probe(url: str) -> None:
         elapsed = time.monotonic() - started
         samples.append((started, elapsed if ok else None))
         stop.wait(max(0.0, PROBE_EVERY - elapsed))
-    print(json.dumps(samples))
 
 
 # -------------------------------------------------------------------------- the storm
@@ -347,6 +365,7 @@ class Storm:
     storm_ms: dict[str, float] = field(default_factory=dict)
     probes_failed: int = 0
     floor: bool = False
+    waves: int = 1
 
     @property
     def growth_mib(self) -> float:
@@ -354,14 +373,23 @@ class Storm:
 
 
 def measure(
-    kind: str, uploads: int, size: int, log: Callable[[str], None], *, floor: bool = False
+    kind: str,
+    uploads: int,
+    size: int,
+    log: Callable[[str], None],
+    *,
+    floor: bool = False,
+    waves: int | None = None,
 ) -> Storm:
     """One storm against `kind`, with its own upstream and prober.
 
     With `floor`, the server runs a bare app that refuses every upload at once
     (what the cap does, without the middleware): what the server itself costs.
+    `waves` of `uploads` each (default: `WAVES` for the full 1,000, else one).
     """
-    result = Storm(kind, SERVER_CONFIG[kind], uploads, size, floor=floor)
+    if waves is None:
+        waves = WAVES if uploads >= UPLOADS else 1
+    result = Storm(kind, SERVER_CONFIG[kind], uploads, size, floor=floor, waves=waves)
     me = [sys.executable, str(Path(__file__).resolve())]
     pipes: dict[str, Any] = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE}
     with _process([*me, "upstream"], **pipes) as upstream:
@@ -396,18 +424,25 @@ def measure(
                 assert prober.stdout is not None
                 time.sleep(IDLE_SECONDS)
                 what = f"{kind} (floor)" if floor else kind
-                log(f"  {what}: {uploads} concurrent uploads of {size // 1024} KiB ...")
-                started = time.monotonic()
-                answers = asyncio.run(_storm(port, uploads, size))
-                ended = time.monotonic()
+                log(f"  {what}: {waves} x {uploads} concurrent uploads of {size // 1024} KiB ...")
+                answers = Counter[str]()
+                windows: list[tuple[float, float]] = []
+                for wave in range(waves):
+                    if wave:
+                        time.sleep(WAVE_PAUSE)
+                    started = time.monotonic()
+                    answers += asyncio.run(_storm(port, uploads, size))
+                    windows.append((started, time.monotonic()))
                 result.rss_peak_mib = _rss_kib(pid, "VmHWM") / 1024
                 prober.stdin.close()
                 samples = json.loads(prober.stdout.read())
         upstream.stdin.close()
     result.answers = dict(answers)
-    result.seconds = ended - started
-    idle = [s for t, s in samples if t < started and s is not None]
-    storm = [s for t, s in samples if started <= t <= ended and s is not None]
+    result.seconds = sum(end - start for start, end in windows)
+    idle = [s for t, s in samples if t < windows[0][0] and s is not None]
+    storm = [
+        s for t, s in samples if s is not None and any(start <= t <= end for start, end in windows)
+    ]
     result.probes_failed = sum(1 for _, s in samples if s is None)
     result.idle_ms = {"p50": _quantile(idle, 0.5), "p95": _quantile(idle, 0.95), "n": len(idle)}
     result.storm_ms = {
@@ -427,6 +462,7 @@ def as_row(storm: Storm) -> dict[str, Any]:
         + (", bare app refusing every upload (floor)" if storm.floor else ""),
         "floor": storm.floor,
         "uploads": storm.uploads,
+        "waves": storm.waves,
         "size": storm.size,
         "rss_base_mib": round(storm.rss_base_mib, 1),
         "rss_peak_mib": round(storm.rss_peak_mib, 1),

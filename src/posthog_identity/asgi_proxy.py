@@ -1,29 +1,31 @@
 """The first-party proxy over ASGI: the request body streamed up, PostHog's answer streamed out.
 
-The blocking client runs in the proxy's own threads; the event loop only
-hands it the body's chunks as they arrive, and its answer's chunks back.
+Everything runs on the event loop and nothing blocks it: the body's chunks go
+upstream as `receive` hands them over (`upstream_async.AsyncUpstream`), and
+the answer's chunks come back as PostHog sends them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
-from concurrent.futures import TimeoutError as FutureTimeout
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncGenerator, Callable
+from typing import TYPE_CHECKING
 
 from .proxy import (
     ASGI_CONCURRENCY,
     BAD_PATH,
     TOO_LARGE,
     BodyIncomplete,
+    BodyTooLarge,
+    Reply,
     busy_reply,
     error_reply,
-    limited,
 )
 
 if TYPE_CHECKING:
     from .asgi_scope import Receive, Scope, Send
-    from .proxy import Proxy, Reply
+    from .proxy import Proxy
+    from .upstream_async import Streamed
 
 __all__ = ["forward"]
 
@@ -38,11 +40,11 @@ async def forward(proxy: Proxy, scope: Scope, path: str, receive: Receive, send:
     lowered = {name.lower(): value for name, value in headers}
     raw_path = scope.get("raw_path")
     if proxy.refuses(path, raw_path.decode("latin-1") if raw_path else None):
-        await _answer(proxy, error_reply(400, BAD_PATH), send)
+        await _answer(error_reply(400, BAD_PATH), send)
     elif proxy.too_large(lowered.get("content-length")):
-        await _answer(proxy, error_reply(413, TOO_LARGE), send)
+        await _answer(error_reply(413, TOO_LARGE), send)
     elif not proxy.admit(ASGI_CONCURRENCY):
-        await _answer(proxy, busy_reply(), send)
+        await _answer(busy_reply(), send)
     else:
         released = False
 
@@ -54,7 +56,7 @@ async def forward(proxy: Proxy, scope: Scope, path: str, receive: Receive, send:
 
         try:
             reply = await _forwarded(proxy, scope, path, headers, lowered, receive)
-            await _answer(proxy, reply, send, release)
+            await _answer(reply, send, release)
         finally:
             release()
 
@@ -66,48 +68,48 @@ async def _forwarded(
     headers: list[tuple[str, str]],
     lowered: dict[str, str],
     receive: Receive,
-) -> Reply:
-    loop = asyncio.get_running_loop()
+) -> Reply | Streamed:
     method = scope.get("method", "GET")
     declared = lowered.get("content-length")
     length = int(declared) if declared is not None else None
     chunked = "chunked" in lowered.get("transfer-encoding", "").lower()
-    body: Iterator[bytes] | None = None
+    body: AsyncGenerator[bytes, None] | None = None
     if length or chunked or (length is None and method not in ("GET", "HEAD")):
-        body = _arriving(receive, loop, proxy.timeout)
-        if length is None:
-            body = limited(body, proxy.max_body)
+        # A declared length was checked already; a body without one is bounded as it comes.
+        body = _arriving(receive, proxy.timeout, proxy.max_body if length is None else None)
     query = scope.get("query_string", b"").decode("latin-1")
     client = scope.get("client")
     sent = proxy.request_headers(
         headers, client[0] if client else "", lowered.get("x-forwarded-for", "")
     )
     url = proxy.upstream(path, query)
-    return await loop.run_in_executor(
-        proxy.executor, proxy.forward, method, url, sent, body, length or None
-    )
+    try:
+        return await proxy.connections.forward(method, url, sent, body, length or None)
+    finally:
+        if body is not None:
+            await body.aclose()
 
 
-def _arriving(receive: Receive, loop: asyncio.AbstractEventLoop, timeout: float) -> Iterator[bytes]:
-    """The body's chunks, pulled from the event loop by the proxy's thread as it sends.
+async def _arriving(
+    receive: Receive, timeout: float, limit: int | None
+) -> AsyncGenerator[bytes, None]:
+    """The body's chunks as the server hands them over.
 
     Each wait is bounded by the proxy timeout: a browser silent that long, or
-    gone, ends the body early (`BodyIncomplete`).
+    gone, ends the body early (`BodyIncomplete`); past `limit` bytes, `BodyTooLarge`.
     """
-
-    async def next_message() -> Any:
-        return await receive()
-
+    size = 0
     while True:
-        future = asyncio.run_coroutine_threadsafe(next_message(), loop)
         try:
-            message = future.result(timeout)
-        except FutureTimeout:
-            future.cancel()
+            message = await asyncio.wait_for(receive(), timeout)
+        except asyncio.TimeoutError:
             raise BodyIncomplete from None
         if message["type"] != "http.request":
             raise BodyIncomplete
         chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit is not None and size > limit:
+            raise BodyTooLarge
         if chunk:
             yield chunk
         if not message.get("more_body", False):
@@ -115,29 +117,27 @@ def _arriving(receive: Receive, loop: asyncio.AbstractEventLoop, timeout: float)
 
 
 async def _answer(
-    proxy: Proxy, reply: Reply, send: Send, done: Callable[[], None] = lambda: None
+    reply: Reply | Streamed, send: Send, done: Callable[[], None] = lambda: None
 ) -> None:
-    """Send `reply`; PostHog's body is read in the proxy's threads, ours in place.
+    """Send `reply` chunk by chunk as it comes; its body is closed however this ends.
 
     `done` runs once the upstream answer is read, before the last message: a
     browser that sends its next request as soon as this one ends finds the
     place free again.
     """
     raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in reply.headers]
-    loop = asyncio.get_running_loop()
-    body = reply.body
     try:
         await send({"type": "http.response.start", "status": reply.status, "headers": raw})
-        if reply.own:
-            for chunk in body:
+        if isinstance(reply, Reply):
+            for chunk in reply.body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         else:
-            while (chunk := await loop.run_in_executor(proxy.executor, next, body, b"")) != b"":
+            async for chunk in reply.body:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
         done()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
     finally:
-        if reply.own:
-            body.close()
+        if isinstance(reply, Reply):
+            reply.body.close()
         else:
-            await loop.run_in_executor(proxy.executor, body.close)
+            await reply.body.aclose()

@@ -10,7 +10,6 @@ it calls; the adapters only translate.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -18,7 +17,15 @@ from .consent import Consent, ConsentState, RequestConsent, asker
 from .cookies import all_cookies
 from .flags import RequestFlags
 from .html import may_inject
-from .identity import NOTHING, Identity, Report, Resolution, Transition, resolve
+from .identity import (
+    NOTHING,
+    Identity,
+    Report,
+    Resolution,
+    Transition,
+    new_anonymous_id,
+    resolve,
+)
 from .linking import send_link
 from .logs import logger
 from .response import UNTOUCHED, BodyRewrite, ResponsePlan, shared_cacheable
@@ -189,7 +196,7 @@ class Exchange:
             # Without consent: one random id per request, never stored or linked,
             # and not the one a grant later in the request writes to the cookie.
             if self._ephemeral is None:
-                self._ephemeral = str(uuid.uuid4())
+                self._ephemeral = new_anonymous_id()
             return Resolution(Identity(self._ephemeral, consented=False), Transition.NONE)
         settings = self.engine.settings
         return resolve(
@@ -220,7 +227,7 @@ class Exchange:
     def _mint(self) -> str:
         # One new id per request, however many times the request is re-resolved.
         if self._minted is None:
-            self._minted = str(uuid.uuid4())
+            self._minted = new_anonymous_id()
         return self._minted
 
     @property

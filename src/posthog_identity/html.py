@@ -23,8 +23,6 @@ _INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]", re.IGNORECASE)
 # Bytes kept from the previous scan so a tag split across chunks is still found.
 _OVERLAP = max(len(b"</head>"), len(MARKER)) - 1
 _NO_BODY = frozenset({204, 205, 206, 304})
-# A chunk up to this size and the snippet placed in it leave as one piece.
-_JOIN_LIMIT = 16 * 1024
 
 
 def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> bool:
@@ -69,8 +67,8 @@ class HtmlInjector:
     Until the insertion point is found (or the look-ahead is spent, or the body
     ends) `feed` returns no pieces and keeps the chunks it was given, as they
     are: memory is the look-ahead plus the chunk that holds the insertion
-    point, split around the snippet (a small one goes out with the snippet
-    inside it, as one piece). Held chunks are otherwise handed back uncopied.
+    point, which goes out with the snippet inside it, as one piece (a copy).
+    Held chunks are otherwise handed back uncopied.
     Afterwards every chunk passes straight through.
     `decided` tells an adapter when it may send the response head, and
     `injected` whether the length grew by ``len(snippet)``.
@@ -92,22 +90,25 @@ class HtmlInjector:
         if self.decided:
             return [chunk] if chunk else []
         start, tail, limit = self._size, self._tail, self.lookahead - self._size
-        # A tag that began in earlier chunks ends within this one's first bytes.
-        boundary = tail + chunk[:_OVERLAP]
-        match = _INSERTION.search(boundary, 0, min(len(boundary), limit + len(tail)))
-        if match is not None and match.start() < len(tail):
-            position: int | None = start - len(tail) + match.start()
-        else:
+        position: int | None = None
+        if tail:
+            # A tag that began in earlier chunks ends within this one's first bytes.
+            boundary = tail + chunk[:_OVERLAP]
+            match = _INSERTION.search(boundary, 0, min(len(boundary), limit + len(tail)))
+            if match is not None and match.start() < len(tail):
+                position = start - len(tail) + match.start()
+        if position is None:
             match = _INSERTION.search(chunk, 0, max(0, min(len(chunk), limit)))
-            position = None if match is None else start + match.start()
+            if match is not None:
+                position = start + match.start()
         if chunk:
             self._held.append(chunk)
             self._size += len(chunk)
-            self._tail = (tail + chunk[-_OVERLAP:])[-_OVERLAP:]
-        if match is not None:
+        if position is not None:
             return self._decide(position)
         if self._size >= self.lookahead:
             return self._decide(None)
+        self._tail = (tail + chunk[-_OVERLAP:])[-_OVERLAP:]
         return []
 
     def finish(self) -> list[bytes]:
@@ -120,21 +121,18 @@ class HtmlInjector:
         if position is None or _marked(held, position):
             return held
         self.injected = True
-        pieces, offset = [], 0
-        for index, chunk in enumerate(held):
-            if offset + len(chunk) > position:
-                cut = position - offset
-                if len(chunk) <= _JOIN_LIMIT:
-                    # One piece: each piece is a write (or an ASGI message) of its
-                    # own, which costs a server more than copying a small chunk.
-                    pieces.append(b"".join((chunk[:cut], self.snippet, chunk[cut:])))
-                else:
-                    pieces += [chunk[:cut], self.snippet, chunk[cut:]]
-                pieces += held[index + 1 :]
-                break
-            pieces.append(chunk)
-            offset += len(chunk)
-        return [piece for piece in pieces if piece]
+        index = offset = 0
+        while offset + len(held[index]) <= position:
+            offset += len(held[index])
+            index += 1
+        chunk = held[index]
+        # The chunk that holds the insertion point leaves with the snippet inside
+        # it, as one piece: each piece is a write (or an ASGI message) of its own,
+        # which costs a server more than the one copy of the chunk that cutting it
+        # in two makes anyway.
+        view, cut = memoryview(chunk), position - offset
+        held[index] = b"".join((view[:cut], self.snippet, view[cut:]))
+        return held
 
 
 def _marked(held: list[bytes], position: int) -> bool:
@@ -142,6 +140,8 @@ def _marked(held: list[bytes], position: int) -> bool:
 
     The marker holds no "<", so one that starts before the insertion point ends there.
     """
+    if len(held) == 1:  # the usual page: its head in its first chunk
+        return held[0].find(MARKER, 0, position) != -1
     offset, before, edge = 0, b"", len(MARKER) - 1
     for chunk in held:
         if offset >= position:

@@ -10,13 +10,13 @@ credentials never leave. Both directions stream: a request body goes upstream
 chunk by chunk as it arrives (memory per upload is one chunk, whatever its
 size), and the answer comes back the same way.
 
-The HTTP client is urllib3, already installed with posthog (through
-requests): pooled keep-alive connections, explicit timeouts, bodies passed
-through undecoded (gzip stays gzip) and sent from an iterator. It is
-blocking, so the ASGI adapter runs it in the proxy's own thread pool, off the
-event loop. Proxied requests in flight are capped (`Proxy.admit`): beyond the
-cap the adapters answer 503 at once, so uploads never take every worker
-thread or pile up in memory.
+Under WSGI the HTTP client is urllib3, already installed with posthog
+(through requests): pooled keep-alive connections, explicit timeouts, bodies
+passed through undecoded (gzip stays gzip) and sent from an iterator, in the
+server's own thread. Under ASGI it is `upstream_async.AsyncUpstream`, the same
+on the event loop itself. Proxied requests in flight are capped
+(`Proxy.admit`): beyond the cap the adapters answer 503 at once, so uploads
+never take every worker thread or pile up in memory.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from functools import cached_property
 from http import HTTPStatus
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import unquote, urlsplit
 
 import urllib3
@@ -35,6 +35,9 @@ from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError
 from .hosts import assets_host
 from .logs import logger
 from .session import client_ip
+
+if TYPE_CHECKING:
+    from .upstream_async import AsyncUpstream
 
 __all__ = [
     "ASGI_CONCURRENCY",
@@ -48,6 +51,8 @@ __all__ = [
     "busy_reply",
     "error_reply",
     "limited",
+    "origin_of",
+    "returned",
     "status_line",
 ]
 
@@ -81,9 +86,11 @@ _NOT_RETURNED = _HOP_BY_HOP | {"set-cookie", "set-cookie2", "date", "server"}
 _ASSETS = ("/static/", "/array/")
 CHUNK = 64 * 1024
 #: Proxied requests in flight per process when POSTHOG_IDENTITY_PROXY_CONCURRENCY is
-#: unset. ASGI: each holds a thread of the proxy's own pool and the piece of body in
-#: hand, never the event loop. WSGI: each holds one of the server's threads for
-#: as long as it lasts, so the cap must stay below the thread count (docs/proxy.md).
+#: unset. ASGI: each holds no thread, only a connection to PostHog and the pieces of
+#: body in hand (about 0.5 MiB at worst, measured under uvicorn): 32 bound that near
+#: 20 MiB and still forward ~300 uploads a second; caps of 8 to 128 measured the same
+#: under a storm (docs/proxy.md). WSGI: each holds one of the server's threads for
+#: as long as it lasts, so the cap must stay below the thread count.
 ASGI_CONCURRENCY = 32
 WSGI_CONCURRENCY = 2
 #: Seconds posthog-js is told to wait after a 503 (it retries with its own backoff).
@@ -174,18 +181,22 @@ class Proxy:
         self.concurrency = concurrency
         self._slots: threading.BoundedSemaphore | None = None
         self._slots_lock = threading.Lock()
-        # Kept-alive connections for every request in flight (ASGI's default cap at most).
-        keep = concurrency or ASGI_CONCURRENCY
+        # WSGI's client: a connection kept alive for every request in flight. Creating
+        # it opens nothing; under ASGI it stays unused.
         self._pool = urllib3.PoolManager(
             num_pools=4,
-            maxsize=keep,
+            maxsize=concurrency or WSGI_CONCURRENCY,
             block=False,
             retries=False,
             timeout=urllib3.Timeout(connect=timeout, read=timeout),
         )
-        #: Where the ASGI adapter runs the blocking calls (never the event loop): one
-        #: thread per request in flight, so an admitted request never waits for one.
-        self.executor = ThreadPoolExecutor(max_workers=keep, thread_name_prefix="posthog-proxy")
+
+    @cached_property
+    def connections(self) -> AsyncUpstream:
+        """ASGI's client, on the event loop: built on first use, so WSGI never imports h11."""
+        from .upstream_async import AsyncUpstream  # it builds on this module
+
+        return AsyncUpstream(self.timeout, self.concurrency or ASGI_CONCURRENCY)
 
     def admit(self, default: int) -> bool:
         """Take a place for one proxied request, if one is free (never waits).
@@ -264,14 +275,13 @@ class Proxy:
         body: Iterable[bytes] | bytes | None,
         length: int | None = None,
     ) -> Reply:
-        """Send the request upstream; the reply streams (blocking: run it off a loop).
+        """Send the request upstream; the reply streams (blocking: WSGI's client).
 
         `body` may be an iterator of chunks, sent as they come: with `length` (the
         declared Content-Length) as they are, without it chunked. One that raises
         `BodyTooLarge` or `BodyIncomplete` leaves the upstream request unfinished,
         its connection closed, so nothing is ingested; the answer is then 413 or 408.
         """
-        deadline = time.monotonic() + self.timeout
         if length is not None:
             headers = {**headers, "Content-Length": str(length)}
         streamed = body is not None and not isinstance(body, bytes) and length is None
@@ -292,20 +302,25 @@ class Proxy:
         except BodyIncomplete:
             return error_reply(408, INCOMPLETE)
         except NewConnectionError as error:  # also a ConnectTimeoutError, for history
-            logger.warning("posthog_identity: proxy: %s unreachable (%s)", _origin(url), error)
-            return error_reply(502, "PostHog is unreachable\n")
+            logger.warning("posthog_identity: proxy: %s unreachable (%s)", origin_of(url), error)
+            return error_reply(502, UNREACHABLE)
         except TimeoutError:
-            logger.warning("posthog_identity: proxy: %s did not answer in time", _origin(url))
-            return error_reply(504, "PostHog did not answer in time\n")
+            logger.warning("posthog_identity: proxy: %s did not answer in time", origin_of(url))
+            return error_reply(504, SILENT)
         except (HTTPError, OSError) as error:
-            logger.warning("posthog_identity: proxy: %s unreachable (%s)", _origin(url), error)
-            return error_reply(502, "PostHog is unreachable\n")
-        returned = [
-            (name, value)
-            for name, value in response.headers.items()
-            if name.lower() not in _NOT_RETURNED
-        ]
-        return Reply(response.status, returned, _chunks(response, url, deadline))
+            logger.warning("posthog_identity: proxy: %s unreachable (%s)", origin_of(url), error)
+            return error_reply(502, UNREACHABLE)
+        # The answer's own time starts now: an upload that took long to arrive
+        # leaves its answer as much time as any other.
+        deadline = time.monotonic() + self.timeout
+        return Reply(
+            response.status, returned(response.headers.items()), _chunks(response, url, deadline)
+        )
+
+
+def returned(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """PostHog's answer headers the browser gets: no cookies, hop-by-hop, Date or Server."""
+    return [(name, value) for name, value in headers if name.lower() not in _NOT_RETURNED]
 
 
 def _chunks(
@@ -316,7 +331,7 @@ def _chunks(
     try:
         while True:
             if time.monotonic() > deadline:
-                logger.warning("posthog_identity: proxy: %s too slow; answer cut", _origin(url))
+                logger.warning("posthog_identity: proxy: %s too slow; answer cut", origin_of(url))
                 return
             chunk = response.read(CHUNK, decode_content=False)
             if not chunk:
@@ -324,7 +339,9 @@ def _chunks(
                 return
             yield chunk
     except (HTTPError, OSError) as error:
-        logger.warning("posthog_identity: proxy: reading from %s failed (%s)", _origin(url), error)
+        logger.warning(
+            "posthog_identity: proxy: reading from %s failed (%s)", origin_of(url), error
+        )
     finally:
         # Only a connection read to its end goes back to the pool.
         if complete:
@@ -337,6 +354,8 @@ TOO_LARGE = "the request body is larger than POSTHOG_IDENTITY_PROXY_MAX_BODY\n"
 BAD_PATH = "the path has a . or .. segment or an encoded /\n"
 INCOMPLETE = "the request body ended early or stalled\n"
 BUSY = "too many requests to PostHog in flight; retry shortly\n"
+UNREACHABLE = "PostHog is unreachable\n"
+SILENT = "PostHog did not answer in time\n"
 
 
 def status_line(status: int) -> str:
@@ -347,6 +366,7 @@ def status_line(status: int) -> str:
         return f"{status} Unknown"
 
 
-def _origin(url: str) -> str:
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of `url`: what the logs name, never a path or query."""
     parts = urlsplit(url)
     return f"{parts.scheme}://{parts.netloc}"

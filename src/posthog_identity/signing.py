@@ -18,7 +18,14 @@ from dataclasses import dataclass
 
 from itsdangerous import BadSignature, Signer
 
-__all__ = ["AWAITING_SIZE", "MAX_COOKIE_SIZE", "CookieCodec", "CookieState", "Verified"]
+__all__ = [
+    "AWAITING_SIZE",
+    "MAX_COOKIE_SIZE",
+    "CookieCodec",
+    "CookieState",
+    "Verified",
+    "uuid_text",
+]
 
 MAX_COOKIE_SIZE = 4096
 _VERSION = 1
@@ -30,6 +37,7 @@ _LINKED = 0x01
 _HAS_USER = 0x02
 _AWAITING = 0x04
 _SALT = b"posthog-identity.cookie"
+_DIGEST = hashlib.sha256
 _MEMO_SIZE = 4096
 _USER_HASH_SALT = b"posthog-identity.user-hash"
 
@@ -74,10 +82,18 @@ class CookieCodec:
     def __init__(self, secrets: tuple[str, ...]) -> None:
         if not secrets:
             raise ValueError("at least one secret is required")
+        # itsdangerous derives each secret's key (an HMAC of the salt) on every
+        # sign and unsign; derived here once, the signers take it as it is: the
+        # same key, so the same signatures.
+        keys = tuple(_derived_key(secret) for secret in secrets)
         self._signers = tuple(
-            Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=hashlib.sha256)
-            for secret in secrets
+            Signer(key, salt=_SALT, key_derivation="none", digest_method=_DIGEST) for key in keys
         )
+        # Every first visit signs: the newest key's HMAC is keyed once and copied
+        # per cookie (keying OpenSSL's HMAC is most of the cost). What it makes is
+        # itsdangerous's signed value, the payload, ".", the unpadded base64url
+        # of the HMAC-SHA256: the signers above verify it.
+        self._mac = hmac.new(keys[0], digestmod=_DIGEST)
         # Verified values, keyed by the whole signed string: a hit is exactly as
         # trustworthy as verifying again, and a returning visitor costs no HMAC.
         # Only verified values are kept; bounded, cleared when full.
@@ -99,13 +115,16 @@ class CookieCodec:
             | (_HAS_USER if state.user_hash else 0)
             | (_AWAITING if state.awaiting else 0)
         )
-        raw = _HEADER.pack(_VERSION, uuid.UUID(state.anonymous_id).bytes, flags, state.issued_at)
+        raw = _HEADER.pack(_VERSION, _uuid_bytes(state.anonymous_id), flags, state.issued_at)
         if state.user_hash:
             raw += state.user_hash
         if state.awaiting:
             raw += state.awaiting
         payload = base64.urlsafe_b64encode(raw).rstrip(b"=")
-        return self._signers[0].sign(payload).decode("ascii")
+        mac = self._mac.copy()
+        mac.update(payload)
+        signature = base64.urlsafe_b64encode(mac.digest()).rstrip(b"=")
+        return (payload + b"." + signature).decode("ascii")
 
     def loads(self, value: str | None) -> Verified | None:
         """Verify and parse; anything tampered, truncated or malformed is `None`."""
@@ -135,6 +154,29 @@ class CookieCodec:
         return None
 
 
+def _derived_key(secret: str) -> bytes:
+    """The key itsdangerous's default derivation ("hmac") makes of a secret and our salt."""
+    return Signer(secret, salt=_SALT, key_derivation="hmac", digest_method=_DIGEST).derive_key()
+
+
+def uuid_text(raw: bytes | bytearray) -> str:
+    """A UUID's 16 bytes in its usual text, as `str(uuid.UUID(bytes=raw))` prints them."""
+    text = raw.hex()
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
+def _uuid_bytes(text: str) -> bytes:
+    """The 16 bytes of a UUID in its usual text (what `uuid.UUID` parses, faster)."""
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        try:
+            raw = bytes.fromhex(text.replace("-", ""))
+        except ValueError:
+            raw = b""
+        if len(raw) == 16:
+            return raw
+    return uuid.UUID(text).bytes
+
+
 @functools.lru_cache(maxsize=4096)
 def _user_hash(key: bytes, user_id: str) -> bytes:
     digest = hmac.digest(key, user_id.encode("utf-8", "surrogatepass"), "sha256")
@@ -159,7 +201,7 @@ def _parse(payload: bytes) -> CookieState | None:
     ):
         return None
     return CookieState(
-        anonymous_id=str(uuid.UUID(bytes=anon)),
+        anonymous_id=uuid_text(anon),
         user_hash=rest[:user_size] if user_size else None,
         linked=bool(flags & _LINKED),
         issued_at=issued_at,

@@ -148,27 +148,47 @@ class Snippet:
             {"token": api_key, "src": self.script_url, "methods": _METHODS, "config": self.config}
         )
         head, tail = _LOADER_FUNCTION + "(window,document,", ");"
-        # Kept as bytes: per page only the small per-request JSON is encoded.
-        self._head = (">" + head + fixed[:-1] + ",").encode()
-        self._tail = (tail + "</script>").encode()
-        self._no_consent: dict[str, Any] | None = None
-        self._in_browser: dict[str, Any] | None = None
+        # Everything that does not depend on the request is bytes made here: a
+        # page only adds its values, each made safe for a script on its own (the
+        # escapes are per character, so the whole is exactly script_json's).
+        # The per-request object's keys, in order: nonce, flags, identity, consent.
+        self._head = (">" + head + fixed[:-1] + ',"nonce":').encode()
+        self._tail = ("}" + tail + "</script>").encode()
+        # Without consent: posthog-js keeps nothing (per consent state); on a
+        # shared-cacheable page the browser decides (static, the same for every
+        # visitor, so a shared cache may keep it).
+        self._without_consent: dict[ConsentState, bytes] | None = None
+        self._in_browser = b""
         if consent is not None and consent.consent != "not-required":
-            self._no_consent = {
+            no_consent = {
                 "options": NO_CONSENT_OPTIONS,
                 "prefixes": storage_prefixes(api_key, self.config),
             }
-            # Static, the same for every visitor, so a shared cache may keep it.
-            self._in_browser = {
-                **self._no_consent,
-                "state": "browser",
-                "cookie": consent.consent_cookie,
-                "granted": consent.consent_granted,
-                "denied": consent.consent_denied,
-                "gpc": consent.respect_gpc,
-                "dnt": consent.respect_dnt,
-                "fallback": "pending" if consent.consent == "opt-in" else "granted",
+            self._without_consent = {
+                state: _member(
+                    "consent",
+                    {
+                        **no_consent,
+                        "state": state.value,
+                        "clear": state is not ConsentState.UNKNOWN,
+                    },
+                )
+                for state in ConsentState
+                if state is not ConsentState.GRANTED
             }
+            self._in_browser = _member(
+                "consent",
+                {
+                    **no_consent,
+                    "state": "browser",
+                    "cookie": consent.consent_cookie,
+                    "granted": consent.consent_granted,
+                    "denied": consent.consent_denied,
+                    "gpc": consent.respect_gpc,
+                    "dnt": consent.respect_dnt,
+                    "fallback": "pending" if consent.consent == "opt-in" else "granted",
+                },
+            )
 
     def render(
         self,
@@ -184,36 +204,58 @@ class Snippet:
         captures nothing after a refusal, and clears what it stored before
         (not when the decision is unknown: that deletes nothing).
         """
-        page_consent: dict[str, Any] | None = None
-        if self._no_consent is not None:
+        page_consent = b""
+        if self._without_consent is not None:
             if identity is None:
                 page_consent = self._in_browser
             elif consent is not ConsentState.GRANTED:
                 identity, flags = None, None
-                page_consent = {
-                    **self._no_consent,
-                    "state": consent.value,
-                    "clear": consent is not ConsentState.UNKNOWN,
-                }
-        data: dict[str, Any] = {
-            "nonce": nonce,
-            "flags": None
-            if flags is None
-            else {"values": dict(flags.values), "payloads": dict(flags.payloads)},
-            "identity": None
-            if identity is None
-            else {
-                "anonymous": identity.anonymous_id,
-                "user": identity.user_id,
-                "signedIn": identity.signed_in,
-            },
-        }
-        if page_consent is not None:
-            data["consent"] = page_consent
-        nonce_attribute = b"" if nonce is None else f' nonce="{_attribute(nonce)}"'.encode()
+                page_consent = self._without_consent[consent]
+        if nonce is None:
+            nonce_attribute, nonce_value = b"", b"null"
+        else:
+            nonce_attribute = f' nonce="{_attribute(nonce)}"'.encode()
+            nonce_value = _string(nonce)
         return b"".join(
-            (_OPEN, nonce_attribute, self._head, script_json(data)[1:].encode(), self._tail)
+            (
+                _OPEN,
+                nonce_attribute,
+                self._head,
+                nonce_value,
+                b',"flags":',
+                b"null" if flags is None else _flags(flags),
+                b',"identity":',
+                b"null" if identity is None else _identity(identity),
+                page_consent,
+                self._tail,
+            )
         )
+
+
+def _string(value: str) -> bytes:
+    return script_json(value).encode()
+
+
+def _identity(identity: Identity) -> bytes:
+    user = identity.user_id
+    return b"".join(
+        (
+            b'{"anonymous":',
+            _string(identity.anonymous_id),
+            b',"user":',
+            b"null" if user is None else _string(user),
+            b',"signedIn":true}' if identity.signed_in else b',"signedIn":false}',
+        )
+    )
+
+
+def _flags(flags: Flags) -> bytes:
+    return script_json({"values": dict(flags.values), "payloads": dict(flags.payloads)}).encode()
+
+
+def _member(key: str, value: Any) -> bytes:
+    """``,"key":value`` for the per-request object."""
+    return b"," + script_json(key).encode() + b":" + script_json(value).encode()
 
 
 _OPEN = b"<script data-posthog-identity"

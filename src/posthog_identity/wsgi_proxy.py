@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -66,14 +67,14 @@ def _forwarded(proxy: Proxy, environ: WSGIEnvironment) -> Reply:
     stream = environ["wsgi.input"]
     body: Iterator[bytes] | None = None
     if length:
-        body = _read(stream, length)
+        body = _read(stream, length, _connection(environ), proxy.timeout)
     elif (
         environ.get("wsgi.input_terminated")
         and "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     ):
         # A chunked body whose end the server marks; without that mark, PEP 3333
         # forbids reading past a length there is none of.
-        body = limited(_read(stream, None), proxy.max_body)
+        body = limited(_read(stream, None, _connection(environ), proxy.timeout), proxy.max_body)
     headers = [
         (key[5:].replace("_", "-").title(), value)
         for key, value in environ.items()
@@ -89,21 +90,46 @@ def _forwarded(proxy: Proxy, environ: WSGIEnvironment) -> Reply:
     return proxy.forward(method, url, sent, body, length or None)
 
 
-def _read(stream: Any, length: int | None) -> Iterator[bytes]:
-    """`length` bytes of `stream` (or all, to its end) in chunks of at most CHUNK."""
+def _connection(environ: WSGIEnvironment) -> socket.socket | None:
+    """The browser's socket, where the server hands it to the app (gunicorn, werkzeug)."""
+    for key in ("gunicorn.socket", "werkzeug.socket"):
+        connection = environ.get(key)
+        if isinstance(connection, socket.socket):
+            return connection
+    return None
+
+
+def _read(
+    stream: Any, length: int | None, connection: socket.socket | None, timeout: float
+) -> Iterator[bytes]:
+    """`length` bytes of `stream` (or all, to its end) in chunks of at most CHUNK.
+
+    gunicorn's and werkzeug's sockets block without a timeout, so a browser that
+    stops sending mid-upload would hold the worker thread for as long as it keeps
+    the connection open: while the body is read, a silence longer than the
+    proxy's timeout ends it (`BodyIncomplete`, answered 408).
+    """
+    if connection is not None and connection.gettimeout() is not None:
+        connection = None  # the server bounds its reads itself
+    if connection is not None:
+        connection.settimeout(timeout)
     left = length
-    while left is None or left > 0:
-        try:
-            chunk = stream.read(CHUNK if left is None else min(CHUNK, left))
-        except OSError as error:  # the browser went away (gunicorn: NoMoreData)
-            raise BodyIncomplete from error
-        if not chunk:
+    try:
+        while left is None or left > 0:
+            try:
+                chunk = stream.read(CHUNK if left is None else min(CHUNK, left))
+            except OSError as error:  # the browser went away (gunicorn: NoMoreData) or fell silent
+                raise BodyIncomplete from error
+            if not chunk:
+                if left is not None:
+                    raise BodyIncomplete
+                return
             if left is not None:
-                raise BodyIncomplete
-            return
-        if left is not None:
-            left -= len(chunk)
-        yield chunk
+                left -= len(chunk)
+            yield chunk
+    finally:
+        if connection is not None:
+            connection.settimeout(None)
 
 
 class _Releasing:

@@ -4,7 +4,9 @@
 answers a complete request with 200 and a small JSON body, carrying its own
 `Date` and `Server` headers as PostHog's answers do. A request whose body ends
 early (the proxy aborted it) is never recorded, only counted in `aborted`, as a
-real ingestion host would drop it. `first_bytes` is set when any body byte
+real ingestion host would drop it. Connections are kept alive: each request
+names the proxy's port it came from (`peer`), and `closed` lists the ports
+whose connection ended. `first_bytes` is set when any body byte
 arrives (and `started` names each request whose body began), so a test can
 hold back the rest of its body until the upstream has seen the start.
 """
@@ -31,6 +33,7 @@ class Received:
     target: str
     headers: dict[str, str]  #: names lower-cased
     body: bytes
+    peer: int = 0  #: the proxy's port: two requests with the same came on one connection
 
 
 @dataclass
@@ -40,12 +43,14 @@ class RecordingUpstream:
     aborted: list[str] = field(default_factory=list)  #: targets whose body ended early
     first_bytes: threading.Event = field(default_factory=threading.Event)
     started: list[str] = field(default_factory=list)  #: targets whose body began to arrive
+    closed: list[int] = field(default_factory=list)  #: peers whose connection was closed
 
     def reset(self) -> None:
         self.received.clear()
         self.aborted.clear()
         self.first_bytes.clear()
         self.started.clear()
+        self.closed.clear()
 
     def wait_until(self, condition: Callable[[], bool], timeout: float = 10.0) -> bool:
         deadline = time.monotonic() + timeout
@@ -106,7 +111,9 @@ def _handler(state: RecordingUpstream) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             headers = {k.lower(): v for k, v in self.headers.items()}
-            state.received.append(Received(self.command, self.path, headers, body))
+            state.received.append(
+                Received(self.command, self.path, headers, body, self.client_address[1])
+            )
             self.send_response(200)  # with Date and Server, as PostHog's answers
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(ANSWER)))
@@ -114,6 +121,10 @@ def _handler(state: RecordingUpstream) -> type[BaseHTTPRequestHandler]:
             self.wfile.write(ANSWER)
 
         do_GET = do_POST = do_OPTIONS = _answer
+
+        def handle(self) -> None:
+            super().handle()  # every request of the connection, until it closes
+            state.closed.append(self.client_address[1])
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -12,6 +12,7 @@ import contextlib
 import gzip
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -28,7 +29,7 @@ from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.wsgi import IdentityMiddleware as WSGIMiddleware
 from tests.helpers.project import API_KEY, SECRET
 from tests.helpers.servers import free_port
-from tests.helpers.upstream import RecordingUpstream, recording_upstream
+from tests.helpers.upstream import ANSWER, RecordingUpstream, recording_upstream
 
 # -- an upstream that records what it received ------------------------------------
 
@@ -192,6 +193,16 @@ def test_a_gzip_event_batch_is_forwarded_byte_for_byte(adapter: str, upstream: U
 
 
 @pytest.mark.parametrize("adapter", ADAPTERS)
+def test_a_path_with_an_encoded_space_is_forwarded_encoded(
+    adapter: str, upstream: Upstream
+) -> None:
+    answer = send(adapter, proxy_settings(upstream.url), "GET", "/ingest/static/a%20b.js?x=%20")
+    assert answer.status == 200
+    [received] = upstream.received
+    assert received.target == "/static/a%20b.js?x=%20"
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
 def test_the_apps_cookies_and_credentials_never_leave(adapter: str, upstream: Upstream) -> None:
     send(
         adapter,
@@ -321,9 +332,12 @@ def recording() -> Iterator[RecordingUpstream]:
         yield running
 
 
-def asgi_post(app: Any, messages: list[dict[str, Any]], length: int | str) -> list[dict[str, Any]]:
-    """POST to `app` as a server would, the body as `messages`; then the browser waits
-    for ever (a stalled upload). Returns what the app sent within 20 s."""
+def asgi_post(
+    app: Any, messages: list[dict[str, Any]], length: int | str, pause: float = 0.0
+) -> list[dict[str, Any]]:
+    """POST to `app` as a server would, the body as `messages`, each `pause` seconds
+    after the last; then the browser waits for ever (a stalled upload). Returns what
+    the app sent within 20 s."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -344,6 +358,7 @@ def asgi_post(app: Any, messages: list[dict[str, Any]], length: int | str) -> li
 
         async def receive() -> dict[str, Any]:
             if pending:
+                await asyncio.sleep(pause)
                 return pending.pop(0)
             await asyncio.Event().wait()
             raise AssertionError("unreachable")
@@ -423,6 +438,30 @@ def test_wsgi_a_body_that_stops_early_gets_408_and_nothing_is_recorded(
     assert recording.received == []
 
 
+@pytest.mark.parametrize("server_key", ["gunicorn.socket", "werkzeug.socket"])
+def test_wsgi_an_upload_that_falls_silent_on_the_servers_socket_gets_408_after_the_timeout(
+    recording: RecordingUpstream, server_key: str
+) -> None:
+    # gunicorn and werkzeug hand the app the browser's socket, blocking with no timeout.
+    app = wsgi_app(proxy_settings(recording.url, proxy_timeout=0.5))
+    browser, server_side = socket.socketpair()
+    with browser, server_side, server_side.makefile("rb") as stream:
+        browser.sendall(b"x" * 500)  # of 1000 declared; then the browser falls silent
+        environ = wsgi_environ(stream, CONTENT_LENGTH="1000", **{server_key: server_side})
+        answered: list[str] = []
+        worker = threading.Thread(target=lambda: answered.append(call_wsgi(app, environ)[0]))
+        worker.start()
+        worker.join(10)  # a bound to tell "blocked" from "answered", not a speed check
+        blocked = worker.is_alive()
+        browser.close()  # a worker still waiting reads the end of the body and returns
+        worker.join()
+        assert not blocked, "the worker waited for the silent browser past the timeout"
+        assert answered[0].startswith("408")
+        assert server_side.gettimeout() is None, "the server's socket kept the proxy's timeout"
+    assert recording.wait_until(lambda: recording.aborted == ["/s/"])
+    assert recording.received == []
+
+
 def test_wsgi_a_chunked_body_crossing_the_bound_gets_413_and_nothing_is_recorded(
     recording: RecordingUpstream,
 ) -> None:
@@ -489,3 +528,91 @@ def test_a_declared_length_that_is_no_length_gets_413_and_nothing_is_forwarded(
     sent = asgi_post(asgi_app(settings), [{"type": "http.request", "body": b"x"}], declared)
     assert (status[:3], sent[0]["status"]) == ("413", 413)
     assert recording.received == []
+
+
+class SlowInput(io.RawIOBase):
+    """A request body of `pieces` pieces of 100 bytes, `pause` seconds apart (a slow uplink)."""
+
+    def __init__(self, pieces: int, pause: float) -> None:
+        self.left = pieces
+        self.pause = pause
+
+    def read(self, size: int = -1) -> bytes:
+        if not self.left:
+            return b""
+        self.left -= 1
+        time.sleep(self.pause)
+        return b"x" * 100
+
+
+@pytest.mark.parametrize("adapter", ADAPTERS)
+def test_an_upload_slower_than_the_timeout_still_gets_its_whole_answer(
+    adapter: str, recording: RecordingUpstream
+) -> None:
+    # Each piece comes within the timeout, the whole upload takes longer: the
+    # answer's own time starts when it does, so it is not cut before it begins.
+    settings = proxy_settings(recording.url, proxy_timeout=0.5)
+    if adapter == "wsgi":
+        environ = wsgi_environ(SlowInput(4, 0.25), CONTENT_LENGTH="400")
+        status, iterable = call_wsgi(wsgi_app(settings), environ)
+        answer = b"".join(iterable)
+        iterable.close()
+    else:
+        piece = {"type": "http.request", "body": b"x" * 100, "more_body": True}
+        messages = [piece, piece, piece, {**piece, "more_body": False}]
+        sent = asgi_post(asgi_app(settings), messages, length=400, pause=0.25)
+        status = str(sent[0]["status"])
+        answer = b"".join(message.get("body", b"") for message in sent[1:])
+    assert status.startswith("200")
+    assert answer == ANSWER
+    [received] = recording.received
+    assert received.body == b"x" * 400
+
+
+def test_asgi_forwarding_runs_on_the_event_loop_and_starts_no_thread() -> None:
+    threads: dict[str, set[threading.Thread]] = {}
+
+    async def go() -> int:
+        head_seen = asyncio.Event()
+
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            head = await reader.readuntil(b"\r\n\r\n")
+            head_seen.set()
+            await reader.readexactly(
+                int(head.lower().split(b"content-length: ")[1].split(b"\r")[0])
+            )
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+            await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        app = asgi_app(proxy_settings(url))
+        pieces = [b"ab", b"cd"]
+
+        async def receive() -> dict[str, Any]:
+            if len(pieces) == 1:  # the upstream has the request's head, not all its body
+                await asyncio.wait_for(head_seen.wait(), 10)
+                threads["during"] = set(threading.enumerate())
+            return {"type": "http.request", "body": pieces.pop(0), "more_body": bool(pieces)}
+
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http",
+            "method": "POST",
+            "path": "/ingest/e/",
+            "raw_path": b"/ingest/e/",
+            "query_string": b"",
+            "headers": [(b"content-length", b"4")],
+        }
+        threads["before"] = set(threading.enumerate())
+        await app(scope, receive, send)
+        server.close()
+        return int(sent[0]["status"])
+
+    assert asyncio.run(go()) == 200
+    assert threads["during"] - threads["before"] == set()

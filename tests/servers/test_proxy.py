@@ -1,8 +1,9 @@
-"""The first-party proxy under real servers (uvicorn, gunicorn, waitress), to a recording upstream.
+"""The first-party proxy under real servers, to a recording upstream.
 
 Each server runs `tests.sites.proxy` with ``POSTHOG_IDENTITY_PROXY_PATH=/ingest``,
-forwarding to a `RecordingUpstream` on 127.0.0.1; the three start at the same
-time. Requests go out through `http.client`, which sends paths as written (``..``
+forwarding to a `RecordingUpstream` on 127.0.0.1: the ASGI app under uvicorn,
+hypercorn and granian, the WSGI one under gunicorn and waitress; all start at
+the same time. Requests go out through `http.client`, which sends paths as written (``..``
 and ``%2F`` included) and lets a test send a body piece by piece.
 """
 
@@ -29,10 +30,12 @@ from tests.helpers.servers import (
 from tests.helpers.upstream import UPSTREAM_SERVER, RecordingUpstream, recording_upstream
 
 SITE = "tests.sites.proxy"
-KINDS = ["uvicorn", "gunicorn", "waitress"]
+KINDS = ["uvicorn", "hypercorn", "granian", "gunicorn", "waitress"]
 #: The servers that hand the app a body as it arrives (waitress buffers it whole first).
-STREAMING = ["uvicorn", "gunicorn"]
+STREAMING = ["uvicorn", "hypercorn", "granian", "gunicorn"]
 TIMEOUT = 10.0
+#: The servers' proxy timeout: short, so an upload that falls silent ends soon.
+PROXY_TIMEOUT = 4
 MAX_BODY = 256 * 1024
 #: Two places: a test can hold both, and one finishing never delays the next test.
 CONCURRENCY = 2
@@ -43,6 +46,24 @@ def command(kind: str, port: int) -> list[str]:
     if kind == "waitress":
         listen = f"--listen=127.0.0.1:{port}"
         return [sys.executable, "-m", "waitress", listen, "--call", f"{SITE}:wsgi_factory"]
+    if kind == "hypercorn":  # --workers 0: serve in this very process
+        bind = f"127.0.0.1:{port}"
+        return [
+            sys.executable,
+            "-m",
+            "hypercorn",
+            f"{SITE}:asgi_factory()",
+            "--bind",
+            bind,
+            "--workers",
+            "0",
+        ]
+    if kind == "granian":  # its ASGI interface: gunicorn and waitress cover WSGI here
+        return [
+            *(sys.executable, "-m", "granian", "--interface", "asgi", "--factory"),
+            *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+            f"{SITE}:asgi_factory",
+        ]
     return app_command(kind, port, SITE)
 
 
@@ -61,12 +82,13 @@ def stop_signal(kind: str) -> signal.Signals:
 def servers(
     upstream: RecordingUpstream, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, Future[Started]]]:
-    """The three servers, started at the same time; a failed start fails its own
+    """The servers, started at the same time; a failed start fails its own
     tests. Stopped together at the module's end, then checked."""
     env = server_environment(upstream.url)
     env["POSTHOG_IDENTITY_PROXY_PATH"] = "/ingest"
     env["POSTHOG_IDENTITY_PROXY_MAX_BODY"] = str(MAX_BODY)
     env["POSTHOG_IDENTITY_PROXY_CONCURRENCY"] = str(CONCURRENCY)
+    env["POSTHOG_IDENTITY_PROXY_TIMEOUT"] = str(PROXY_TIMEOUT)
     directories = {kind: tmp_path_factory.mktemp(f"proxy-{kind}") for kind in KINDS}
 
     def start(kind: str) -> Started:
@@ -273,3 +295,17 @@ def test_beyond_the_cap_a_request_gets_503_with_retry_after_before_its_body_is_s
         upload.send(data[128 * KiB :])
         assert upload.answer().status == 200
     assert [r.target for r in upstream.received] == ["/s/"] * CONCURRENCY
+
+
+@pytest.mark.parametrize("server", STREAMING, indirect=True)
+def test_an_upload_that_falls_silent_gets_408_after_the_proxy_timeout_and_is_aborted_upstream(
+    server: Started, upstream: RecordingUpstream
+) -> None:
+    # gunicorn's socket blocks without a timeout of its own: without the proxy's
+    # bound, the worker thread would wait for as long as the browser stays connected.
+    upload = Upload(server, "/ingest/s/", length=200 * KiB)
+    upload.send(body(64 * KiB))
+    assert upstream.first_bytes.wait(TIMEOUT), "nothing was forwarded"
+    assert upload.answer().status == 408  # within PROXY_TIMEOUT; the socket gives up at TIMEOUT
+    assert upstream.wait_until(lambda: upstream.aborted == ["/s/"]), "upstream not aborted"
+    assert upstream.received == []

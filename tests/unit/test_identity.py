@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
+import operator
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -23,6 +25,7 @@ from posthog_identity.identity import (
     Transition,
     browser_id,
     coerce_user_id,
+    new_anonymous_id,
     resolve,
 )
 from posthog_identity.signing import CookieCodec, CookieState, Verified
@@ -246,6 +249,21 @@ def test_new_ids_are_random_uuid4s_by_default() -> None:
     second = resolve(None, NOBODY, now=NOW, user_hash=CODEC.user_hash, max_age=MAX_AGE)
     assert uuid.UUID(first.identity.anonymous_id).version == 4
     assert first.identity.anonymous_id != second.identity.anonymous_id
+
+
+def test_a_minted_id_is_a_uuid4_in_its_usual_text_with_every_other_bit_random() -> None:
+    minted = [new_anonymous_id() for _ in range(256)]
+    assert len(set(minted)) == len(minted)
+    values = [uuid.UUID(text) for text in minted]
+    for text, value in zip(minted, values, strict=True):
+        assert str(value) == text
+        assert value.version == 4
+        assert value.variant == uuid.RFC_4122
+    # The 122 random bits each take both values (a fixed bit would do so
+    # 256 times running with probability 2**-255).
+    random_bits = (2**128 - 1) & ~((0xF << 76) | (0x3 << 62))  # all but version, variant
+    assert functools.reduce(operator.or_, (v.int for v in values)) & random_bits == random_bits
+    assert functools.reduce(operator.and_, (v.int for v in values)) & random_bits == 0
 
 
 # -- the browser's own anonymous id (posthog-js's, offered in a header or its cookie) --

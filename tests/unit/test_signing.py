@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from itsdangerous import Signer
 
-from posthog_identity.signing import MAX_COOKIE_SIZE, CookieCodec, CookieState
+from posthog_identity.signing import MAX_COOKIE_SIZE, CookieCodec, CookieState, uuid_text
 
 ANON = "6f1c2a4e-8d3b-4b5a-9c7e-2f0a1b3c4d5e"
 CODEC = CookieCodec(("newest-secret",))
@@ -156,22 +158,92 @@ def test_arbitrary_text_never_raises(value: str) -> None:
     assert CODEC.loads(value) is None
 
 
-@given(
-    st.uuids(version=4) | st.uuids(),
+states = st.builds(
+    CookieState,
+    st.uuids(version=4).map(str) | st.uuids().map(str),
     st.none() | st.binary(min_size=8, max_size=8),
     st.booleans(),
     st.integers(min_value=0, max_value=2**32 - 1),
     st.none() | st.binary(min_size=16, max_size=16),
 )
-def test_any_state_round_trips(
-    anonymous: uuid.UUID,
-    user_hash: bytes | None,
-    linked: bool,
-    issued_at: int,
-    awaiting: bytes | None,
-) -> None:
-    original = CookieState(str(anonymous), user_hash, linked, issued_at, awaiting)
+
+
+@given(states)
+def test_any_state_round_trips(original: CookieState) -> None:
     verified = CODEC.loads(CODEC.dumps(original))
+    assert verified is not None
+    assert verified.state == original
+
+
+@given(st.binary(min_size=16, max_size=16))
+def test_uuid_text_prints_16_bytes_as_uuid_does(raw: bytes) -> None:
+    assert uuid_text(raw) == str(uuid.UUID(bytes=raw))
+
+
+def test_an_upper_case_or_braced_anonymous_id_is_stored_as_its_uuid() -> None:
+    braced = CODEC.loads(CODEC.dumps(state(anonymous_id="{" + ANON.upper() + "}")))
+    assert braced is not None
+    assert braced.state == state()
+
+
+# Cookies already in browsers were signed by itsdangerous with its default key
+# derivation for our salt: every secret, in every position of the list, must
+# still sign and verify exactly as that did.
+def reference_signer(secret: str) -> Signer:
+    return Signer(
+        secret,
+        salt=b"posthog-identity.cookie",
+        key_derivation="hmac",
+        digest_method=hashlib.sha256,
+    )
+
+
+secret_lists = st.lists(st.text(min_size=1, max_size=64), min_size=1, max_size=4)
+
+
+@given(secret_lists, states)
+def test_the_newest_secret_signs_as_itsdangerous_default_derivation_does(
+    secrets: list[str], original: CookieState
+) -> None:
+    value = CookieCodec(tuple(secrets)).dumps(original)
+    payload = value.rsplit(".", 1)[0].encode()
+    assert value == reference_signer(secrets[0]).sign(payload).decode()
+
+
+@given(secret_lists, states, st.data())
+def test_a_cookie_signed_with_any_listed_secret_the_default_way_verifies(
+    secrets: list[str], original: CookieState, data: st.DataObject
+) -> None:
+    codec = CookieCodec(tuple(secrets))
+    index = data.draw(st.integers(min_value=0, max_value=len(secrets) - 1))
+    payload = codec.dumps(original).rsplit(".", 1)[0].encode()
+    verified = codec.loads(reference_signer(secrets[index]).sign(payload).decode())
+    assert verified is not None
+    assert verified.state == original
+    assert verified.key_index == secrets.index(secrets[index])  # the first equal secret
+
+
+@pytest.mark.parametrize(
+    ("secrets", "original", "value"),
+    [
+        (
+            ("newest-secret", "older-secret"),
+            state(user_hash=b"12345678", linked=True),
+            "AW8cKk6NO0tanH4vChs8TV4DZVPxADEyMzQ1Njc4.uGVH_SvWgM5R9qwrHNC6Hw-3ovzQqb1pw4PREwT5mew",
+        ),
+        (
+            ("older-secret",),
+            state(awaiting=b"a" * 16),
+            "AW8cKk6NO0tanH4vChs8TV4EZVPxAGFhYWFhYWFhYWFhYWFhYWE.oHFDklz1GQtotk6oAM8Tp48n9x92TQvOxc41fd2yOtE",
+        ),
+    ],
+    ids=["signed-in", "awaiting"],
+)
+def test_cookies_minted_by_earlier_releases_are_what_we_mint_and_read(
+    secrets: tuple[str, ...], original: CookieState, value: str
+) -> None:
+    assert CookieCodec(secrets).dumps(original) == value
+    verified = CookieCodec(("newest-secret", "older-secret")).loads(value)
     assert verified is not None
     assert verified.state == original
 

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from posthog_identity import ConfigurationError, Settings
 from posthog_identity.consent import ConsentState
+from posthog_identity.flags import Flags
 from posthog_identity.identity import Identity
 from posthog_identity.snippet import (
     NO_CONSENT_OPTIONS,
@@ -62,6 +63,68 @@ def test_a_hostile_user_id_stays_inside_the_script() -> None:
     assert rendered.count("<script") == 1
     assert rendered.count("</script>") == 1
     assert rendered.endswith("</script>")
+
+
+# What a page varies by: the id (hostile text included), the CSP nonce (what
+# csp_nonce accepts), flags, consent, and the consent mode.
+identities = st.none() | st.builds(
+    Identity,
+    st.uuids().map(str),
+    st.none() | st.text(),
+    st.booleans(),
+)
+flag_sets = st.none() | st.builds(
+    Flags,
+    st.dictionaries(st.text(), st.booleans() | st.text()),
+    st.dictionaries(st.text(), st.text()),
+)
+nonces = st.none() | st.text("ABCabc019+/_=-", min_size=1)
+
+
+@given(
+    identities,
+    nonces,
+    flag_sets,
+    st.sampled_from(ConsentState),
+    st.sampled_from(["not-required", "opt-in", "opt-out"]),
+)
+def test_the_page_values_are_script_json_of_the_request_and_nothing_escapes(
+    identity: Identity | None,
+    nonce: str | None,
+    flags: Flags | None,
+    state: ConsentState,
+    mode: str,
+) -> None:
+    snippet = Snippet("phc_key", "https://eu.i.posthog.com", None, None, settings_for(mode))
+    rendered = snippet.render(identity, nonce, flags, state).decode()
+    assert rendered.count("</script>") == 1
+    assert rendered.endswith(");</script>")
+    start = rendered.index('(window,document,{"token":') + len("(window,document,")
+    argument = rendered[start : -len(");</script>")]
+    values = json.loads(argument)
+    # Exactly script_json's text of that object: no tag, entity or line break escapes.
+    assert argument == script_json(values)
+    # Without consent a page carries no id and no flags (a shared page has no id to withhold).
+    withheld = mode != "not-required" and identity is not None and state is not GRANTED
+    has_consent = mode != "not-required" and (identity is None or withheld)
+    assert list(values) == [
+        *("token", "src", "methods", "config", "nonce", "flags", "identity"),
+        *(["consent"] if has_consent else []),
+    ]
+    assert values["nonce"] == nonce
+    assert (f' nonce="{nonce}">' in rendered) is (nonce is not None)
+    if identity is None or withheld:
+        assert values["identity"] is None
+    else:
+        assert values["identity"] == {
+            "anonymous": identity.anonymous_id,
+            "user": identity.user_id,
+            "signedIn": identity.signed_in,
+        }
+    if flags is None or withheld:
+        assert values["flags"] is None
+    else:
+        assert values["flags"] == {"values": dict(flags.values), "payloads": dict(flags.payloads)}
 
 
 @pytest.mark.parametrize(
@@ -412,8 +475,6 @@ def test_cookies_are_deleted_as_secure_on_https() -> None:
 
 @needs_node
 def test_flags_are_not_bootstrapped_without_consent() -> None:
-    from posthog_identity.flags import Flags
-
     flags = Flags({"beta": True}, {})
     out = run_with_storage(snippet().render(Identity(ANON), None, flags, PENDING))
     assert "bootstrap" not in out["config"]
