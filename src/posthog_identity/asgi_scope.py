@@ -113,7 +113,10 @@ def vouch(scope: Scope, distinct_id: str) -> None:
         value = distinct_id.encode("latin-1")
     except UnicodeEncodeError:
         value = b""  # not representable in a header: the header goes
-    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != _DISTINCT_ID]
+    raw = scope.get("headers", ())
+    if [v for k, v in raw if k.lower() == _DISTINCT_ID] == [value]:
+        return  # it says the verified id already (posthog-js's own, adopted)
+    headers = [(k, v) for k, v in raw if k.lower() != _DISTINCT_ID]
     if value:
         headers.append((_DISTINCT_ID, value))
     scope["headers"] = headers

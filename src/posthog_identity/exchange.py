@@ -219,7 +219,12 @@ class Exchange:
         if request.distinct_header:
             # posthog-js's cookie saying it identified a user: the header is that
             # user's id (a UUIDv7 for some apps), never an anonymous visitor's.
-            if name is not None and identified_in_cookie(request.cookie_header, name):
+            # (A single-page app on another site sends no such cookie: one substring test.)
+            if (
+                name is not None
+                and name in request.cookie_header
+                and identified_in_cookie(request.cookie_header, name)
+            ):
                 return None
             return request.distinct_header
         return None if name is None else distinct_id_from_cookie(request.cookie_header, name)

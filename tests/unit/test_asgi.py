@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from posthog_identity.testing import Sink
 
 
+#: posthog-js's own anonymous id (a UUIDv7), as it sends it on a traced API call.
+_BROWSER_ID = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+
+
 async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.start", "status": 200, "headers": [(b"x-app", b"1")]})
     await send({"type": "http.response.body", "body": b"ok"})
@@ -457,6 +461,44 @@ def test_a_returning_visitors_content_type_decides_the_snippet_whatever_its_spel
         assert sent[0] is app_start, "a response with nothing to add goes out as the app sent it"
 
 
+@pytest.mark.parametrize(
+    ("sent", "inside"),
+    [
+        ([(b"x-posthog-distinct-id", _BROWSER_ID.encode())], "browser"),
+        ([(b"X-PostHog-Distinct-Id", _BROWSER_ID.encode())], "browser"),
+        ([(b"x-posthog-distinct-id", b"someone-else")], "minted"),
+        (
+            [
+                (b"x-posthog-distinct-id", _BROWSER_ID.encode()),
+                (b"x-posthog-distinct-id", b"someone-else"),
+            ],
+            "browser",
+        ),
+    ],
+    ids=["adopted", "adopted-any-case", "forged", "repeated"],
+)
+def test_an_app_inside_sees_one_distinct_id_header_with_the_verified_id(
+    settings: Settings, sent: list[tuple[bytes, bytes]], inside: str
+) -> None:
+    seen: list[tuple[list[bytes], str]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        values = [v for k, v in scope["headers"] if k.lower() == b"x-posthog-distinct-id"]
+        identity = current_identity()
+        assert identity is not None
+        seen.append((values, identity.distinct_id))
+        await plain(scope, receive, send)
+
+    record(lambda inner: IdentityMiddleware(app, settings), [], sent)
+
+    [(values, distinct_id)] = seen
+    assert values == [distinct_id.encode()]
+    if inside == "browser":
+        assert distinct_id == _BROWSER_ID
+    else:
+        assert distinct_id not in (_BROWSER_ID, "someone-else")
+
+
 def test_a_cors_preflight_passes_through_marked_bypassed(settings: Settings) -> None:
     seen: list[dict[str, Any]] = []
 
@@ -481,9 +523,6 @@ def test_request_info_reads_posthog_js_distinct_id_whatever_the_headers_case() -
     assert header(scope, "x-posthog-distinct-id") == browser
     assert header(scope, "access-control-request-method") is None
     assert request_info({"type": "http", "headers": []}, "/")[0].distinct_header == ""
-
-
-_BROWSER_ID = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
 
 
 @pytest.mark.parametrize(
