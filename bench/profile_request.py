@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextvars
 import gc
 import sys
 import time
@@ -99,8 +100,6 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
     takes them), so each step costs the difference to the rung before, and the last
     rung is the whole path. The real middleware is timed beside it: the parts must
     add up to its overhead, or the path copied here has drifted from the real one."""
-    from functools import partial
-
     from posthog_identity.asgi import IdentityMiddleware
     from posthog_identity.asgi_scope import header, mount_path, request_info, vouch
     from posthog_identity.asgi_send import Responder
@@ -150,8 +149,8 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
         with bind(exchange):
             if upto < 6:
                 return
-            reread = partial(ours.user_now, request_scope)
-            await bare(request_scope, receive, Responder(exchange, reread=reread, send=drop))
+            responder = Responder(exchange, drop, ours.user_now, request_scope)
+            await bare(request_scope, receive, responder)
 
     def rung(upto: int) -> Callable[[], None]:
         return lambda: _drive(path(upto))
@@ -162,7 +161,7 @@ def breakdown(rounds: int = 15, number: int = 2000) -> None:
         "user source (none) and Exchange: cookie found, unsigned, parsed",
         "resolve(): the identity",
         "bind(): ContextVar, posthog context, identify, tags, session; and its exit",
-        "the app's two messages through Responder: settle, respond, send wrapper",
+        "the app's two messages through Responder: settle, Content-Type, leaves_alone",
     ]
     rungs: list[tuple[str, Callable[[], Any]]] = [
         ("copy of the scope (as the bench gives every request)", lambda: dict(scope)),
@@ -221,7 +220,7 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
     from posthog_identity.context import bind
     from posthog_identity.exchange import Exchange, RequestInfo
     from posthog_identity.wsgi import IdentityMiddleware, _header, _server_host
-    from posthog_identity.wsgi_body import Body, Head
+    from posthog_identity.wsgi_body import Head, run
 
     environ = inprocess.wsgi_environ(cookie)
     bare = inprocess.wsgi_app(JSON_BODY, "application/json")
@@ -264,20 +263,22 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
         exchange.identity  # noqa: B018 (bind resolves it first in the real path)
         if upto < 5:
             return
-        head = Head(exchange, start_response, partial(ours.read_user, env))
-        body = Body(head, bind(exchange))
+        head = Head(exchange, start_response, ours.read_user, env)
+        binding = bind(exchange)
         if upto < 6:
-            body.close()
+            context = contextvars.copy_context()
+            context.run(binding.__enter__)
+            context.run(binding.__exit__, None, None, None)
             return
-        _consume(body.run(bare, env))
+        _consume(run(bare, env, head, binding))
 
     steps = [
         "dispatch: proxy and bypass checks",
         "RequestInfo from the environ",
         "user source (none) and Exchange: cookie found, unsigned, parsed",
         "resolve(): the identity",
-        "Head, Body: copied context, bind() and its exit",
-        "the app through Body and Head: settle, respond, iterate, close",
+        "Head; private context, bind() and its exit",
+        "the app through run() and Head: settle, Content-Type, leaves_alone",
     ]
     rungs: list[tuple[str, Callable[[], Any]]] = [
         ("copy of the environ", lambda: environ.copy()),
@@ -357,6 +358,7 @@ def _detail(engine: Any, scope: dict[str, Any], cookie: str, rounds: int, number
         ("... and resolve()", lambda: Exchange(engine, request).resolution),
         ("posthog.new_context + identify_context alone", posthog_context),
         ("request properties, built (at the first capture)", lambda: _properties(engine, request)),
+        ("Exchange.leaves_alone(JSON)", lambda: exchange.leaves_alone("application/json")),
         ("Exchange.respond(JSON): no Set-Cookie", lambda: exchange.respond(200, json_headers)),
         ("may_inject(JSON response)", lambda: may_inject("GET", 200, json_headers)),
         ("Exchange.respond(HTML): snippet render", lambda: exchange.respond(200, html_headers)),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import Callable, Coroutine, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .asgi_proxy import forward
@@ -112,8 +111,7 @@ class IdentityMiddleware:
                     await self.app(scope, receive, send)
                 else:
                     # An authentication middleware inside ours may set scope["user"] later.
-                    reread = partial(self.user_now, scope)
-                    await self.app(scope, receive, Responder(exchange, send, reread))
+                    await self.app(scope, receive, Responder(exchange, send, self.user_now, scope))
             except Exception as error:
                 capture_unhandled(error, "asgi.middleware")
                 raise

@@ -39,16 +39,17 @@ def mount_path(scope: Scope) -> str:
     return path
 
 
-# Request headers the core reads, by name -> their field in `RequestInfo`.
+# Request headers the core reads, by name -> their place in `request_info`'s list.
 _FIELDS = {
-    b"sec-gpc": "sec_gpc",
-    b"dnt": "dnt",
-    b"host": "host",
-    b"user-agent": "user_agent",
-    b"x-forwarded-for": "forwarded_for",
-    b"x-posthog-session-id": "session_header",
-    b"x-posthog-window-id": "window_header",
-    b"x-posthog-distinct-id": "distinct_header",
+    b"cookie": 0,
+    b"sec-gpc": 1,
+    b"dnt": 2,
+    b"host": 3,
+    b"user-agent": 4,
+    b"x-forwarded-for": 5,
+    b"x-posthog-session-id": 6,
+    b"x-posthog-window-id": 7,
+    b"x-posthog-distinct-id": 8,
 }
 _DISTINCT_ID = b"x-posthog-distinct-id"
 
@@ -64,32 +65,45 @@ def header(scope: Scope, name: str) -> str | None:
 
 def request_info(scope: Scope, path: str) -> tuple[RequestInfo, bool]:
     """The request, and whether it carries X-POSTHOG-DISTINCT-ID."""
-    cookies: list[str] = []
-    found: dict[str, str] = {}
+    found: list[str | None] = [None] * len(_FIELDS)  # the first value of each
     for key, value in scope.get("headers", ()):
-        # Servers send lower-case names; a hand-built scope may not.
-        name = key if key.islower() else key.lower()
-        if name == b"cookie":
-            cookies.append(value.decode("latin-1"))
-        elif name in _FIELDS:
-            found.setdefault(_FIELDS[name], value.decode("latin-1"))
-    distinct = "distinct_header" in found
-    client = scope.get("client")
-    if "host" not in found:
+        at = _FIELDS.get(key)
+        if at is None:
+            # Servers send lower-case names; a hand-built scope may not.
+            if key.islower():
+                continue
+            at = _FIELDS.get(key.lower())
+            if at is None:
+                continue
+        if found[at] is None:
+            found[at] = value.decode("latin-1")
+        elif at == 0:  # one Cookie header per cookie (HTTP/2)
+            found[0] = f"{found[0]}; {value.decode('latin-1')}"
+    cookie, gpc, dnt, host, agent, forwarded, session, window, distinct = found
+    if host is None:
+        host = ""
         server = scope.get("server")
         if server:
             default = server[1] in (None, 443 if scope.get("scheme") == "https" else 80)
-            found["host"] = server[0] if default else f"{server[0]}:{server[1]}"
+            host = server[0] if default else f"{server[0]}:{server[1]}"
+    client = scope.get("client")
     request = RequestInfo(
         scope.get("method", "GET"),
         scope.get("scheme", "http"),
         path,
-        cookies[0] if len(cookies) == 1 else "; ".join(cookies),
-        url_path=scope.get("path", ""),
-        peer=client[0] if client else "",
-        **found,
+        cookie or "",
+        gpc or "",
+        dnt or "",
+        host,
+        scope.get("path", ""),
+        agent or "",
+        client[0] if client else "",
+        forwarded or "",
+        session or "",
+        window or "",
+        distinct or "",
     )
-    return request, distinct
+    return request, distinct is not None
 
 
 def vouch(scope: Scope, distinct_id: str) -> None:
@@ -99,7 +113,10 @@ def vouch(scope: Scope, distinct_id: str) -> None:
         value = distinct_id.encode("latin-1")
     except UnicodeEncodeError:
         value = b""  # not representable in a header: the header goes
-    headers = [(k, v) for k, v in scope.get("headers", ()) if k.lower() != _DISTINCT_ID]
+    raw = scope.get("headers", ())
+    if [v for k, v in raw if k.lower() == _DISTINCT_ID] == [value]:
+        return  # it says the verified id already (posthog-js's own, adopted)
+    headers = [(k, v) for k, v in raw if k.lower() != _DISTINCT_ID]
     if value:
         headers.append((_DISTINCT_ID, value))
     scope["headers"] = headers

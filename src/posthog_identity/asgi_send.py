@@ -8,12 +8,13 @@ from typing import TYPE_CHECKING, Any
 
 from .context import settle
 from .identity import NOTHING, Absent
+from .response import UNTOUCHED
 
 if TYPE_CHECKING:
-    from .asgi_scope import Message, Send
+    from .asgi_scope import Message, Scope, Send
     from .exchange import Exchange
     from .identity import Report
-    from .response import BodyRewrite
+    from .response import BodyRewrite, ResponsePlan
 
 __all__ = ["Responder"]
 
@@ -25,19 +26,21 @@ class Responder:
     decided, so its Content-Length can be corrected; other messages pass through.
     """
 
-    __slots__ = ("exchange", "held", "reread", "rewrite", "send")
+    __slots__ = ("exchange", "held", "reread", "rewrite", "scope", "send")
 
     def __init__(
         self,
         exchange: Exchange,
         send: Send,
-        reread: Callable[[], Report | Coroutine[Any, Any, Report]],
+        reread: Callable[[Scope], Report | Coroutine[Any, Any, Report]],
+        scope: Scope,
     ) -> None:
-        """`reread` asks the user source again when the response starts (a
+        """`reread(scope)` asks the user source again when the response starts (a
         coroutine only when the source needs awaiting)."""
         self.exchange = exchange
         self.send = send
         self.reread = reread
+        self.scope = scope
         self.rewrite: BodyRewrite | None = None
         self.held: Message | None = None
 
@@ -57,10 +60,10 @@ class Responder:
         exchange = self.exchange
         if not exchange.explicit:
             # An authentication middleware inside ours has run by now.
-            report = self.reread()
-            if not isinstance(report, (str, Absent)):  # a callback to await
-                return self._start_after(message, report)
+            report = self.reread(self.scope)
             if report is not NOTHING:  # reporting nothing changes nothing
+                if not isinstance(report, (str, Absent)):  # a callback to await
+                    return self._start_after(message, report)
                 settle(exchange, report)
         return self._head(message)
 
@@ -73,11 +76,20 @@ class Responder:
     def _head(self, message: Message) -> Awaitable[None]:
         exchange = self.exchange
         raw = message.get("headers", ())
+        content_type = None
+        for key, value in raw:
+            if key.lower() == b"content-type":
+                content_type = value  # the last one counts, as for `respond`
+        if exchange.leaves_alone(None if content_type is None else content_type.decode("latin-1")):
+            return self.send(message)  # nothing to add: no headers to translate
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw]
         status = message.get("status", 200)
         if exchange.flags is not None and exchange.flags_pending(status, headers):
             return self._flags_first(message, status, headers)
-        return self._planned(message, status, headers)
+        plan = exchange.respond(status, headers)
+        if plan is UNTOUCHED:  # the common case: nothing to add, no body to rewrite
+            return self.send(message)
+        return self._planned(message, plan)
 
     async def _flags_first(
         self, message: Message, status: int, headers: list[tuple[str, str]]
@@ -86,12 +98,9 @@ class Responder:
         assert exchange.flags is not None
         # A remote flag evaluation must never hold the event loop.
         await asyncio.to_thread(exchange.flags.current, exchange.identity.distinct_id)
-        await self._planned(message, status, headers)
+        await self._planned(message, exchange.respond(status, headers))
 
-    def _planned(
-        self, message: Message, status: int, headers: list[tuple[str, str]]
-    ) -> Awaitable[None]:
-        plan = self.exchange.respond(status, headers)
+    def _planned(self, message: Message, plan: ResponsePlan) -> Awaitable[None]:
         if plan.headers:
             raw = message.get("headers", ())
             added = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in plan.headers]

@@ -13,6 +13,8 @@ from .identity import NOBODY
 from .logs import logger
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from posthog.client import Client
 
     from .exchange import Exchange
@@ -116,7 +118,9 @@ def report_user(user_id: object) -> None:
     if exchange is None:
         return
     report = exchange.engine.coerce(user_id)
-    if not exchange.explicit:
+    # Most reports repeat what the request already says (an integration reports
+    # before and after the view): the context is left as it is.
+    if not exchange.explicit and exchange.changes(report):
         rebind(exchange, lambda: exchange.report(report))
 
 
@@ -171,8 +175,8 @@ class bind:
         try:
             # Off: errors.py captures an unhandled error itself, once, only with
             # consent and POSTHOG_IDENTITY_CAPTURE_EXCEPTIONS, marked unhandled.
-            self._context = posthog.new_context(fresh=True, capture_exceptions=False)
-            self._context.__enter__()
+            context = self._context = posthog.new_context(fresh=True, capture_exceptions=False)
+            context.__enter__()
             posthog.identify_context(exchange.identity.distinct_id)
             if exchange.personless():
                 posthog.tag(_PERSONLESS, False)
@@ -181,9 +185,14 @@ class bind:
             _exchange.reset(self._token)
             raise
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
         try:
-            self._context.__exit__(*exc)
+            self._context.__exit__(kind, error, trace)
         finally:
             _exchange.reset(self._token)
 
@@ -202,6 +211,11 @@ def rebind(exchange: Exchange, change: Callable[[], None]) -> None:
     _describe(exchange)
 
 
+# What `_describe` put on a context when the client adds the request's properties itself.
+_NOTHING_PUT: tuple[bool, tuple[str, ...]] = (False, ())
+_SESSION_ONLY: tuple[bool, tuple[str, ...]] = (True, ())
+
+
 def _describe(exchange: Exchange) -> None:
     """Put the browser's session on the posthog context (it travels with the
     context, to a background job too), and the request's properties when the
@@ -209,20 +223,20 @@ def _describe(exchange: Exchange) -> None:
     went away (a tag cannot be removed: it is overwritten with None, which
     PostHog stores as no value)."""
     described = exchange.described
-    if exchange.consent.granted:
-        if described:
+    if exchange.granted:
+        if described is not None:
             return
         session = exchange.browser_session()
         if session is not None:
             posthog.set_context_session(session)
-        keys: tuple[str, ...] = ()
-        if not enriches(exchange.engine.client):
-            properties = exchange.request_properties()
-            for key, value in properties.items():
-                posthog.tag(key, value)
-            keys = tuple(properties)
-        exchange.described = (session is not None, keys)
-    elif described:
+        if enriches(exchange.engine.client):
+            exchange.described = _SESSION_ONLY if session is not None else _NOTHING_PUT
+            return
+        properties = exchange.request_properties()
+        for key, value in properties.items():
+            posthog.tag(key, value)
+        exchange.described = (session is not None, tuple(properties))
+    elif described is not None:
         had_session, keys = described
         if had_session:
             posthog.set_context_session("")  # an empty session id is not sent
@@ -255,7 +269,7 @@ class EventEnricher:
         exchange = _exchange.get()
         if exchange is not None and event.get("event") not in _NOT_CAPTURED:
             try:
-                if exchange.consent.granted:
+                if exchange.granted:
                     properties = event["properties"]  # posthog always builds one
                     for key, value in exchange.request_properties().items():
                         if key not in properties:

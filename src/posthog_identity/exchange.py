@@ -41,6 +41,7 @@ from .snippet import csp_nonce
 
 if TYPE_CHECKING:
     from .engine import Engine
+    from .flags import FlagSource
     from .snippet import Snippet
 
 __all__ = ["Exchange", "RequestInfo"]
@@ -123,22 +124,10 @@ class Exchange:
         # Built only where used: the default mode needs no consent, most apps no flags.
         self._consent: RequestConsent | None = None
         if engine.settings.consent != "not-required":
-            hook = engine.consent_hook
-            self._consent = RequestConsent(
-                engine.settings,
-                lambda: all_cookies(request.cookie_header),
-                request.sec_gpc,
-                request.dnt,
-                None if hook is None else asker(hook, native, engine.warn_once),
-            )
+            self._consent = _request_consent(engine, request, native)
         self.flags: RequestFlags | None = None
         if engine.flags is not None:
-            context = engine.flag_context
-            self.flags = RequestFlags(
-                engine.flags,
-                None if context is None else lambda: context(native),
-                engine.warn_once,
-            )
+            self.flags = _request_flags(engine, engine.flags, native)
 
     # -- what the request says -------------------------------------------------
 
@@ -177,6 +166,11 @@ class Exchange:
         """This request's consent decision."""
         return _GRANTED if self._consent is None else self._consent.decision
 
+    @property
+    def granted(self) -> bool:
+        """``consent.granted``, without a decision to build in the default mode."""
+        return self._consent is None or self._consent.decision.granted
+
     def set_consent(self, granted: bool) -> bool:
         """grant_consent() / revoke_consent(); False when the mode needs no consent."""
         if self._consent is None or not self._consent.record(granted):
@@ -198,7 +192,7 @@ class Exchange:
         return self._resolution
 
     def _resolve(self) -> Resolution:
-        if not self.consent.granted:
+        if not self.granted:
             # Without consent: one random id per request, never stored or linked,
             # and not the one a grant later in the request writes to the cookie.
             if self._ephemeral is None:
@@ -225,7 +219,12 @@ class Exchange:
         if request.distinct_header:
             # posthog-js's cookie saying it identified a user: the header is that
             # user's id (a UUIDv7 for some apps), never an anonymous visitor's.
-            if name is not None and identified_in_cookie(request.cookie_header, name):
+            # (A single-page app on another site sends no such cookie: one substring test.)
+            if (
+                name is not None
+                and name in request.cookie_header
+                and identified_in_cookie(request.cookie_header, name)
+            ):
                 return None
             return request.distinct_header
         return None if name is None else distinct_id_from_cookie(request.cookie_header, name)
@@ -269,7 +268,7 @@ class Exchange:
 
         Only with consent: without it nothing of the browser's is read or sent.
         """
-        if not self.consent.granted:
+        if not self.granted:
             return None, {}
         return self.browser_session(), self.request_properties()
 
@@ -318,9 +317,35 @@ class Exchange:
             self.flags is not None
             and self.flags.pending(self.resolution.identity.distinct_id)
             and self.engine.snippet is not None
-            and self.consent.granted
+            and self.granted
             and may_inject(self.request.method, status, headers)
             and not shared_cacheable(headers)
+        )
+
+    def leaves_alone(self, content_type: str | None) -> bool:
+        """At response start: will `respond` leave this response as the app made
+        it, whatever its headers but Content-Type (the last one, None without)?
+
+        True when there is no cookie to write, no link to send and no page to
+        inject (only ``text/html`` gets the snippet): the common API response of
+        a returning visitor, which an adapter may then send without translating
+        its headers for `respond`. False means: call `respond`.
+        """
+        try:
+            resolution = self.resolution
+        except Exception:
+            return False  # `respond` logs it, and leaves the response untouched
+        if (
+            resolution.cookie is not None
+            or resolution.link is not None
+            or self._consent is not None
+        ):
+            return False
+        return (
+            self.engine.snippet is None
+            or content_type is None
+            # The media type as `may_inject` reads it: before any parameters, lower-cased.
+            or content_type.split(";", 1)[0].strip().lower() != "text/html"
         )
 
     def respond(self, status: int, headers: list[tuple[str, str]]) -> ResponsePlan:
@@ -334,16 +359,22 @@ class Exchange:
             resolution = self.resolution
             if not self._responded:
                 self._responded = True
-                self._send_link(resolution)
-            added = self._cookies(resolution)
+                if resolution.link is not None:
+                    self._send_link(resolution)
+            # A returning visitor's common case writes no cookie: no call for it.
+            added: tuple[tuple[str, str], ...] = (
+                ()
+                if resolution.cookie is None and self._consent is None
+                else self._cookies(resolution)
+            )
             snippet = self.engine.snippet
             if snippet is not None and may_inject(self.request.method, status, headers):
                 shared = shared_cacheable(headers)
                 rendered = self._snippet(snippet, headers, shared)
                 body = BodyRewrite(rendered, self.engine.settings.inject_lookahead)
                 return ResponsePlan(() if shared else added, body)
-            if added and shared_cacheable(headers):
-                added = ()
+            if not added or shared_cacheable(headers):
+                return UNTOUCHED
             return ResponsePlan(added, None)
         except Exception:
             logger.exception(
@@ -363,8 +394,6 @@ class Exchange:
     def _cookies(self, resolution: Resolution) -> tuple[tuple[str, str], ...]:
         """Set-Cookie for the identity cookie (written, or deleted without consent)
         and for a consent decision the app recorded in this request."""
-        if resolution.cookie is None and self._consent is None:
-            return ()  # the common case: a returning visitor
         engine, secure = self.engine, self._secure()
         added = []
         if resolution.cookie is not None:
@@ -398,3 +427,23 @@ class Exchange:
         if self.flags is not None and consent is ConsentState.GRANTED:
             flags = self.flags.current(identity.distinct_id)
         return snippet.render(identity, csp_nonce(headers), flags, consent)
+
+
+# Apart from `Exchange.__init__`: the locals a closure captures become cells, which
+# every request would pay for, though only these modes build the closures.
+def _request_consent(engine: Engine, request: RequestInfo, native: object) -> RequestConsent:
+    hook = engine.consent_hook
+    return RequestConsent(
+        engine.settings,
+        lambda: all_cookies(request.cookie_header),
+        request.sec_gpc,
+        request.dnt,
+        None if hook is None else asker(hook, native, engine.warn_once),
+    )
+
+
+def _request_flags(engine: Engine, flags: FlagSource, native: object) -> RequestFlags:
+    context = engine.flag_context
+    return RequestFlags(
+        flags, None if context is None else lambda: context(native), engine.warn_once
+    )

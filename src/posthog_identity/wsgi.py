@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .context import bind, enrich_events
 from .engine import BYPASSED, Engine, logger
 from .exchange import Exchange, RequestInfo
 from .identity import NOTHING, Report
-from .wsgi_body import Body, Head
+from .wsgi_body import Head, run
 from .wsgi_proxy import forward
 
 if TYPE_CHECKING:
@@ -94,8 +93,8 @@ class IdentityMiddleware:
             return self.app(environ, start_response)
         # The app and its iterable run in one private context, so captures made
         # while a streamed body is produced still carry this request's identity.
-        head = Head(exchange, start_response, partial(self.read_user, environ))
-        return Body(head, bind(exchange)).run(self.app, environ)
+        head = Head(exchange, start_response, self.read_user, environ)
+        return run(self.app, environ, head, bind(exchange))
 
     def read_user(self, environ: WSGIEnvironment) -> Report:
         if self.user_id is not None:

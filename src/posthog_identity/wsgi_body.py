@@ -21,13 +21,14 @@ if TYPE_CHECKING:
     from .identity import Report
     from .response import BodyRewrite
 
-__all__ = ["Body", "Head"]
+__all__ = ["Body", "Head", "run"]
 
 
 class Head:
     """One response's head: identity headers, held while an HTML page's start is scanned."""
 
     __slots__ = (
+        "environ",
         "exchange",
         "held",
         "pending",
@@ -38,12 +39,17 @@ class Head:
     )
 
     def __init__(
-        self, exchange: Exchange, server: StartResponse, reread: Callable[[], Report]
+        self,
+        exchange: Exchange,
+        server: StartResponse,
+        reread: Callable[[WSGIEnvironment], Report],
+        environ: WSGIEnvironment,
     ) -> None:
-        """`reread` asks the user source again when the app starts its response."""
+        """`reread(environ)` asks the user source again when the app starts its response."""
         self.exchange = exchange
         self.server = server
         self.reread = reread
+        self.environ = environ
         self.rewrite: BodyRewrite | None = None
         self.held: tuple[str, list[tuple[str, str]], Any] | None = None
         self.pending = True  # the server's start_response has not been called yet
@@ -55,11 +61,22 @@ class Head:
         exchange = self.exchange
         if not exchange.explicit:
             try:
-                report = self.reread()
+                report = self.reread(self.environ)
                 if report is not NOTHING:  # reporting nothing changes nothing
                     settle(exchange, report)
             except Exception:
                 logger.exception("posthog_identity: re-reading the user failed")
+        if self.pending:
+            content_type = None
+            for name, value in headers:
+                if name.lower() == "content-type":
+                    content_type = value  # the last one counts, as for `respond`
+            if exchange.leaves_alone(content_type):
+                # The common case: nothing to add, no body to rewrite; the head goes out as is.
+                self.rewrite = self.held = None
+                self.pending = False
+                self.write_body = self.server(status, headers, exc_info)
+                return self.write
         plan = exchange.respond(_status_code(status), headers)
         headers = headers + list(plan.headers)
         if not self.pending:
@@ -106,36 +123,56 @@ class Head:
         return result
 
 
-class Body:
-    """The app's iterable, iterated and closed inside the request's context.
+def run(
+    app: WSGIApplication, environ: WSGIEnvironment, head: Head, binding: bind
+) -> Iterable[bytes]:
+    """Call the app in a private context bound to the request; return what the
+    server is to iterate: the app's own list when nothing of the app's is left to
+    run, else a `Body` that iterates and closes the app's iterable in that context.
 
-    `run` calls the app and reads its body until the head has gone to the
-    server: some servers (granian) read status and headers as soon as the
-    application returns, so the look-ahead is spent inside the call.
+    The body is read until the head has gone to the server: some servers
+    (granian) read status and headers as soon as the application returns, so
+    the look-ahead is spent inside the call.
     """
+    context = contextvars.copy_context()
+    context.run(binding.__enter__)
+    try:
+        iterable = context.run(app, environ, head.start_response)
+    except BaseException as error:
+        context.run(capture_unhandled, error, _SOURCE)
+        context.run(binding.__exit__, type(error), error, error.__traceback__)
+        raise
+    if not head.pending and type(iterable) is list:
+        # The head is out and the body is a plain list: iterating it runs none
+        # of the app's code, and it has no close(). The request's context can
+        # end now, and the server reads the list itself.
+        context.run(binding.__exit__, None, None, None)
+        return iterable
+    return Body(head, context, binding, iterable).read_ahead()
 
-    def __init__(self, head: Head, binding: bind) -> None:
+
+class Body:
+    """The app's iterable, iterated and closed inside the request's context (`run`)."""
+
+    def __init__(
+        self,
+        head: Head,
+        context: contextvars.Context,
+        binding: bind,
+        iterable: Iterable[bytes],
+    ) -> None:
         self._head = head
-        self._context = contextvars.copy_context()
+        self._context = context
         self._binding: bind | None = binding
-        self._iterable: Iterable[bytes] = ()
+        self._iterable = iterable
         self._iterator: Iterator[bytes] = iter(())
         self._ready: deque[bytes] = deque()  # pieces read ahead, or split around the snippet
-        self._context.run(binding.__enter__)
 
-    def run(self, app: WSGIApplication, environ: WSGIEnvironment) -> Iterable[bytes]:
-        """Call the app; return what the server is to iterate: this body, or the
-        app's own list when nothing of the app's is left to run (below)."""
-        run, head = self._context.run, self._head
+    def read_ahead(self) -> Body:
+        """Read the app's body until the head has gone to the server."""
+        head = self._head
         try:
-            iterable = self._iterable = run(app, environ, head.start_response)
-            if not head.pending and type(iterable) is list:
-                # The head is out and the body is a plain list: iterating it runs
-                # none of the app's code, and it has no close(). The request's
-                # context can end now, and the server reads the list itself.
-                self._leave()
-                return iterable
-            self._iterator = run(iter, iterable)
+            self._iterator = self._context.run(iter, self._iterable)
             while head.pending and self._read():
                 pass
         except BaseException as error:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +23,19 @@ from starlette.websockets import WebSocket
 
 from posthog_identity import current_identity, identify_user
 from posthog_identity.asgi import IdentityMiddleware
+from posthog_identity.signing import CookieCodec, CookieState
 from tests.helpers.drivers import Driver, call_asgi
 from tests.helpers.pages import PAGE
-from tests.helpers.project import API_KEY
-from tests.helpers.wire import read_cookie
+from tests.helpers.project import API_KEY, SECRET
+from tests.helpers.wire import COOKIE, read_cookie
 
 if TYPE_CHECKING:
     from posthog_identity.settings import Settings
     from posthog_identity.testing import Sink
+
+
+#: posthog-js's own anonymous id (a UUIDv7), as it sends it on a traced API call.
+_BROWSER_ID = "0193a6b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
 
 
 async def plain(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -345,14 +352,16 @@ def test_reporting_nothing_at_response_start_keeps_a_user_reported_earlier(
 # -- the snippet's injection: messages held and passed on ---------------------------
 
 
-def record(app: Any, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def record(
+    app: Any, messages: list[dict[str, Any]], headers: list[tuple[bytes, bytes]] | None = None
+) -> list[dict[str, Any]]:
     sent: list[dict[str, Any]] = []
     scope = {
         "type": "http",
         "method": "GET",
         "path": "/",
         "root_path": "",
-        "headers": [],
+        "headers": headers or [],
         "scheme": "http",
     }
 
@@ -421,6 +430,75 @@ def test_asgi_content_length_is_corrected(settings: Settings) -> None:
     assert int(length) == sum(len(m["body"]) for m in sent[1:])
 
 
+def returning_visitor() -> list[tuple[bytes, bytes]]:
+    """Request headers of a returning visitor: a fresh identity cookie, nothing to write."""
+    state = CookieState(str(uuid.uuid4()), issued_at=int(time.time()))
+    return [(b"cookie", f"{COOKIE}={CookieCodec((SECRET,)).dumps(state)}".encode())]
+
+
+@pytest.mark.parametrize(
+    ("headers", "injected"),
+    [
+        ([(b"Content-Type", b"text/html; charset=utf-8")], True),
+        ([(b"content-type", b"application/json"), (b"CONTENT-TYPE", b"text/html")], True),
+        ([(b"content-type", b"text/html"), (b"content-type", b"application/json")], False),
+        ([(b"content-type", b"application/json")], False),
+        ([(b"x-app", b"1")], False),
+    ],
+    ids=["name-in-any-case", "the-last-one-counts", "not-the-first", "json", "none"],
+)
+def test_a_returning_visitors_content_type_decides_the_snippet_whatever_its_spelling(
+    settings: Settings, headers: list[tuple[bytes, bytes]], injected: bool
+) -> None:
+    app_start = {"type": "http.response.start", "status": 200, "headers": headers}
+    sent = record(
+        lambda inner: IdentityMiddleware(inner, settings),
+        [app_start, body(PAGE, more=False)],
+        returning_visitor(),
+    )
+    assert (b"data-posthog-identity" in b"".join(m["body"] for m in sent[1:])) is injected
+    if not injected:
+        assert sent[0] is app_start, "a response with nothing to add goes out as the app sent it"
+
+
+@pytest.mark.parametrize(
+    ("sent", "inside"),
+    [
+        ([(b"x-posthog-distinct-id", _BROWSER_ID.encode())], "browser"),
+        ([(b"X-PostHog-Distinct-Id", _BROWSER_ID.encode())], "browser"),
+        ([(b"x-posthog-distinct-id", b"someone-else")], "minted"),
+        (
+            [
+                (b"x-posthog-distinct-id", _BROWSER_ID.encode()),
+                (b"x-posthog-distinct-id", b"someone-else"),
+            ],
+            "browser",
+        ),
+    ],
+    ids=["adopted", "adopted-any-case", "forged", "repeated"],
+)
+def test_an_app_inside_sees_one_distinct_id_header_with_the_verified_id(
+    settings: Settings, sent: list[tuple[bytes, bytes]], inside: str
+) -> None:
+    seen: list[tuple[list[bytes], str]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        values = [v for k, v in scope["headers"] if k.lower() == b"x-posthog-distinct-id"]
+        identity = current_identity()
+        assert identity is not None
+        seen.append((values, identity.distinct_id))
+        await plain(scope, receive, send)
+
+    record(lambda inner: IdentityMiddleware(app, settings), [], sent)
+
+    [(values, distinct_id)] = seen
+    assert values == [distinct_id.encode()]
+    if inside == "browser":
+        assert distinct_id == _BROWSER_ID
+    else:
+        assert distinct_id not in (_BROWSER_ID, "someone-else")
+
+
 def test_a_cors_preflight_passes_through_marked_bypassed(settings: Settings) -> None:
     seen: list[dict[str, Any]] = []
 
@@ -445,3 +523,79 @@ def test_request_info_reads_posthog_js_distinct_id_whatever_the_headers_case() -
     assert header(scope, "x-posthog-distinct-id") == browser
     assert header(scope, "access-control-request-method") is None
     assert request_info({"type": "http", "headers": []}, "/")[0].distinct_header == ""
+
+
+@pytest.mark.parametrize(
+    ("headers", "scope", "expected"),
+    [
+        pytest.param(
+            [(b"cookie", b"a=1"), (b"accept", b"*/*"), (b"cookie", b"b=2")],
+            {},
+            {"cookie_header": "a=1; b=2"},
+            id="cookies-split-over-headers-are-joined-in-order",
+        ),
+        pytest.param(
+            [
+                (b"Cookie", b"a=1"),
+                (b"Accept", b"*/*"),
+                (b"User-Agent", b"UA"),
+                (b"X-Forwarded-For", b"1.2.3.4"),
+            ],
+            {},
+            {"cookie_header": "a=1", "user_agent": "UA", "forwarded_for": "1.2.3.4"},
+            id="header-names-in-any-case",
+        ),
+        pytest.param(
+            [(b"host", b"first.example"), (b"Host", b"second.example"), (b"dnt", b"1")],
+            {},
+            {"host": "first.example", "dnt": "1"},
+            id="the-first-value-of-a-repeated-header-wins",
+        ),
+        pytest.param(
+            [(b"sec-gpc", b""), (b"sec-gpc", b"1")],
+            {},
+            {"sec_gpc": ""},
+            id="an-empty-first-value-still-wins",
+        ),
+        pytest.param(
+            [],
+            {"server": ("10.0.0.2", 443), "scheme": "https"},
+            {"host": "10.0.0.2", "scheme": "https"},
+            id="no-host-header-default-port",
+        ),
+        pytest.param(
+            [],
+            {"server": ("10.0.0.2", 8000)},
+            {"host": "10.0.0.2:8000"},
+            id="no-host-header-other-port",
+        ),
+        pytest.param(
+            [(b"x-posthog-session-id", b"s"), (b"x-posthog-window-id", b"w")],
+            {"client": ("203.0.113.7", 5000), "method": "POST", "path": "/app/x"},
+            {
+                "session_header": "s",
+                "window_header": "w",
+                "peer": "203.0.113.7",
+                "method": "POST",
+                "url_path": "/app/x",
+            },
+            id="posthog-js-headers-peer-method-and-whole-path",
+        ),
+        pytest.param(
+            [(b"accept", b"*/*")],
+            {},
+            {},
+            id="nothing-the-core-reads",
+        ),
+    ],
+)
+def test_request_info_reads_the_headers_the_core_needs(
+    headers: list[tuple[bytes, bytes]], scope: dict[str, Any], expected: dict[str, str]
+) -> None:
+    from posthog_identity.asgi_scope import request_info
+    from posthog_identity.exchange import RequestInfo
+
+    request, distinct = request_info({"type": "http", "headers": headers, **scope}, "/x")
+    defaults = RequestInfo(method="GET", scheme="http", path="/x")._asdict()
+    assert request._asdict() == {**defaults, **expected}
+    assert distinct is False

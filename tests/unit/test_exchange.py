@@ -184,6 +184,115 @@ def test_a_returning_visitor_costs_nothing_but_the_pages_snippet(engine: Engine)
     assert page.body is not None
 
 
+def exchange_of(
+    kind: str, engine: Engine, settings: Settings, client: Client, method: str = "GET"
+) -> Exchange:
+    """An exchange of one kind that decides differently at response start."""
+    request = returning()._replace(method=method)
+    if kind == "new-visitor":
+        return Exchange(engine, REQUEST._replace(method=method))
+    if kind == "login":
+        return Exchange(engine, request, report="kim")
+    if kind == "consent-mode":
+        return Exchange(Engine(replace(settings, consent="opt-in"), client), request)
+    if kind == "no-snippet":
+        return Exchange(Engine(replace(settings, inject=False), client), request)
+    return Exchange(engine, request)
+
+
+@pytest.mark.parametrize(
+    ("kind", "content_type", "leaves_alone"),
+    [
+        ("returning", "application/json", True),
+        ("returning", None, True),
+        ("returning", "text/plain; charset=utf-8", True),
+        ("returning", "text/html", False),
+        ("returning", " Text/HTML ; charset=utf-8", False),
+        ("new-visitor", "application/json", False),
+        ("login", "application/json", False),
+        ("consent-mode", "application/json", False),
+        ("no-snippet", "text/html", True),
+    ],
+    ids=[
+        "returning-json",
+        "returning-no-content-type",
+        "returning-text",
+        "returning-page",
+        "returning-page-spelled-otherwise",
+        "new-visitor-writes-a-cookie",
+        "login-sends-a-link",
+        "consent-mode-may-write-its-cookie",
+        "no-snippet-configured",
+    ],
+)
+def test_only_a_response_with_nothing_to_add_is_left_alone_before_its_headers_are_read(
+    engine: Engine,
+    settings: Settings,
+    client: Client,
+    kind: str,
+    content_type: str | None,
+    leaves_alone: bool,
+) -> None:
+    exchange = exchange_of(kind, engine, settings, client)
+    assert exchange.leaves_alone(content_type) is leaves_alone
+
+
+@pytest.mark.parametrize(
+    "kind", ["returning", "new-visitor", "login", "consent-mode", "no-snippet"]
+)
+@hypothesis_settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    method=st.sampled_from(["GET", "POST", "HEAD"]),
+    status=st.sampled_from([200, 204, 302, 404, 500]),
+    content_types=st.lists(
+        st.sampled_from(
+            ["text/html", "TEXT/HTML; charset=utf-8", " Text/Html ;x", "application/json", "text"]
+        )
+        | st.text(max_size=20),
+        max_size=2,
+    ),
+    others=st.lists(
+        st.sampled_from(
+            [
+                ("Content-Length", "12"),
+                ("Content-Encoding", "gzip"),
+                ("Cache-Control", "public"),
+                ("Content-Disposition", "attachment"),
+            ]
+        ),
+        max_size=2,
+    ),
+)
+def test_a_response_left_alone_is_one_respond_would_not_touch(
+    engine: Engine,
+    settings: Settings,
+    client: Client,
+    kind: str,
+    method: str,
+    status: int,
+    content_types: list[str],
+    others: list[tuple[str, str]],
+) -> None:
+    exchange = exchange_of(kind, engine, settings, client, method)
+    headers = [*others, *(("Content-Type", value) for value in content_types)]
+    if exchange.leaves_alone(content_types[-1] if content_types else None):
+        assert exchange.respond(status, headers) == UNTOUCHED
+
+
+def test_an_identity_that_cannot_be_resolved_is_not_left_alone_and_respond_logs_it(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def fail(self: Exchange) -> None:
+        raise MemoryError("cannot allocate")
+
+    monkeypatch.setattr(Exchange, "_resolve", fail)
+    exchange = Exchange(engine, returning())
+
+    assert exchange.leaves_alone("application/json") is False
+    assert exchange.respond(200, JSON) == UNTOUCHED
+    assert "finishing the response failed" in caplog.text
+
+
 def test_the_cookie_written_carries_the_resolved_identity(engine: Engine) -> None:
     exchange = Exchange(engine, REQUEST, report="kim")
 

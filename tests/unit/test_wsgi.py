@@ -499,6 +499,35 @@ def test_wsgi_holds_start_response_until_the_injector_decides(settings: Settings
     assert events[-1] == "server gets 3 bytes"
 
 
+@pytest.mark.parametrize(
+    ("headers", "injected"),
+    [
+        ([("content-type", "text/html; charset=utf-8")], True),
+        ([("Content-Type", "application/json"), ("CONTENT-TYPE", "text/html")], True),
+        ([("Content-Type", "text/html"), ("Content-Type", "application/json")], False),
+        ([("Content-Type", "application/json")], False),
+    ],
+    ids=["name-in-any-case", "the-last-one-counts", "not-the-first", "json"],
+)
+def test_a_returning_visitors_content_type_decides_the_snippet_whatever_its_spelling(
+    settings: Settings, headers: list[tuple[str, str]], injected: bool
+) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", list(headers))
+        return [PAGE]
+
+    driver = drive(app, settings)
+    driver.get("/")  # the first visit sets the cookie
+    reply = driver.get("/")
+
+    assert reply.identity_cookies == [], "a returning visitor"
+    assert (b"data-posthog-identity" in reply.body) is injected
+    if not injected:
+        assert reply.headers == headers, (
+            "a response with nothing to add goes out as the app sent it"
+        )
+
+
 def test_wsgi_write_goes_through_the_injector(settings: Settings) -> None:
     def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         write = start_response(

@@ -126,6 +126,8 @@ class _FlaskUser:
 
     def announce(self) -> None:
         """Say once how to report users, when there is no way to read them."""
+        if self._announced:  # every request of such an app asks: no lock once said
+            return
         with self._lock:
             if self._announced:
                 return
