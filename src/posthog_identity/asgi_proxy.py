@@ -11,8 +11,8 @@ import asyncio
 from collections.abc import AsyncGenerator, Callable
 from typing import TYPE_CHECKING
 
-from .proxy import (
-    ASGI_CONCURRENCY,
+from .proxy import ASGI_CONCURRENCY
+from .proxy_replies import (
     BAD_PATH,
     TOO_LARGE,
     BodyIncomplete,

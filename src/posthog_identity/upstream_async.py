@@ -25,7 +25,7 @@ from urllib.parse import quote, urlsplit
 import h11
 
 from .logs import logger
-from .proxy import (
+from .proxy_replies import (
     CHUNK,
     INCOMPLETE,
     SILENT,

@@ -6,11 +6,11 @@ import socket
 from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .proxy import (
+from .proxy import WSGI_CONCURRENCY
+from .proxy_replies import (
     BAD_PATH,
     CHUNK,
     TOO_LARGE,
-    WSGI_CONCURRENCY,
     BodyIncomplete,
     busy_reply,
     error_reply,
@@ -21,7 +21,8 @@ from .proxy import (
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
 
-    from .proxy import Proxy, Reply
+    from .proxy import Proxy
+    from .proxy_replies import Reply
 
 __all__ = ["forward"]
 

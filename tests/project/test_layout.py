@@ -26,6 +26,7 @@ TESTED_THROUGH = {
     "demo.py": "tests/servers/test_demo.py",
     "flags.py": "tests/scenarios/test_flags.py",
     "parsers.py": "tests/unit/test_settings.py",
+    "proxy_replies.py": "tests/unit/test_proxy.py",
     "wsgi_body.py": "tests/unit/test_wsgi.py",
     "wsgi_proxy.py": "tests/scenarios/test_proxy.py",
     "integrations/__init__.py": "tests/unit/integrations/test_flask.py",

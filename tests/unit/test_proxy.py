@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from posthog_identity.proxy import BodyTooLarge, Proxy, limited
+from posthog_identity.proxy import Proxy
+from posthog_identity.proxy_replies import BodyTooLarge, limited
 
 # -- where requests go ----------------------------------------------------------------
 

@@ -21,7 +21,7 @@ from typing import Any
 import h11
 import pytest
 
-from posthog_identity.proxy import BodyIncomplete, BodyTooLarge, Reply
+from posthog_identity.proxy_replies import BodyIncomplete, BodyTooLarge, Reply
 from posthog_identity.upstream_async import AsyncUpstream, Streamed
 from tests.helpers.servers import free_port
 from tests.helpers.upstream import ANSWER, RecordingUpstream, recording_upstream
