@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from .context import settle
 from .identity import NOTHING, Absent
+from .logs import logger
 from .response import UNTOUCHED
 
 if TYPE_CHECKING:
@@ -64,14 +65,22 @@ class Responder:
             if report is not NOTHING:  # reporting nothing changes nothing
                 if not isinstance(report, (str, Absent)):  # a callback to await
                     return self._start_after(message, report)
-                settle(exchange, report)
+                self._settle(report)
         return self._head(message)
 
     async def _start_after(self, message: Message, pending: Coroutine[Any, Any, Report]) -> None:
         report = await pending
         if report is not NOTHING:
-            settle(self.exchange, report)
+            self._settle(report)
         await self._head(message)
+
+    def _settle(self, report: Report) -> None:
+        # Our failure here must not reach the app's `send`: the response goes on
+        # with the identity the request started with.
+        try:
+            settle(self.exchange, report)
+        except Exception:
+            logger.exception("posthog_identity: re-reading the user failed")
 
     def _head(self, message: Message) -> Awaitable[None]:
         exchange = self.exchange

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import posthog
 import pytest
 
+from posthog_identity import asgi_send, wsgi_body
 from posthog_identity.asgi import IdentityMiddleware as ASGIMiddleware
 from posthog_identity.cookies import CookieWriter
 from posthog_identity.exchange import Exchange
@@ -76,3 +77,30 @@ def test_if_finishing_fails_the_response_is_sent_untouched(
     assert reply.body == b"home"
     assert reply.headers_named("Set-Cookie") == []
     assert "finishing the response failed" in caplog.text
+
+
+def test_if_settling_the_user_at_response_start_fails_the_response_still_goes_out(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.ERROR, logger="posthog_identity")
+
+    def explode(exchange: Exchange, report: object) -> None:
+        raise RuntimeError("cannot settle")
+
+    monkeypatch.setattr(asgi_send, "settle", explode)
+    monkeypatch.setattr(wsgi_body, "settle", explode)
+
+    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"fine"]
+
+    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"fine"})
+
+    for reply in (
+        call_wsgi(WSGIMiddleware(wsgi_app, settings, user_id=lambda _: "kim"), "GET", "/", {}),
+        call_asgi(ASGIMiddleware(asgi_app, settings, user_id=lambda _: "kim"), "GET", "/", {}),
+    ):
+        assert (reply.status, reply.body) == (200, b"fine")
+    assert caplog.text.count("re-reading the user failed") == 2
