@@ -112,32 +112,27 @@ class Responder:
         return _nothing()
 
     async def _while_holding(self, message: Message) -> None:
-        rewrite = self.rewrite
+        # One coroutine for the whole release (no nested ones): an HTML page
+        # pays for it on every request.
+        rewrite, held, send = self.rewrite, self.held, self.send
         assert rewrite is not None
-        if message["type"] != "http.response.body":
-            # Anything else (a file sent by path, trailers): give up, send as is.
-            held = rewrite.finish()
-            await self._release(rewrite)
-            await self._send_pieces(held)
-            await self.send(message)
-            return
-        pieces = rewrite.feed(message.get("body", b""))
-        if not message.get("more_body", False):
-            pieces += rewrite.finish()
-        if not rewrite.holding:
-            await self._release(rewrite)
+        assert held is not None
+        if message["type"] == "http.response.body":
+            pieces = rewrite.feed(message.get("body", b""))
+            if not message.get("more_body", False):
+                pieces += rewrite.finish()
+            if rewrite.holding:
+                return
             # The last piece rides on the app's own message, with its more_body.
-            await self._send_pieces(pieces[:-1])
-            await self.send({**message, "body": pieces[-1] if pieces else b""})
-
-    async def _send_pieces(self, pieces: list[bytes]) -> None:
+            last: Message = {**message, "body": pieces.pop() if pieces else b""}
+        else:
+            # Anything else (a file sent by path, trailers): give up, send as is.
+            pieces, last = rewrite.finish(), message
+        self.held = None
+        await send({**held, "headers": rewrite.raw_headers(held["headers"])})
         for piece in pieces:
-            await self.send({"type": "http.response.body", "body": piece, "more_body": True})
-
-    async def _release(self, rewrite: BodyRewrite) -> None:
-        assert self.held is not None
-        held, self.held = self.held, None
-        await self.send({**held, "headers": rewrite.raw_headers(held["headers"])})
+            await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send(last)
 
 
 async def _nothing() -> None:
