@@ -37,21 +37,23 @@ class BodyRewrite(HtmlInjector):
         """The head to send once decided: Content-Length grown by the snippet, if injected."""
         if not self.injected:
             return headers
-        grown = len(self.snippet)
-        return [
-            (name, str(int(value) + grown) if name.lower() == "content-length" else value)
-            for name, value in headers
-        ]
+        grown, grown_headers = len(self.snippet), []
+        for name, value in headers:  # a loop: cheaper than a comprehension's call
+            if name.lower() == "content-length":
+                value = str(int(value) + grown)
+            grown_headers.append((name, value))
+        return grown_headers
 
     def raw_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """`headers` for ASGI's byte-string pairs."""
         if not self.injected:
             return list(headers)
-        grown = len(self.snippet)
-        return [
-            (name, b"%d" % (int(value) + grown) if name.lower() == b"content-length" else value)
-            for name, value in headers
-        ]
+        grown, grown_headers = len(self.snippet), []
+        for name, value in headers:
+            if name.lower() == b"content-length":
+                value = b"%d" % (int(value) + grown)
+            grown_headers.append((name, value))
+        return grown_headers
 
 
 class ResponsePlan(NamedTuple):
