@@ -165,7 +165,10 @@ def run(
         return iterable
     if head.rewrite is not None and head.held is not None and type(iterable) is list:
         # An HTML page as a plain list: the whole body is in hand, so it goes
-        # through the rewrite at once and out as a list, with no `Body` around it.
+        # through the rewrite at once, with no `Body` around it. It goes out as an
+        # iterator, not a list: a server sizes a list itself (granian sets a
+        # Content-Length on one, wsgiref on a single chunk), and the page's head
+        # must stay as the app and the rewrite made it.
         try:
             pieces = head.rewrite_all(iterable)
         except BaseException as error:
@@ -173,7 +176,7 @@ def run(
             context.run(binding.__exit__, type(error), error, error.__traceback__)
             raise
         context.run(binding.__exit__, None, None, None)
-        return pieces
+        return iter(pieces)
     return Body(head, context, binding, iterable).read_ahead()
 
 
