@@ -89,7 +89,8 @@ class HtmlInjector:
         """The pieces to send for this chunk, in order (none while still deciding)."""
         if self.decided:
             return [chunk] if chunk else []
-        start, tail, limit = self._size, self._tail, self.lookahead - self._size
+        start, tail = self._size, self._tail
+        limit = self.lookahead - start  # bytes left to search (an end past the chunk's is its end)
         position: int | None = None
         if tail:
             # A tag that began in earlier chunks ends within this one's first bytes.
@@ -98,12 +99,12 @@ class HtmlInjector:
             if match is not None and match.start() < len(tail):
                 position = start - len(tail) + match.start()
         if position is None:
-            match = _INSERTION.search(chunk, 0, max(0, min(len(chunk), limit)))
+            match = _INSERTION.search(chunk, 0, limit)
             if match is not None:
                 position = start + match.start()
         if chunk:
             self._held.append(chunk)
-            self._size += len(chunk)
+            self._size = start + len(chunk)
         if position is not None:
             return self._decide(position)
         if self._size >= self.lookahead:
@@ -118,7 +119,16 @@ class HtmlInjector:
     def _decide(self, position: int | None) -> list[bytes]:
         self.decided = True
         held, self._held, self._tail = self._held, [], b""
-        if position is None or _marked(held, position):
+        if position is None:
+            return held
+        if len(held) == 1:  # the usual page: its head in its first chunk
+            chunk = held[0]
+            if chunk.find(MARKER, 0, position) != -1:
+                return held
+            self.injected = True
+            view = memoryview(chunk)  # one piece, as below
+            return [b"".join((view[:position], self.snippet, view[position:]))]
+        if _marked(held, position):
             return held
         self.injected = True
         index = offset = 0
@@ -140,8 +150,6 @@ def _marked(held: list[bytes], position: int) -> bool:
 
     The marker holds no "<", so one that starts before the insertion point ends there.
     """
-    if len(held) == 1:  # the usual page: its head in its first chunk
-        return held[0].find(MARKER, 0, position) != -1
     offset, before, edge = 0, b"", len(MARKER) - 1
     for chunk in held:
         if offset >= position:

@@ -17,50 +17,43 @@ from .html import HtmlInjector
 __all__ = ["BodyRewrite", "ResponsePlan", "shared_cacheable"]
 
 
-class BodyRewrite:
-    """One HTML body on its way out: chunks in, pieces out, and the final Content-Length.
+class BodyRewrite(HtmlInjector):
+    """One HTML body on its way out: chunks in (`feed`, `finish`), pieces out, and
+    the final Content-Length.
 
     While `holding`, the response head must not be sent (its Content-Length
     is not known yet) and `feed` may return no pieces; memory stays within
-    the look-ahead.
+    the look-ahead. The injector itself, with no layer around it: an HTML
+    page's every chunk goes through it.
     """
 
-    __slots__ = ("_injector",)
-
-    def __init__(self, snippet: bytes, lookahead: int) -> None:
-        self._injector = HtmlInjector(snippet, lookahead)
+    __slots__ = ()
 
     @property
     def holding(self) -> bool:
-        return not self._injector.decided
-
-    def feed(self, chunk: bytes) -> list[bytes]:
-        """The pieces to send for this chunk, in order."""
-        return self._injector.feed(chunk)
-
-    def finish(self) -> list[bytes]:
-        """The body ended (or the app sent something else): what is still held."""
-        return self._injector.finish()
+        return not self.decided
 
     def headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         """The head to send once decided: Content-Length grown by the snippet, if injected."""
-        if not self._injector.injected:
+        if not self.injected:
             return headers
-        grown = len(self._injector.snippet)
-        return [
-            (name, str(int(value) + grown) if name.lower() == "content-length" else value)
-            for name, value in headers
-        ]
+        grown, grown_headers = len(self.snippet), []
+        for name, value in headers:  # a loop: cheaper than a comprehension's call
+            if name.lower() == "content-length":
+                value = str(int(value) + grown)
+            grown_headers.append((name, value))
+        return grown_headers
 
     def raw_headers(self, headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         """`headers` for ASGI's byte-string pairs."""
-        if not self._injector.injected:
+        if not self.injected:
             return list(headers)
-        grown = len(self._injector.snippet)
-        return [
-            (name, b"%d" % (int(value) + grown) if name.lower() == b"content-length" else value)
-            for name, value in headers
-        ]
+        grown, grown_headers = len(self.snippet), []
+        for name, value in headers:
+            if name.lower() == b"content-length":
+                value = b"%d" % (int(value) + grown)
+            grown_headers.append((name, value))
+        return grown_headers
 
 
 class ResponsePlan(NamedTuple):

@@ -107,6 +107,21 @@ class Head:
             self.release()
         return pieces
 
+    def rewrite_all(self, chunks: list[bytes]) -> list[bytes]:
+        """A whole body in hand through the held head's rewrite; the head goes out."""
+        rewrite = self.rewrite
+        assert rewrite is not None
+        pieces: list[bytes] = []
+        for index, chunk in enumerate(chunks):
+            pieces += rewrite.feed(chunk)
+            if not rewrite.holding:
+                pieces += chunks[index + 1 :]  # decided: the rest passes through
+                break
+        else:
+            pieces += rewrite.finish()
+        self.release()
+        return pieces
+
     def finish(self) -> list[bytes]:
         if self.held is None or self.rewrite is None:
             return []
@@ -148,6 +163,20 @@ def run(
         # end now, and the server reads the list itself.
         context.run(binding.__exit__, None, None, None)
         return iterable
+    if head.rewrite is not None and head.held is not None and type(iterable) is list:
+        # An HTML page as a plain list: the whole body is in hand, so it goes
+        # through the rewrite at once, with no `Body` around it. It goes out as an
+        # iterator, not a list: a server sizes a list itself (granian sets a
+        # Content-Length on one, wsgiref on a single chunk), and the page's head
+        # must stay as the app and the rewrite made it.
+        try:
+            pieces = head.rewrite_all(iterable)
+        except BaseException as error:
+            context.run(capture_unhandled, error, _SOURCE)
+            context.run(binding.__exit__, type(error), error, error.__traceback__)
+            raise
+        context.run(binding.__exit__, None, None, None)
+        return iter(pieces)
     return Body(head, context, binding, iterable).read_ahead()
 
 

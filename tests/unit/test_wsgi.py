@@ -11,6 +11,7 @@ from wsgiref.validate import validator
 import pytest
 
 from posthog_identity import ConfigurationError, Settings, current_identity, identify_user
+from posthog_identity.html import MARKER
 from posthog_identity.wsgi import IdentityMiddleware
 from tests.helpers.drivers import Driver, call_wsgi
 from tests.helpers.pages import HTML, PAGE
@@ -445,6 +446,62 @@ def test_an_error_while_reading_ahead_closes_the_apps_iterable_and_propagates(
     with pytest.raises(RuntimeError, match="broken stream"):
         wrapped(environ, lambda status, headers, exc_info=None: None)
     assert body.closed
+    assert current_identity() is None
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [
+        [b"<html><head></head><body>x</body></html>"],
+        [b"<html><he", b"ad></head>", b"", b"<body>x</body>", b"</html>"],
+        [b"<p>no head, no body</p>", b"more"],
+        [],
+    ],
+    ids=["one-chunk", "split-with-chunks-after", "no-insertion-point", "empty"],
+)
+def test_an_html_page_returned_as_a_list_goes_out_rewritten_with_its_head(
+    settings: Settings, chunks: list[bytes]
+) -> None:
+    page = b"".join(chunks)
+    heads: list[list[tuple[str, str]]] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", HTML), ("Content-Length", str(len(page)))])
+        return chunks
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        heads.append(headers)
+        return lambda data: None
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    body = wrapped(environ, server_start_response)
+    assert len(heads) == 1, "the head reached the server before the call returned"
+    # A server sizes a list itself (granian, wsgiref): the head must stay as sent.
+    assert not isinstance(body, (list, tuple))
+    sent = b"".join(body)
+    assert dict(heads[0])["Content-Length"] == str(len(sent))
+    cut = page.find(b"</head>")
+    if cut == -1:
+        assert sent == page
+    else:  # the snippet, and only it, went in right before </head>
+        assert sent.startswith(page[:cut] + b"<script")
+        assert sent.endswith(page[cut:])
+        assert MARKER in sent[cut : len(sent) - len(page) + cut]
+
+
+def test_a_server_refusing_an_html_lists_head_propagates_its_error(settings: Settings) -> None:
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", HTML)])
+        return [b"<html><head></head></html>"]
+
+    def server_start_response(status: str, headers: Any, exc_info: Any = None) -> Any:
+        raise ValueError("refused")
+
+    wrapped = IdentityMiddleware(app, settings)
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": "/", "wsgi.url_scheme": "http"}
+    with pytest.raises(ValueError, match="refused"):
+        wrapped(environ, server_start_response)
     assert current_identity() is None
 
 
