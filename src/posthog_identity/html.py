@@ -23,6 +23,12 @@ _INSERTION = re.compile(rb"</head[\s>]|<body[\s>/]", re.IGNORECASE)
 # Bytes kept from the previous scan so a tag split across chunks is still found.
 _OVERLAP = max(len(b"</head>"), len(MARKER)) - 1
 _NO_BODY = frozenset({204, 205, 206, 304})
+#: A chunk up to this size leaves with the snippet inside it, as one piece: each
+#: piece is a write (or an ASGI message) of its own, which costs a server more
+#: than copying a page-sized chunk. A larger one is cut around the snippet, so
+#: the snippet is not copied along with it and memory stays the look-ahead plus
+#: the chunk in hand.
+_JOIN_LIMIT = 32 * 1024
 
 
 def may_inject(method: str, status: int, headers: Iterable[tuple[str, str]]) -> bool:
@@ -67,8 +73,9 @@ class HtmlInjector:
     Until the insertion point is found (or the look-ahead is spent, or the body
     ends) `feed` returns no pieces and keeps the chunks it was given, as they
     are: memory is the look-ahead plus the chunk that holds the insertion
-    point, which goes out with the snippet inside it, as one piece (a copy).
-    Held chunks are otherwise handed back uncopied.
+    point, which goes out with the snippet inside it (one piece up to
+    `_JOIN_LIMIT`, else cut around it). Held chunks are otherwise handed back
+    uncopied.
     Afterwards every chunk passes straight through.
     `decided` tells an adapter when it may send the response head, and
     `injected` whether the length grew by ``len(snippet)``.
@@ -126,8 +133,7 @@ class HtmlInjector:
             if chunk.find(MARKER, 0, position) != -1:
                 return held
             self.injected = True
-            view = memoryview(chunk)  # one piece, as below
-            return [b"".join((view[:position], self.snippet, view[position:]))]
+            return self._place(chunk, position)
         if _marked(held, position):
             return held
         self.injected = True
@@ -135,14 +141,15 @@ class HtmlInjector:
         while offset + len(held[index]) <= position:
             offset += len(held[index])
             index += 1
-        chunk = held[index]
-        # The chunk that holds the insertion point leaves with the snippet inside
-        # it, as one piece: each piece is a write (or an ASGI message) of its own,
-        # which costs a server more than the one copy of the chunk that cutting it
-        # in two makes anyway.
-        view, cut = memoryview(chunk), position - offset
-        held[index] = b"".join((view[:cut], self.snippet, view[cut:]))
+        held[index : index + 1] = self._place(held[index], position - offset)
         return held
+
+    def _place(self, chunk: bytes, cut: int) -> list[bytes]:
+        """`chunk` with the snippet at `cut`: one piece, or three for a large chunk."""
+        if len(chunk) <= _JOIN_LIMIT:
+            view = memoryview(chunk)
+            return [b"".join((view[:cut], self.snippet, view[cut:]))]
+        return [chunk[:cut], self.snippet, chunk[cut:]]
 
 
 def _marked(held: list[bytes], position: int) -> bool:
