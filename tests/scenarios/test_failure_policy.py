@@ -32,6 +32,18 @@ def test_a_failing_link_is_logged_and_the_login_still_answers(
     assert "sending the login link failed" in caplog.text
 
 
+def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
+    """A plain WSGI app answering 200 "fine"."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"fine"]
+
+
+async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
+    """The same app in ASGI."""
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"fine"})
+
+
 @pytest.fixture
 def failing_begin(monkeypatch: pytest.MonkeyPatch) -> None:
     def begin(self: Exchange, *args: Any) -> None:
@@ -45,14 +57,6 @@ def test_if_the_middleware_cannot_start_the_request_passes_through(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.ERROR, logger="posthog_identity")
-
-    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"fine"]
-
-    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"fine"})
 
     for reply in (
         call_wsgi(WSGIMiddleware(wsgi_app, settings), "GET", "/", {}),
@@ -89,14 +93,6 @@ def test_if_settling_the_user_at_response_start_fails_the_response_still_goes_ou
 
     monkeypatch.setattr(asgi_send, "settle", explode)
     monkeypatch.setattr(wsgi_body, "settle", explode)
-
-    def wsgi_app(environ: Any, start_response: Any) -> list[bytes]:
-        start_response("200 OK", [("Content-Type", "text/plain")])
-        return [b"fine"]
-
-    async def asgi_app(scope: Any, receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-        await send({"type": "http.response.body", "body": b"fine"})
 
     for reply in (
         call_wsgi(WSGIMiddleware(wsgi_app, settings, user_id=lambda _: "kim"), "GET", "/", {}),
