@@ -17,10 +17,10 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, TypeAlias
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple, Protocol, TypeAlias
 
-from .signing import CookieState, Verified, uuid_text
+from .signing import CookieState, Verified
 
 __all__ = [
     "NOBODY",
@@ -186,17 +186,18 @@ class Identity:
         return self.user_id is not None
 
 
-@dataclass(frozen=True)
-class Link:
+class Link(NamedTuple):
     """Merge `anonymous_id` into `user_id` (PostHog keeps the user's person)."""
 
     user_id: str
     anonymous_id: str
 
 
-@dataclass(frozen=True)
-class Resolution:
-    """The outcome for one request: who it is, the cookie to set, the link to send."""
+class Resolution(NamedTuple):
+    """The outcome for one request: who it is, the cookie to set, the link to send.
+
+    A named tuple, as `CookieState`: every first visit and transition builds one.
+    """
 
     identity: Identity
     transition: Transition
@@ -222,10 +223,13 @@ def _unchanged_user(verified: Verified, user_id: str) -> Resolution:
 def new_anonymous_id() -> str:
     """A random UUID (version 4), in the text `str(uuid.uuid4())` prints; a first
     visit mints one, and formatting 16 random bytes costs far less than a `uuid.UUID`."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # the RFC 4122 variant
-    return uuid_text(raw)
+    text = os.urandom(16).hex()
+    # The 13th hex digit is the version (4); the 17th keeps its two random low
+    # bits under the RFC 4122 variant's high bits (8, 9, a or b).
+    return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
+
+
+_VARIANT = {digit: "89ab"[value & 3] for value, digit in enumerate("0123456789abcdef")}
 
 
 # What posthog-js's uuidv7() prints: lower-case hex, version 7, RFC 4122 variant.
@@ -282,14 +286,14 @@ def resolve(
             return Resolution(Identity(anonymous_id, report, True), Transition.LOGIN, after, link)
         if not due:
             return _unchanged(verified)
-        return Resolution(Identity(anonymous_id), Transition.NONE, replace(state, issued_at=now))
+        return Resolution(Identity(anonymous_id), Transition.NONE, state._replace(issued_at=now))
 
     if report is NOTHING:
         # The hash cannot be re-keyed without the user id, so a cookie signed by
         # an older secret waits for a request that reports its user.
         if not due or verified.stale_key:
             return _unchanged(verified)
-        renewed = replace(state, issued_at=now)
+        renewed = state._replace(issued_at=now)
         return Resolution(Identity(anonymous_id, None, True), Transition.NONE, renewed)
 
     if report is NOBODY:
@@ -324,7 +328,7 @@ def resolve(
     if hmac.compare_digest(user_hash(report, key_index), state.user_hash):
         if not due:
             return _unchanged_user(verified, report)
-        refreshed = replace(state, user_hash=user_hash(report, 0), issued_at=now)
+        refreshed = state._replace(user_hash=user_hash(report, 0), issued_at=now)
         return Resolution(Identity(anonymous_id, report, True), Transition.NONE, refreshed)
 
     # Another user on the same browser: a new anonymous id, and never merge users.
@@ -434,5 +438,5 @@ def _awaiting(
     # The hashes cannot be re-keyed, so a cookie signed by an older secret waits.
     if now - state.issued_at < REISSUE_AFTER or verified.stale_key:
         return _unchanged(verified)
-    renewed = replace(state, issued_at=now)
+    renewed = state._replace(issued_at=now)
     return Resolution(Identity(state.anonymous_id), Transition.NONE, renewed)

@@ -15,6 +15,7 @@ import hmac
 import struct
 import uuid
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from itsdangerous import BadSignature, Signer
 
@@ -42,9 +43,12 @@ _MEMO_SIZE = 4096
 _USER_HASH_SALT = b"posthog-identity.user-hash"
 
 
-@dataclass(frozen=True)
-class CookieState:
-    """What the identity cookie remembers between requests."""
+class CookieState(NamedTuple):
+    """What the identity cookie remembers between requests.
+
+    A named tuple rather than a frozen dataclass: a first visit and every
+    transition build one, and a tuple is built in a third of the time.
+    """
 
     anonymous_id: str
     user_hash: bytes | None = None

@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -162,7 +162,7 @@ def test_a_signed_in_cookie_from_an_older_secret_is_rekeyed_when_its_user_is_see
     site = make(secrets=(NEWEST, OLDER))
     older = CookieCodec((OLDER,))
     anonymous_id = str(uuid.uuid4())
-    state = replace(anonymous_state(anonymous_id), user_hash=older.user_hash("kim"), linked=True)
+    state = anonymous_state(anonymous_id)._replace(user_hash=older.user_hash("kim"), linked=True)
 
     reply = site.get(Page(user="kim"), headers=[cookie_header(older.dumps(state))])
 
