@@ -235,6 +235,7 @@ def _load(port: int, cookie: str, wrapped: bool, load: Load) -> dict[str, float]
 
 
 _WRK_RPS = re.compile(r"^Requests/sec:\s+([0-9.]+)", re.MULTILINE)
+_WRK_TOTAL = re.compile(r"^\s*(\d+) requests in ", re.MULTILINE)
 _WRK_BAD = re.compile(r"Non-2xx or 3xx responses:\s+(\d+)|Socket errors:.*")
 
 
@@ -246,8 +247,11 @@ def _wrk(wrk: str, port: int, cookie: str, load: Load) -> dict[str, float]:
     """wrk does not check bodies: `running` checked the first response of each server."""
     base = [wrk, "-t1", f"-c{load.concurrency}", "-H", f"Cookie: {cookie}"]
     url = f"http://127.0.0.1:{port}/"
-    subprocess.run(
-        [*base, f"-d{max(1, round(load.warmup))}s", url], capture_output=True, check=True
+    warmup = subprocess.run(
+        [*base, f"-d{max(1, round(load.warmup))}s", url],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     done = subprocess.run(
         [*base, f"-d{max(1, round(load.duration))}s", url],
@@ -258,9 +262,13 @@ def _wrk(wrk: str, port: int, cookie: str, load: Load) -> dict[str, float]:
     )
     bad = _WRK_BAD.search(done.stdout)
     found = _WRK_RPS.search(done.stdout)
-    if bad or not found:
+    totals = [_WRK_TOTAL.search(run.stdout) for run in (warmup, done)]
+    if bad or not found or not all(totals):
         raise ServerError(f"wrk reported errors: {done.stdout}")
-    return {"rps": float(found.group(1)), "client_cpu": float("nan")}
+    # Every request the server answered, warm-up included (as load.py counts them):
+    # the server's CPU is read around both runs.
+    served = sum(float(total.group(1)) for total in totals if total)
+    return {"rps": float(found.group(1)), "client_cpu": float("nan"), "total_requests": served}
 
 
 def measure(
