@@ -380,12 +380,14 @@ def measure(
     *,
     floor: bool = False,
     waves: int | None = None,
+    idle: float = IDLE_SECONDS,
 ) -> Storm:
     """One storm against `kind`, with its own upstream and prober.
 
     With `floor`, the server runs a bare app that refuses every upload at once
     (what the cap does, without the middleware): what the server itself costs.
-    `waves` of `uploads` each (default: `WAVES` for the full 1,000, else one).
+    `waves` of `uploads` each (default: `WAVES` for the full 1,000, else one);
+    `idle` seconds of probing before the storm.
     """
     if waves is None:
         waves = WAVES if uploads >= UPLOADS else 1
@@ -422,7 +424,7 @@ def measure(
             with _process([*me, "probe", f"http://127.0.0.1:{port}"], **pipes) as prober:
                 assert prober.stdin is not None
                 assert prober.stdout is not None
-                time.sleep(IDLE_SECONDS)
+                time.sleep(idle)
                 what = f"{kind} (floor)" if floor else kind
                 log(f"  {what}: {waves} x {uploads} concurrent uploads of {size // 1024} KiB ...")
                 answers = Counter[str]()

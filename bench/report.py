@@ -230,6 +230,25 @@ def server_rows(results: Iterable[Any]) -> list[Row]:
     ]
 
 
+def api_row(result: Any) -> Row | None:
+    """The JSON API case under uvicorn: each app's requests/s and server CPU per
+    request, our and the peer's overhead over the bare app, and peer ÷ ours, per round."""
+    bare, ours, peer = (result.cpu[app] for app in ("json_bare", "json_ours", "json_peer"))
+    if not bare.samples or not len(bare.samples) == len(ours.samples) == len(peer.samples):
+        return None  # no /proc: throughput alone cannot tell two small overheads apart
+    ours_overhead = paired(ours, bare, lambda a, b: a - b)
+    peer_overhead = paired(peer, bare, lambda a, b: a - b)
+    return {
+        "config": result.config,
+        "tool": result.tool,
+        "rps": {app: series.summary() for app, series in result.rps.items()},
+        "cpu_us": {app: _scaled(series, 1e6) for app, series in result.cpu.items()},
+        "ours_overhead_us": _scaled(ours_overhead, 1e6),
+        "peer_overhead_us": _scaled(peer_overhead, 1e6),
+        "peer_over_ours": paired(peer_overhead, ours_overhead, lambda a, b: a / b).summary(),
+    }
+
+
 def _scaled(series: Series, factor: float) -> dict[str, Any]:
     return Series([x * factor for x in series.samples]).summary()
 
@@ -320,6 +339,16 @@ def targets(summary: dict[str, Any]) -> list[Row]:
                 ratio <= goal_ratio,
                 shown,
             )
+    api = summary.get("servers_api")
+    if api:
+        value = api["peer_over_ours"]["median"]
+        add(
+            "uvicorn, JSON API: PosthogASGIMiddleware ÷ ours, server CPU per request",
+            value,
+            "≥ 1x",
+            value >= 1.0,
+            f"{value:.2f}x",
+        )
     for row in summary.get("servers", []):
         value = row["ratio"]["median"]
         goal = TARGET_SERVER_RATIOS.get(row["server"], 0.9)
@@ -553,6 +582,39 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
                 body,
             )
         )
+    api = summary.get("servers_api")
+    if api:
+        names = {
+            "json_bare": "bare app",
+            "json_ours": "ours",
+            "json_peer": "posthog PosthogASGIMiddleware",
+        }
+        overheads = {"json_ours": api["ours_overhead_us"], "json_peer": api["peer_overhead_us"]}
+        body = [
+            [
+                names[app],
+                _rps(api["rps"][app]),
+                _spread(api["cpu_us"][app], 0),
+                _spread(overheads[app], 1) if app in overheads else "baseline",
+            ]
+            for app in names
+        ]
+        body.append(
+            [
+                "PosthogASGIMiddleware ÷ ours (overheads)",
+                "",
+                "",
+                _ratio_range(api["peer_over_ours"]),
+            ]
+        )
+        out.append(
+            (
+                f"Real server, a returning visitor's JSON call under uvicorn ({api['config']}): "
+                f"requests/s and server CPU µs per request, median (min{DASH}max)",
+                ["app", "requests/s", "server CPU µs/req", "overhead µs/req"],
+                body,
+            )
+        )
     found = summary.get("targets", [])
     if found:
         out.append(
@@ -604,6 +666,10 @@ def _mbps(s: dict[str, Any]) -> str:
 
 def _ratio_range(s: dict[str, Any]) -> str:
     return f"{s['median']:.2f} ({s['min']:.2f}{DASH}{s['max']:.2f})"
+
+
+def _spread(s: dict[str, Any], digits: int) -> str:
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}{DASH}{s['max']:.{digits}f})"
 
 
 def _rps(s: dict[str, Any]) -> str:

@@ -56,6 +56,7 @@ class Scale:
     proxy_requests: int
     storm_uploads: int
     storm_size: int
+    storm_idle: float  #: seconds of probing the app before the storm
 
 
 FULL = Scale(
@@ -67,6 +68,7 @@ FULL = Scale(
     proxy_requests=500,
     storm_uploads=proxy_storm.UPLOADS,
     storm_size=proxy_storm.UPLOAD_SIZE,
+    storm_idle=proxy_storm.IDLE_SECONDS,
 )
 QUICK = Scale(
     inprocess=Plan(rounds=3, round_seconds=0.01, warmup_seconds=0.01),
@@ -77,6 +79,7 @@ QUICK = Scale(
     proxy_requests=20,
     storm_uploads=20,
     storm_size=64 * KiB,
+    storm_idle=0.5,
 )
 CHUNKS = [4 * KiB, 16 * KiB, 64 * KiB]
 VERSIONS = (
@@ -191,6 +194,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("real servers ...")
         results = servers.measure(["uvicorn", "gunicorn"], plan.servers, args.load_tool, log)
         summary["servers"] = report.server_rows(results)
+        api = servers.measure_api(plan.servers, args.load_tool, log)
+        summary["servers_api"] = report.api_row(api)
 
     if "proxy" in parts:
         log("first-party proxy latency ...")
@@ -204,7 +209,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log("first-party proxy under a storm of uploads ...")
         summary["proxy_storm"] = [
             proxy_storm.as_row(
-                proxy_storm.measure(kind, plan.storm_uploads, plan.storm_size, log, floor=floor)
+                proxy_storm.measure(
+                    kind,
+                    plan.storm_uploads,
+                    plan.storm_size,
+                    log,
+                    floor=floor,
+                    idle=plan.storm_idle,
+                )
             )
             for kind in ("uvicorn", "gunicorn")
             for floor in (False, True)

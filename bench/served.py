@@ -1,4 +1,5 @@
-"""The apps `servers.py` runs under uvicorn and gunicorn: a small HTML page, bare and wrapped.
+"""The apps `servers.py` runs under uvicorn and gunicorn: a small HTML page, bare and
+wrapped, and a JSON API call, bare, through ours and through posthog's own middleware.
 
 Imported by the server processes (``--app-dir bench`` / ``--pythonpath bench``).
 """
@@ -8,13 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
-from common import html_page, offline_client, settings
+from posthog.integrations.asgi import PosthogASGIMiddleware
+
+from common import JSON_BODY, html_page, offline_client, settings
 from posthog_identity import asgi as identity_asgi
 from posthog_identity import wsgi as identity_wsgi
 
 PAGE_SIZE = 2 * 1024
 PAGE = html_page(PAGE_SIZE)
 _LENGTH = str(len(PAGE))
+_JSON_LENGTH = str(len(JSON_BODY)).encode()
 
 
 async def asgi_bare(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
@@ -42,3 +46,26 @@ def wsgi_bare(environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
 
 asgi_wrapped = identity_asgi.IdentityMiddleware(asgi_bare, settings(), client=offline_client())
 wsgi_wrapped = identity_wsgi.IdentityMiddleware(wsgi_bare, settings(), client=offline_client())
+
+
+# The API case: a returning visitor's JSON call, bare, through ours and through
+# posthog's own middleware, so the per-request cost is compared under a server.
+async def asgi_json_bare(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", _JSON_LENGTH)],
+        }
+    )
+    await send({"type": "http.response.body", "body": JSON_BODY})
+
+
+asgi_json_ours = identity_asgi.IdentityMiddleware(
+    asgi_json_bare, settings(), client=offline_client()
+)
+asgi_json_peer = PosthogASGIMiddleware(
+    asgi_json_bare, client=offline_client(), capture_exceptions=False
+)

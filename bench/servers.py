@@ -271,14 +271,38 @@ def _wrk(wrk: str, port: int, cookie: str, load: Load) -> dict[str, float]:
     return {"rps": float(found.group(1)), "client_cpu": float("nan"), "total_requests": served}
 
 
+def _tool(tool: str) -> str | None:
+    """wrk's path when it is to be used, else None (load.py)."""
+    wrk = wrk_path() if tool in ("auto", "wrk") else None
+    if tool == "wrk" and wrk is None:
+        raise ServerError("--load-tool wrk: wrk is not installed (Debian package wrk)")
+    return wrk
+
+
+def _run(
+    wrk: str | None, port: int, pid: int, cookie: str, snippet: bool, load: Load
+) -> tuple[float, float, float | None]:
+    """One loaded run: requests per second, the load generator's CPU share, and
+    the server's CPU seconds per request (None where /proc cannot tell)."""
+    cpu_before = server_cpu(pid)
+    if wrk is not None:
+        outcome = _wrk(wrk, port, cookie, load)
+    else:
+        outcome = _load(port, cookie, snippet, load)
+    cpu_after = server_cpu(pid)
+    served = outcome.get("total_requests")
+    per_request = None
+    if cpu_before is not None and cpu_after is not None and served:
+        per_request = (cpu_after - cpu_before) / served
+    return outcome["rps"], outcome["client_cpu"], per_request
+
+
 def measure(
     servers: list[str], load: Load, tool: str = "auto", log: Callable[[str], None] = print
 ) -> list[ServerResult]:
     """`tool`: ``auto`` (wrk when installed, else load.py), ``wrk`` or ``python``."""
     cookie = f"{COOKIE_NAME}={identity_cookie()}"
-    wrk = wrk_path() if tool in ("auto", "wrk") else None
-    if tool == "wrk" and wrk is None:
-        raise ServerError("--load-tool wrk: wrk is not installed (Debian package wrk)")
+    wrk = _tool(tool)
     results = []
     for server in servers:
         result = ServerResult(server, SERVER_CONFIG[server], tool="wrk" if wrk else "load.py")
@@ -290,19 +314,11 @@ def measure(
                 if round_index % 2:
                     order.reverse()
                 for (port, pid), is_wrapped in order:
-                    cpu_before = server_cpu(pid)
-                    if wrk is not None:
-                        outcome = _wrk(wrk, port, cookie, load)
-                    else:
-                        outcome = _load(port, cookie, is_wrapped, load)
-                    cpu_after = server_cpu(pid)
-                    series = result.wrapped if is_wrapped else result.bare
-                    series.samples.append(outcome["rps"])
-                    result.client_cpu.samples.append(outcome["client_cpu"])
-                    served = outcome.get("total_requests")
-                    if cpu_before is not None and cpu_after is not None and served:
-                        cpu = result.wrapped_cpu if is_wrapped else result.bare_cpu
-                        cpu.samples.append((cpu_after - cpu_before) / served)
+                    rps, client_cpu, cpu = _run(wrk, port, pid, cookie, is_wrapped, load)
+                    (result.wrapped if is_wrapped else result.bare).samples.append(rps)
+                    result.client_cpu.samples.append(client_cpu)
+                    if cpu is not None:
+                        (result.wrapped_cpu if is_wrapped else result.bare_cpu).samples.append(cpu)
                 bare_rps, wrapped_rps = result.bare.samples[-1], result.wrapped.samples[-1]
                 log(
                     f"  {server} round {round_index + 1}: "
@@ -310,3 +326,44 @@ def measure(
                 )
         results.append(result)
     return results
+
+
+#: The API case under uvicorn: the same JSON endpoint bare, through ours and
+#: through posthog's own `PosthogASGIMiddleware` (served.py's `asgi_json_*`).
+API_APPS = ("json_bare", "json_ours", "json_peer")
+
+
+@dataclass
+class ApiResult:
+    config: str
+    rps: dict[str, Series]  #: requests per second, per round, by app
+    cpu: dict[str, Series]  #: server CPU seconds per request, per round, by app
+    tool: str = "load.py"
+
+
+def measure_api(load: Load, tool: str = "auto", log: Callable[[str], None] = print) -> ApiResult:
+    """A returning visitor's JSON call under uvicorn, bare, ours and posthog's
+    middleware side by side; each round loads the three in a rotated order."""
+    cookie = f"{COOKIE_NAME}={identity_cookie()}"
+    wrk = _tool(tool)
+    result = ApiResult(
+        SERVER_CONFIG["uvicorn"],
+        {app: Series() for app in API_APPS},
+        {app: Series() for app in API_APPS},
+        tool="wrk" if wrk else "load.py",
+    )
+    with ExitStack() as stack:
+        started = {app: stack.enter_context(running("uvicorn", app, cookie)) for app in API_APPS}
+        for round_index in range(load.rounds):
+            shift = round_index % len(API_APPS)
+            for app in API_APPS[shift:] + API_APPS[:shift]:
+                port, pid = started[app]
+                rps, _, cpu = _run(wrk, port, pid, cookie, False, load)
+                result.rps[app].samples.append(rps)
+                if cpu is not None:
+                    result.cpu[app].samples.append(cpu)
+            log(
+                f"  uvicorn API round {round_index + 1}: "
+                + ", ".join(f"{app} {result.rps[app].samples[-1]:.0f} rps" for app in API_APPS)
+            )
+    return result
