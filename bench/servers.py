@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import math
 import os
 import re
 import shutil
@@ -247,12 +248,13 @@ def _wrk(wrk: str, port: int, cookie: str, load: Load) -> dict[str, float]:
     """wrk does not check bodies: `running` checked the first response of each server."""
     base = [wrk, "-t1", f"-c{load.concurrency}", "-H", f"Cookie: {cookie}"]
     url = f"http://127.0.0.1:{port}/"
-    warmup = subprocess.run(
-        [*base, f"-d{max(1, round(load.warmup))}s", url],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    # wrk counts whole seconds: a warm-up under half a second (the smoke run's) is skipped.
+    runs = []
+    if load.warmup >= 0.5:
+        warmup = f"-d{math.ceil(load.warmup)}s"
+        runs.append(
+            subprocess.run([*base, warmup, url], capture_output=True, text=True, check=True)
+        )
     done = subprocess.run(
         [*base, f"-d{max(1, round(load.duration))}s", url],
         capture_output=True,
@@ -262,7 +264,7 @@ def _wrk(wrk: str, port: int, cookie: str, load: Load) -> dict[str, float]:
     )
     bad = _WRK_BAD.search(done.stdout)
     found = _WRK_RPS.search(done.stdout)
-    totals = [_WRK_TOTAL.search(run.stdout) for run in (warmup, done)]
+    totals = [_WRK_TOTAL.search(run.stdout) for run in (*runs, done)]
     if bad or not found or not all(totals):
         raise ServerError(f"wrk reported errors: {done.stdout}")
     # Every request the server answered, warm-up included (as load.py counts them):
