@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 from posthog.client import Client
 
@@ -46,6 +47,15 @@ def offline_client() -> Client:
         enable_local_evaluation=False,
         enable_exception_autocapture=False,
     )
+
+
+def posthog_peer(app: Any, client: Client | None = None) -> Any:
+    """posthog's own `PosthogASGIMiddleware` around `app`, as every benchmark runs it:
+    the offline client, and no exception capture (ours captures none in these cases)."""
+    from posthog.integrations.asgi import PosthogASGIMiddleware
+
+    client = offline_client() if client is None else client
+    return PosthogASGIMiddleware(app, client=client, capture_exceptions=False)
 
 
 def settings() -> Settings:

@@ -33,6 +33,7 @@ from common import (
     html_page,
     identity_cookie,
     offline_client,
+    posthog_peer,
     settings,
 )
 from measure import Plan, Runner, Series, calibrate, now_ns, timed_round
@@ -274,7 +275,6 @@ def wsgi_floor(app: Any) -> Any:
 
 
 def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
-    from posthog.integrations.asgi import PosthogASGIMiddleware
     from starlette.middleware.sessions import SessionMiddleware
 
     from posthog_identity.testing import EXAMPLE_FLAG_DEFINITIONS
@@ -312,8 +312,8 @@ def asgi_cases(loop: asyncio.AbstractEventLoop) -> list[Case]:
 
     ours_signed_in = ours(bare_json, user_id=lambda scope: USER_ID)
     starlette_sessions = SessionMiddleware(bare_json, secret_key=SECRET)
-    posthog_context = PosthogASGIMiddleware(bare_json, client=client, capture_exceptions=False)
-    posthog_capturing = PosthogASGIMiddleware(bare_capture, client=client, capture_exceptions=False)
+    posthog_context = posthog_peer(bare_json, client)
+    posthog_capturing = posthog_peer(bare_capture, client)
 
     # The session cookie must really be read, or SessionMiddleware's cost is a miss.
     seen: dict[str, Any] = {}

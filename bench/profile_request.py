@@ -33,6 +33,7 @@ from common import (
     OTHER_COOKIES,
     identity_cookie,
     offline_client,
+    posthog_peer,
     settings,
 )
 
@@ -314,10 +315,8 @@ def _wsgi_ladder(cookie: str, rounds: int, number: int) -> None:
 def _peers(scope: dict[str, Any], bare: Any, rounds: int, number: int) -> tuple[float, float]:
     """The overhead of posthog's public context alone (the floor) and of its own
     ASGI middleware, in the same harness."""
-    from posthog.integrations.asgi import PosthogASGIMiddleware
-
     floor = inprocess.asgi_floor(bare)
-    peer = PosthogASGIMiddleware(bare, client=offline_client(), capture_exceptions=False)
+    peer = posthog_peer(bare)
     receive, drop = inprocess._receive, inprocess._drop
     times = _ladder(
         [
@@ -388,6 +387,7 @@ def interleaved(rounds: int = 15, number: int = 2000) -> None:
     import h11
 
     from posthog_identity.asgi import IdentityMiddleware
+    from posthog_identity.wsgi import IdentityMiddleware as WsgiMiddleware
 
     cookie = f"{OTHER_COOKIES}; {COOKIE_NAME}={identity_cookie()}; session=x"
     wire = f"GET / HTTP/1.1\r\nHost: example.com\r\nCookie: {cookie}\r\n\r\n".encode()
@@ -404,20 +404,18 @@ def interleaved(rounds: int = 15, number: int = 2000) -> None:
         connection.send(h11.Data(data=body))
         connection.send(h11.EndOfMessage())
 
-    from posthog_identity.wsgi import IdentityMiddleware as WsgiMiddleware
-
     scope = inprocess.asgi_scope(cookie)
     environ = inprocess.wsgi_environ(cookie)
     start_response = inprocess._start_response
 
+    def identity(app: Any) -> Any:
+        return IdentityMiddleware(app, settings(), client=offline_client())
+
     def asgi(
-        body: bytes, headers: Any, wrap: Callable[[Any], Any] | None = None
+        body: bytes, headers: Any, wrap: Callable[[Any], Any] = identity
     ) -> tuple[Callable[[], None], Callable[[], None]]:
         bare = inprocess.asgi_app(body, headers)
-        if wrap is None:
-            ours = IdentityMiddleware(bare, settings(), client=offline_client())
-        else:
-            ours = wrap(bare)
+        ours = wrap(bare)
         return (
             lambda: _drive(bare(dict(scope), receive, drop)),
             lambda: _drive(ours(dict(scope), receive, drop)),
@@ -438,18 +436,13 @@ def interleaved(rounds: int = 15, number: int = 2000) -> None:
 
         return step
 
-    from posthog.integrations.asgi import PosthogASGIMiddleware
-
-    def peer(app: Any) -> Any:
-        return PosthogASGIMiddleware(app, client=offline_client(), capture_exceptions=False)
-
     floor, json, html = inprocess.asgi_floor, inprocess._asgi_json_headers, inprocess.HTML_BODY
     cases = (
         ("ASGI, returning visitor, JSON", JSON_BODY, asgi(JSON_BODY, json)),
         ("ASGI, returning visitor, 20 KB HTML", html, asgi(html, inprocess._asgi_html_headers)),
         ("WSGI, returning visitor, JSON", JSON_BODY, wsgi(JSON_BODY, "application/json")),
         ("ASGI, posthog's public context alone", JSON_BODY, asgi(JSON_BODY, json, floor)),
-        ("ASGI, PosthogASGIMiddleware", JSON_BODY, asgi(JSON_BODY, json, peer)),
+        ("ASGI, PosthogASGIMiddleware", JSON_BODY, asgi(JSON_BODY, json, posthog_peer)),
     )
     print("Overhead, CPU µs per request (GC on, best of the rounds): alone, and with a")
     print("server's own work for each request between ours (h11 parsing it, writing the answer)")

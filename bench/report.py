@@ -664,12 +664,13 @@ def _mbps(s: dict[str, Any]) -> str:
     return f"{s['median']:,.0f} ({s['q1']:,.0f}{DASH}{s['q3']:,.0f})"
 
 
-def _ratio_range(s: dict[str, Any]) -> str:
-    return f"{s['median']:.2f} ({s['min']:.2f}{DASH}{s['max']:.2f})"
-
-
 def _spread(s: dict[str, Any], digits: int) -> str:
+    """Median (min to max) with `digits` decimals."""
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}{DASH}{s['max']:.{digits}f})"
+
+
+def _ratio_range(s: dict[str, Any]) -> str:
+    return _spread(s, 2)
 
 
 def _rps(s: dict[str, Any]) -> str:

@@ -9,9 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
-from posthog.integrations.asgi import PosthogASGIMiddleware
-
-from common import JSON_BODY, html_page, offline_client, settings
+from common import JSON_BODY, html_page, offline_client, posthog_peer, settings
 from posthog_identity import asgi as identity_asgi
 from posthog_identity import wsgi as identity_wsgi
 
@@ -53,6 +51,4 @@ asgi_json_bare = _asgi(JSON_BODY, b"application/json")
 asgi_json_ours = identity_asgi.IdentityMiddleware(
     asgi_json_bare, settings(), client=offline_client()
 )
-asgi_json_peer = PosthogASGIMiddleware(
-    asgi_json_bare, client=offline_client(), capture_exceptions=False
-)
+asgi_json_peer = posthog_peer(asgi_json_bare)

@@ -220,16 +220,16 @@ def _unchanged_user(verified: Verified, user_id: str) -> Resolution:
     return Resolution(Identity(verified.state.anonymous_id, user_id, True), Transition.NONE)
 
 
+# A hex digit's two low bits under the RFC 4122 variant's high bits: 8, 9, a or b.
+_VARIANT = {digit: "89ab"[value & 3] for value, digit in enumerate("0123456789abcdef")}
+
+
 def new_anonymous_id() -> str:
     """A random UUID (version 4), in the text `str(uuid.uuid4())` prints; a first
     visit mints one, and formatting 16 random bytes costs far less than a `uuid.UUID`."""
     text = os.urandom(16).hex()
-    # The 13th hex digit is the version (4); the 17th keeps its two random low
-    # bits under the RFC 4122 variant's high bits (8, 9, a or b).
+    # The 13th hex digit is the version (4), the 17th carries the variant.
     return f"{text[:8]}-{text[8:12]}-4{text[13:16]}-{_VARIANT[text[16]]}{text[17:20]}-{text[20:]}"
-
-
-_VARIANT = {digit: "89ab"[value & 3] for value, digit in enumerate("0123456789abcdef")}
 
 
 # What posthog-js's uuidv7() prints: lower-case hex, version 7, RFC 4122 variant.
