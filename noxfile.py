@@ -66,6 +66,9 @@ nox.options.reuse_existing_virtualenvs = True
 # two minutes of a full run. Never a Python downloaded in place of a missing one.
 nox.options.default_venv_backend = "uv|virtualenv"
 nox.options.download_python = "never"
+# pip compiles what it installs; uv only when asked. Without it, where bytecode is not
+# written (PYTHONDONTWRITEBYTECODE), every test worker and server compiles Django & co.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 # Outside CI a missing interpreter is skipped; in CI it is an error.
 nox.options.error_on_missing_interpreters = bool(os.environ.get("CI"))
 
