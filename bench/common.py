@@ -38,6 +38,10 @@ POSTHOG_JS_COOKIE = (
 )
 
 
+#: The distinct id the floors (posthog's public context alone) bind.
+FLOOR_ID = "0190a5b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
+
+
 def offline_client() -> Client:
     """A real posthog client that sends nothing: every middleware gets the same kind."""
     return Client(

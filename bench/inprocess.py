@@ -25,6 +25,7 @@ import posthog
 
 from common import (
     COOKIE_NAME,
+    FLOOR_ID,
     JSON_BODY,
     OTHER_COOKIES,
     POSTHOG_JS_COOKIE,
@@ -45,7 +46,6 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 
 HTML_SIZE = 20 * 1024
-FLOOR_ID = "0190a5b2-7c1e-7a1b-9c2d-3e4f5a6b7c8d"
 HTML_BODY = html_page(HTML_SIZE)
 USER_AGENT = (
     "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "

@@ -219,9 +219,12 @@ def server_rows(results: Iterable[Any]) -> list[Row]:
             "bare_rps": r.bare.summary(),
             "wrapped_rps": r.wrapped.summary(),
             "ratio": paired(r.wrapped, r.bare, lambda a, b: a / b).summary(),
+            "floor_rps": r.floor.summary(),
+            "floor_ratio": paired(r.floor, r.bare, lambda a, b: a / b).summary(),
             "client_cpu": r.client_cpu.median if r.client_cpu.samples else None,
             "bare_cpu_us": _scaled(r.bare_cpu, 1e6) if r.bare_cpu.samples else None,
             "wrapped_cpu_us": _scaled(r.wrapped_cpu, 1e6) if r.wrapped_cpu.samples else None,
+            "floor_cpu_us": _scaled(r.floor_cpu, 1e6) if r.floor_cpu.samples else None,
             "cpu_ratio": paired(r.bare_cpu, r.wrapped_cpu, lambda a, b: a / b).summary()
             if r.bare_cpu.samples and len(r.bare_cpu.samples) == len(r.wrapped_cpu.samples)
             else None,
@@ -552,13 +555,14 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             server_cpu = "n/a"
             if s.get("cpu_ratio"):
                 server_cpu = (
-                    f"{s['bare_cpu_us']['median']:.0f} / {s['wrapped_cpu_us']['median']:.0f} "
-                    f"→ {_ratio_range(s['cpu_ratio'])}"
+                    f"{s['bare_cpu_us']['median']:.0f} / {s['floor_cpu_us']['median']:.0f} / "
+                    f"{s['wrapped_cpu_us']['median']:.0f} → {_ratio_range(s['cpu_ratio'])}"
                 )
             body.append(
                 [
                     f"{s['server']} ({s['config']})",
                     _rps(s["bare_rps"]),
+                    f"{_rps(s['floor_rps'])} → {_ratio_range(s['floor_ratio'])}",
                     _rps(s["wrapped_rps"]),
                     _ratio_range(s["ratio"]),
                     server_cpu,
@@ -569,13 +573,14 @@ def tables(summary: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         out.append(
             (
                 f"Real servers, 2 KiB HTML page, requests/s median (min{DASH}max); "
-                "ratio = wrapped/bare per round",
+                "ratios per round; the floor: posthog's public context and one replace",
                 [
                     "server",
                     "bare rps",
+                    "floor rps → floor/bare",
                     "wrapped rps",
                     "wrapped/bare",
-                    "server CPU µs/req bare / wrapped → bare÷wrapped",
+                    "server CPU µs/req bare / floor / wrapped → bare÷wrapped",
                     "load-gen CPU",
                     "target",
                 ],

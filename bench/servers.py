@@ -2,11 +2,12 @@
 
 Each server runs in its own process on an ephemeral port of 127.0.0.1, one
 worker, serving `served.py`'s 2 KiB HTML page; the wrapped app injects the
-snippet into every page. `load.py` (or `wrk`, when installed) drives it from a
-second process as a returning visitor (a valid identity cookie, so no
-Set-Cookie). Bare and wrapped servers run side by side and are loaded in
-alternating rounds (ABBA...), so each ratio pairs two neighbouring runs.
-Servers are always stopped, whatever happens.
+snippet into every page, and so does the page's floor (posthog's public context
+and one replace: less than the job). `load.py` (or `wrk`, when installed) drives
+it from a second process as a returning visitor (a valid identity cookie, so no
+Set-Cookie). The bare, floor and wrapped servers run side by side and are
+loaded by turns, in a rotated order each round, so each ratio pairs
+neighbouring runs. Servers are always stopped, whatever happens.
 """
 
 from __future__ import annotations
@@ -55,10 +56,17 @@ class ServerResult:
     config: str
     bare: Series = field(default_factory=Series)  # requests per second, per round
     wrapped: Series = field(default_factory=Series)
+    floor: Series = field(default_factory=Series)
     client_cpu: Series = field(default_factory=Series)  # load generator CPU share
     bare_cpu: Series = field(default_factory=Series)  # server CPU seconds per request
     wrapped_cpu: Series = field(default_factory=Series)
+    floor_cpu: Series = field(default_factory=Series)
     tool: str = "load.py"
+
+
+#: The page's apps in `served.py`, and those whose pages carry the snippet.
+PAGE_APPS = ("bare", "floor", "wrapped")
+SNIPPET_APPS = ("floor", "wrapped")
 
 
 def _free_port() -> int:
@@ -186,7 +194,7 @@ def running(server: str, app: str, cookie: str) -> Iterator[tuple[int, int]]:
                     raise ServerError(f"{server} ({app}) did not answer on port {port}") from None
                 time.sleep(0.05)
         cookies = [v for k, v in headers if k.lower() == "set-cookie"]
-        if status != 200 or (MARKER in body) != (app == "wrapped") or cookies:
+        if status != 200 or (MARKER in body) != (app in SNIPPET_APPS) or cookies:
             raise ServerError(
                 f"{server} ({app}): status {status}, snippet {MARKER in body}, cookies {cookies}"
             )
@@ -308,23 +316,23 @@ def measure(
     results = []
     for server in servers:
         result = ServerResult(server, SERVER_CONFIG[server], tool="wrk" if wrk else "load.py")
+        rps_of = {"bare": result.bare, "floor": result.floor, "wrapped": result.wrapped}
+        cpu_of = {"bare": result.bare_cpu, "floor": result.floor_cpu, "wrapped": result.wrapped_cpu}
         with ExitStack() as stack:
-            bare = stack.enter_context(running(server, "bare", cookie))
-            wrapped = stack.enter_context(running(server, "wrapped", cookie))
+            started = {app: stack.enter_context(running(server, app, cookie)) for app in PAGE_APPS}
             for round_index in range(load.rounds):
-                order = [(bare, False), (wrapped, True)]
-                if round_index % 2:
-                    order.reverse()
-                for (port, pid), is_wrapped in order:
-                    rps, client_cpu, cpu = _run(wrk, port, pid, cookie, is_wrapped, load)
-                    (result.wrapped if is_wrapped else result.bare).samples.append(rps)
+                shift = round_index % len(PAGE_APPS)
+                for app in PAGE_APPS[shift:] + PAGE_APPS[:shift]:
+                    port, pid = started[app]
+                    snippet = app in SNIPPET_APPS
+                    rps, client_cpu, cpu = _run(wrk, port, pid, cookie, snippet, load)
+                    rps_of[app].samples.append(rps)
                     result.client_cpu.samples.append(client_cpu)
                     if cpu is not None:
-                        (result.wrapped_cpu if is_wrapped else result.bare_cpu).samples.append(cpu)
-                bare_rps, wrapped_rps = result.bare.samples[-1], result.wrapped.samples[-1]
+                        cpu_of[app].samples.append(cpu)
                 log(
                     f"  {server} round {round_index + 1}: "
-                    f"bare {bare_rps:.0f} rps, wrapped {wrapped_rps:.0f} rps"
+                    + ", ".join(f"{app} {rps_of[app].samples[-1]:.0f} rps" for app in PAGE_APPS)
                 )
         results.append(result)
     return results
