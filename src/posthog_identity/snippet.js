@@ -12,6 +12,7 @@ if(o.nonce){s.nonce=o.nonce;}
 }
 var c=o.config,id=o.identity,f=o.flags,k=o.consent;
 if(c.tracing_headers===undefined){c.tracing_headers=[w.location.hostname];}
+/*consent*/
 if(k){
 var st=k.state;
 if(st==="browser"){st=consent(k);}
@@ -22,6 +23,7 @@ if(st!=="pending"){c.opt_out_capturing_by_default=true;}
 if(k.state==="browser"?st==="denied":k.clear){wipe(k.prefixes);}
 }
 }
+/*end consent*/
 if(o.nonce){c.prepare_external_dependency_script=c.prepare_external_dependency_stylesheet=
 function(e){e.nonce=o.nonce;return e;};}
 if(f){c.bootstrap=c.bootstrap||{};c.bootstrap.featureFlags=f.values;
@@ -36,6 +38,7 @@ if(p.get_property("$user_state")==="identified"){r();}
 p.identify(id.user);};
 }
 ph.init(o.token,c);
+/*consent*/
 function cookie(name){
 var cs=d.cookie?d.cookie.split(";"):[];
 for(var i=0;i<cs.length;i++){
@@ -71,4 +74,5 @@ if(!name||!hit(name)){continue;}
 var gone=name+"=;Max-Age=0;Path=/"+sec;d.cookie=gone;
 for(var l=0;l<h.length;l++){d.cookie=gone+";Domain=."+h.slice(l).join(".");}}
 }catch(e){}}
+/*end consent*/
 })

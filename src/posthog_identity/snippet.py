@@ -47,10 +47,25 @@ NO_CONSENT_OPTIONS: dict[str, Any] = {
 # and every parent domain).
 # The loader itself is snippet.js: a function of (window, document, options),
 # valid JavaScript on its own. Its lines are joined without line breaks, so a
-# page carries it on one line; read once, at import.
-_LOADER_FUNCTION = "".join(
-    (resources.files("posthog_identity") / "snippet.js").read_text(encoding="utf-8").splitlines()
-)
+# page carries it on one line; read once, at import. The lines between
+# `/*consent*/` and `/*end consent*/` (the consent decision, the consent cookie's
+# reader, the wipe of stored state: a third of it) go only to the pages of a
+# consent mode; in the default mode no page has an `o.consent` to run them for.
+_CONSENT_START, _CONSENT_END = "/*consent*/", "/*end consent*/"
+
+
+def _loader(source: str, *, consent: bool) -> str:
+    kept, inside = [], False
+    for line in source.splitlines():
+        if line in (_CONSENT_START, _CONSENT_END):
+            inside = line == _CONSENT_START
+        elif consent or not inside:
+            kept.append(line)
+    return "".join(kept)
+
+
+_LOADER_SOURCE = (resources.files("posthog_identity") / "snippet.js").read_text(encoding="utf-8")
+_LOADER_FUNCTION = {consent: _loader(_LOADER_SOURCE, consent=consent) for consent in (False, True)}
 
 # The methods posthog-js 1.449's own loader queues (dist/loader.js) before the
 # library arrives; array.js replays them in order.
@@ -147,7 +162,8 @@ class Snippet:
         fixed = script_json(
             {"token": api_key, "src": self.script_url, "methods": _METHODS, "config": self.config}
         )
-        head, tail = _LOADER_FUNCTION + "(window,document,", ");"
+        asks_consent = consent is not None and consent.consent != "not-required"
+        head, tail = _LOADER_FUNCTION[asks_consent] + "(window,document,", ");"
         # Everything that does not depend on the request is bytes made here: a
         # page only adds its values, each made safe for a script on its own (the
         # escapes are per character, so the whole is exactly script_json's).
@@ -159,7 +175,8 @@ class Snippet:
         # visitor, so a shared cache may keep it).
         self._without_consent: dict[ConsentState, bytes] | None = None
         self._in_browser = b""
-        if consent is not None and consent.consent != "not-required":
+        if asks_consent:
+            assert consent is not None
             no_consent = {
                 "options": NO_CONSENT_OPTIONS,
                 "prefixes": storage_prefixes(api_key, self.config),

@@ -351,7 +351,17 @@ def test_the_loader_is_package_data_that_parses_as_javascript_on_its_own() -> No
         timeout=30,
     )
     assert checked.returncode == 0, checked.stderr
-    assert "".join(source.splitlines()) in SNIPPET.render(Identity(ANON)).decode()
+    # Its lines, joined, are what a consent mode's page carries (the region markers dropped).
+    lines = [line for line in source.splitlines() if line not in ("/*consent*/", "/*end consent*/")]
+    assert "".join(lines) in snippet("opt-out").render(Identity(ANON)).decode()
+
+
+def test_a_page_carries_the_consent_code_only_in_a_consent_mode() -> None:
+    default = SNIPPET.render(Identity(ANON))
+    consenting = snippet("opt-out").render(Identity(ANON), None, None, GRANTED)
+    for code in (b"function wipe(", b"function consent(", b"function cookie(", b"if(k){"):
+        assert code not in default
+        assert code in consenting
 
 
 # -- consent: the snippet's JavaScript, in Node against the browser's storage -----------
