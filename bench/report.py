@@ -211,32 +211,38 @@ def memory_rows(results: Iterable[Any]) -> list[Row]:
 
 
 def server_rows(results: Iterable[Any]) -> list[Row]:
-    return [
-        {
-            "server": r.server,
-            "config": r.config,
-            "tool": r.tool,
-            "bare_rps": r.bare.summary(),
-            "wrapped_rps": r.wrapped.summary(),
-            "ratio": paired(r.wrapped, r.bare, lambda a, b: a / b).summary(),
-            "floor_rps": r.floor.summary(),
-            "floor_ratio": paired(r.floor, r.bare, lambda a, b: a / b).summary(),
-            "client_cpu": r.client_cpu.median if r.client_cpu.samples else None,
-            "bare_cpu_us": _scaled(r.bare_cpu, 1e6) if r.bare_cpu.samples else None,
-            "wrapped_cpu_us": _scaled(r.wrapped_cpu, 1e6) if r.wrapped_cpu.samples else None,
-            "floor_cpu_us": _scaled(r.floor_cpu, 1e6) if r.floor_cpu.samples else None,
-            "cpu_ratio": paired(r.bare_cpu, r.wrapped_cpu, lambda a, b: a / b).summary()
-            if r.bare_cpu.samples and len(r.bare_cpu.samples) == len(r.wrapped_cpu.samples)
-            else None,
-        }
-        for r in results
-    ]
+    rows = []
+    for r in results:
+        rps, cpu = r.turns.rps, r.turns.cpu
+        bare, floor, wrapped = rps["bare"], rps["floor"], rps["wrapped"]
+        bare_cpu, floor_cpu, wrapped_cpu = cpu["bare"], cpu["floor"], cpu["wrapped"]
+        client_cpu = r.turns.client_cpu
+        rows.append(
+            {
+                "server": r.server,
+                "config": r.config,
+                "tool": r.tool,
+                "bare_rps": bare.summary(),
+                "wrapped_rps": wrapped.summary(),
+                "ratio": paired(wrapped, bare, lambda a, b: a / b).summary(),
+                "floor_rps": floor.summary(),
+                "floor_ratio": paired(floor, bare, lambda a, b: a / b).summary(),
+                "client_cpu": client_cpu.median if client_cpu.samples else None,
+                "bare_cpu_us": _scaled(bare_cpu, 1e6) if bare_cpu.samples else None,
+                "wrapped_cpu_us": _scaled(wrapped_cpu, 1e6) if wrapped_cpu.samples else None,
+                "floor_cpu_us": _scaled(floor_cpu, 1e6) if floor_cpu.samples else None,
+                "cpu_ratio": paired(bare_cpu, wrapped_cpu, lambda a, b: a / b).summary()
+                if bare_cpu.samples and len(bare_cpu.samples) == len(wrapped_cpu.samples)
+                else None,
+            }
+        )
+    return rows
 
 
 def api_row(result: Any) -> Row | None:
     """The JSON API case under uvicorn: each app's requests/s and server CPU per
     request, our and the peer's overhead over the bare app, and peer ÷ ours, per round."""
-    bare, ours, peer = (result.cpu[app] for app in ("json_bare", "json_ours", "json_peer"))
+    bare, ours, peer = (result.turns.cpu[app] for app in ("json_bare", "json_ours", "json_peer"))
     if not bare.samples or not len(bare.samples) == len(ours.samples) == len(peer.samples):
         return None  # no /proc: throughput alone cannot tell two small overheads apart
     ours_overhead = paired(ours, bare, lambda a, b: a - b)
@@ -244,8 +250,8 @@ def api_row(result: Any) -> Row | None:
     return {
         "config": result.config,
         "tool": result.tool,
-        "rps": {app: series.summary() for app, series in result.rps.items()},
-        "cpu_us": {app: _scaled(series, 1e6) for app, series in result.cpu.items()},
+        "rps": {app: series.summary() for app, series in result.turns.rps.items()},
+        "cpu_us": {app: _scaled(series, 1e6) for app, series in result.turns.cpu.items()},
         "ours_overhead_us": _scaled(ours_overhead, 1e6),
         "peer_overhead_us": _scaled(peer_overhead, 1e6),
         "peer_over_ours": paired(peer_overhead, ours_overhead, lambda a, b: a / b).summary(),

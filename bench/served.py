@@ -54,14 +54,13 @@ wsgi_wrapped = identity_wsgi.IdentityMiddleware(wsgi_bare, settings(), client=of
 # before </head> with one replace over the whole body, its Content-Length corrected.
 # It reads no cookie, resolves no identity, streams nothing, and checks no CSP nonce,
 # status, method or cache header: it does less than the job, never more.
-_SNIPPET = wsgi_wrapped.engine.snippet
-assert _SNIPPET is not None
+assert wsgi_wrapped.engine.snippet is not None
+_render = wsgi_wrapped.engine.snippet.render
 _VISITOR = Identity(FLOOR_ID)
 
 
 def _floor_page(body: bytes) -> bytes:
-    assert _SNIPPET is not None
-    return body.replace(b"</head>", _SNIPPET.render(_VISITOR) + b"</head>", 1)
+    return body.replace(b"</head>", _render(_VISITOR) + b"</head>", 1)
 
 
 async def asgi_floor(scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:

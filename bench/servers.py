@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from common import COOKIE_NAME, identity_cookie
@@ -51,16 +51,19 @@ class Load:
 
 
 @dataclass
+class Turns:
+    """Servers loaded by turns: each app's series, per round."""
+
+    rps: dict[str, Series]  #: requests per second, by app
+    cpu: dict[str, Series]  #: server CPU seconds per request, by app
+    client_cpu: Series  #: the load generator's CPU share, every run
+
+
+@dataclass
 class ServerResult:
     server: str
     config: str
-    bare: Series = field(default_factory=Series)  # requests per second, per round
-    wrapped: Series = field(default_factory=Series)
-    floor: Series = field(default_factory=Series)
-    client_cpu: Series = field(default_factory=Series)  # load generator CPU share
-    bare_cpu: Series = field(default_factory=Series)  # server CPU seconds per request
-    wrapped_cpu: Series = field(default_factory=Series)
-    floor_cpu: Series = field(default_factory=Series)
+    turns: Turns  #: by app of `PAGE_APPS`
     tool: str = "load.py"
 
 
@@ -307,35 +310,50 @@ def _run(
     return outcome["rps"], outcome["client_cpu"], per_request
 
 
+def by_turns(
+    server: str,
+    apps: tuple[str, ...],
+    wrk: str | None,
+    load: Load,
+    log: Callable[[str], None],
+    label: str,
+) -> Turns:
+    """Start `server` once per app, side by side, and load them by turns, in an order
+    rotated each round, so a busy phase of the machine hits every app alike."""
+    cookie = f"{COOKIE_NAME}={identity_cookie()}"
+    turns = Turns({app: Series() for app in apps}, {app: Series() for app in apps}, Series())
+    with ExitStack() as stack:
+        started = {app: stack.enter_context(running(server, app, cookie)) for app in apps}
+        for round_index in range(load.rounds):
+            shift = round_index % len(apps)
+            for app in apps[shift:] + apps[:shift]:
+                port, pid = started[app]
+                rps, client_cpu, cpu = _run(wrk, port, pid, cookie, app in SNIPPET_APPS, load)
+                turns.rps[app].samples.append(rps)
+                turns.client_cpu.samples.append(client_cpu)
+                if cpu is not None:
+                    turns.cpu[app].samples.append(cpu)
+            log(
+                f"  {label} round {round_index + 1}: "
+                + ", ".join(f"{app} {turns.rps[app].samples[-1]:.0f} rps" for app in apps)
+            )
+    return turns
+
+
 def measure(
     servers: list[str], load: Load, tool: str = "auto", log: Callable[[str], None] = print
 ) -> list[ServerResult]:
     """`tool`: ``auto`` (wrk when installed, else load.py), ``wrk`` or ``python``."""
-    cookie = f"{COOKIE_NAME}={identity_cookie()}"
     wrk = _tool(tool)
-    results = []
-    for server in servers:
-        result = ServerResult(server, SERVER_CONFIG[server], tool="wrk" if wrk else "load.py")
-        rps_of = {"bare": result.bare, "floor": result.floor, "wrapped": result.wrapped}
-        cpu_of = {"bare": result.bare_cpu, "floor": result.floor_cpu, "wrapped": result.wrapped_cpu}
-        with ExitStack() as stack:
-            started = {app: stack.enter_context(running(server, app, cookie)) for app in PAGE_APPS}
-            for round_index in range(load.rounds):
-                shift = round_index % len(PAGE_APPS)
-                for app in PAGE_APPS[shift:] + PAGE_APPS[:shift]:
-                    port, pid = started[app]
-                    snippet = app in SNIPPET_APPS
-                    rps, client_cpu, cpu = _run(wrk, port, pid, cookie, snippet, load)
-                    rps_of[app].samples.append(rps)
-                    result.client_cpu.samples.append(client_cpu)
-                    if cpu is not None:
-                        cpu_of[app].samples.append(cpu)
-                log(
-                    f"  {server} round {round_index + 1}: "
-                    + ", ".join(f"{app} {rps_of[app].samples[-1]:.0f} rps" for app in PAGE_APPS)
-                )
-        results.append(result)
-    return results
+    return [
+        ServerResult(
+            server,
+            SERVER_CONFIG[server],
+            by_turns(server, PAGE_APPS, wrk, load, log, server),
+            tool="wrk" if wrk else "load.py",
+        )
+        for server in servers
+    ]
 
 
 #: The API case under uvicorn: the same JSON endpoint bare, through ours and
@@ -346,34 +364,13 @@ API_APPS = ("json_bare", "json_ours", "json_peer")
 @dataclass
 class ApiResult:
     config: str
-    rps: dict[str, Series]  #: requests per second, per round, by app
-    cpu: dict[str, Series]  #: server CPU seconds per request, per round, by app
+    turns: Turns  #: by app of `API_APPS`
     tool: str = "load.py"
 
 
 def measure_api(load: Load, tool: str = "auto", log: Callable[[str], None] = print) -> ApiResult:
     """A returning visitor's JSON call under uvicorn, bare, ours and posthog's
-    middleware side by side; each round loads the three in a rotated order."""
-    cookie = f"{COOKIE_NAME}={identity_cookie()}"
+    middleware side by side, loaded by turns."""
     wrk = _tool(tool)
-    result = ApiResult(
-        SERVER_CONFIG["uvicorn"],
-        {app: Series() for app in API_APPS},
-        {app: Series() for app in API_APPS},
-        tool="wrk" if wrk else "load.py",
-    )
-    with ExitStack() as stack:
-        started = {app: stack.enter_context(running("uvicorn", app, cookie)) for app in API_APPS}
-        for round_index in range(load.rounds):
-            shift = round_index % len(API_APPS)
-            for app in API_APPS[shift:] + API_APPS[:shift]:
-                port, pid = started[app]
-                rps, _, cpu = _run(wrk, port, pid, cookie, False, load)
-                result.rps[app].samples.append(rps)
-                if cpu is not None:
-                    result.cpu[app].samples.append(cpu)
-            log(
-                f"  uvicorn API round {round_index + 1}: "
-                + ", ".join(f"{app} {result.rps[app].samples[-1]:.0f} rps" for app in API_APPS)
-            )
-    return result
+    turns = by_turns("uvicorn", API_APPS, wrk, load, log, "uvicorn API")
+    return ApiResult(SERVER_CONFIG["uvicorn"], turns, tool="wrk" if wrk else "load.py")
